@@ -1,0 +1,123 @@
+"""Typed training configuration: every flag of trainer/train.py, validated before anything heavy runs.
+
+The same fields can come from a YAML/JSON file (``--config``); flags given on the command line
+override the file.
+"""
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ModelConfig(BaseModel):
+    """U-Net architecture (defaults sized like the paper's: width 32, one residual block per level)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_channels: int = Field(32, ge=4)
+    channel_mults: tuple[int, ...] = (1, 2, 4)
+    num_res_blocks: int = Field(1, ge=1)
+    attention_levels: tuple[int, ...] = ()
+    norm: Literal["channel", "group", "none"] = "channel"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check_levels(self):
+        if not self.channel_mults or any(m < 1 for m in self.channel_mults):
+            raise ValueError(f"channel_mults must be positive integers, got {self.channel_mults}")
+        bad = [lvl for lvl in self.attention_levels if not 0 <= lvl < len(self.channel_mults)]
+        if bad:
+            raise ValueError(f"attention_levels {bad} outside 0..{len(self.channel_mults) - 1}")
+        return self
+
+    @property
+    def stride(self) -> int:
+        return 2 ** (len(self.channel_mults) - 1)
+
+
+class SamplerConfig(BaseModel):
+    """Defaults stored with the model for predict/export: K samples of an N-step Euler solve."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(20, ge=1)
+    samples: int = Field(8, ge=1)
+    seed: int = Field(0, ge=0)
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path
+    output_dir: Path
+    val_data: Path | None = None
+    val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    objective: Literal["cfm", "mse"] = "cfm"
+    max_steps: int = Field(10000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    crop_size: int = Field(128, ge=16)
+    lr: float = Field(1e-4, gt=0.0)
+    lr_warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
+    seed: int = Field(0, ge=0)
+    checkpointing_steps: int = Field(1000, ge=1)
+    checkpoints_total_limit: int | None = Field(None, ge=1)
+    resume_from_checkpoint: str | None = None
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    validation_steps: int = Field(500, ge=0)
+    validation_crops: int = Field(8, ge=1)
+    time_grid_points: int = Field(0, ge=0)
+    augment: bool = True
+    num_workers: int = Field(0, ge=0)
+    log_steps: int = Field(10, ge=1)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+
+    @field_validator("time_grid_points")
+    @classmethod
+    def _grid(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("time_grid_points must be 0 (continuous t) or >= 2")
+        return value
+
+    @model_validator(mode="after")
+    def _combinations(self):
+        if self.crop_size % self.model.stride:
+            raise ValueError(
+                f"crop_size {self.crop_size} must be a multiple of the U-Net stride {self.model.stride} "
+                f"(2 ** (len(channel_mults) - 1))"
+            )
+        if self.checkpoints_total_limit is not None and self.checkpointing_steps > self.max_steps:
+            raise ValueError(
+                f"checkpoints_total_limit is set but checkpointing_steps ({self.checkpointing_steps}) > "
+                f"max_steps ({self.max_steps}): no checkpoint would ever be written"
+            )
+        if self.lr_warmup_steps >= self.max_steps:
+            raise ValueError(f"lr_warmup_steps ({self.lr_warmup_steps}) must be < max_steps ({self.max_steps})")
+        return self
+
+
+def read_config_file(path: Path) -> dict:
+    """Fields from a YAML or JSON file (a run's config.json works too: its 'training' block is used)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
+    return data.get("training", data)
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = ["invalid training configuration:"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "config"
+        lines.append(f"  --{where.replace('_', '-')}: {item['msg']}")
+    return "\n".join(lines)
