@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
         ds_config["train_micro_batch_size_per_gpu"] = config.batch_size
         ds_config["gradient_clipping"] = config.max_grad_norm
+        ds_config["gradient_accumulation_steps"] = config.gradient_accumulation_steps
     model, optimizer = accelerator.prepare(model, optimizer)
 
     global_step = 0
