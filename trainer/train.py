@@ -13,6 +13,7 @@ continues exactly, and N processes with batch b train like one process with batc
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -138,8 +139,11 @@ def main(argv: list[str] | None = None) -> None:
     except FileNotFoundError as exc:
         sys.exit(f"error: {exc}")
 
+    use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),  # on CPU this makes torchrun's processes one gloo group
+        # On CPU, cpu=True makes torchrun's processes one gloo group; it would also silently drop a
+        # DeepSpeed plugin, so DeepSpeed keeps cpu=False (DeepSpeed then uses its CPU accelerator).
+        cpu=not torch.cuda.is_available() and not use_deepspeed,
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with="tensorboard",

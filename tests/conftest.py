@@ -1,0 +1,40 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def sim_data(tmp_path_factory) -> Path:
+    """A small microsim data set shared by the training tests (12 pairs of 128 x 128)."""
+    from hazematching.data.simulate import simulate_dataset
+
+    out = tmp_path_factory.mktemp("sim")
+    simulate_dataset(out, num_images=12, size=128, seed=3, depth=24, progress=False)
+    return out
+
+
+def write_pair(path: Path, shape=(64, 64), dtype=np.uint16, seed=0) -> Path:
+    """A 2-channel TIFF in the paper's layout (channel 0 target, channel 1 input)."""
+    rng = np.random.default_rng(seed)
+    data = (rng.random((2, *shape)) * 1000).astype(dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, data)
+    return path
+
+
+def run_trainer(args: list[str], launcher: list[str] | None = None, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
+    """Run trainer/train.py in a subprocess (optionally under `accelerate launch`)."""
+    cmd = (launcher or [sys.executable]) + [str(REPO / "trainer" / "train.py"), *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, **kwargs)
+
+
+def accelerate_launcher(config: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config), *extra]

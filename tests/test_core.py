@@ -1,0 +1,129 @@
+import pytest
+import torch
+
+from hazematching.core import UNet, cfm_loss, interpolate, sample_posterior, sample_time, target_velocity
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    net = UNet(base_channels=8, channel_mults=(1, 2), num_res_blocks=1).eval()
+    # give the zero-initialised residual branches some weight so the outputs depend on the input
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 32, 32), (2, 1, 37, 50), (1, 1, 17, 64)])
+def test_unet_any_size(model, shape):
+    x = torch.randn(shape)
+    out = model(x, x, torch.rand(shape[0]))
+    assert out.shape == shape
+
+
+def test_unet_time_conditioning_matters(model):
+    x = torch.randn(1, 1, 32, 32)
+    assert not torch.allclose(model(x, x, torch.tensor([0.1])), model(x, x, torch.tensor([0.9])))
+    with pytest.raises(ValueError, match="pass t"):
+        model(x, x)
+
+
+def test_default_unet_is_local(model):
+    """Changing a far-away pixel must not change the output: tiling-safe receptive field."""
+    x = torch.randn(1, 1, 128, 128)
+    t = torch.tensor([0.5])
+    changed = x.clone()
+    changed[..., 120, 120] += 10
+    diff = (model(changed, changed, t) - model(x, x, t)).abs()[0, 0]
+    assert diff[:48, :48].max() == 0
+    assert diff[110:, 110:].max() > 0
+
+
+def test_group_norm_unet_is_not_local():
+    """The reference's GroupNorm couples every pixel: the reason it is not the default."""
+    torch.manual_seed(0)
+    net = UNet(base_channels=8, channel_mults=(1, 2), norm="group").eval()
+    x = torch.randn(1, 1, 64, 64)
+    changed = x.clone()
+    changed[..., 60, 60] += 10
+    t = torch.tensor([0.5])
+    assert (net(changed, changed, t) - net(x, x, t))[0, 0, :8, :8].abs().max() > 0
+
+
+def test_attention_option_builds_and_runs():
+    net = UNet(base_channels=8, channel_mults=(1, 2), attention_levels=(1,))
+    x = torch.randn(1, 1, 16, 16)
+    assert net(x, x, torch.rand(1)).shape == x.shape
+    with pytest.raises(ValueError, match="attention_levels"):
+        UNet(channel_mults=(1, 2), attention_levels=(2,))
+
+
+def test_path_endpoints_and_velocity():
+    x0, x1 = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8)
+    assert torch.allclose(interpolate(x0, x1, torch.zeros(3)), x0)
+    assert torch.allclose(interpolate(x0, x1, torch.ones(3)), x1)
+    t = torch.tensor([0.25, 0.5, 0.75])
+    assert torch.allclose(interpolate(x0, x1, t)[1], 0.5 * (x0[1] + x1[1]))
+    assert torch.allclose(target_velocity(x0, x1), x1 - x0)
+
+
+def test_cfm_loss_is_zero_for_the_oracle_velocity():
+    x0, x1, cond = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    oracle = lambda xt, c, t: x1 - x0  # noqa: E731
+    assert cfm_loss(oracle, x1, cond, x0, torch.rand(2)) == 0
+    wrong = lambda xt, c, t: torch.zeros_like(xt)  # noqa: E731
+    assert torch.isclose(cfm_loss(wrong, x1, cond, x0, torch.rand(2)), ((x1 - x0) ** 2).mean())
+
+
+def test_sample_time_grid_and_uniform():
+    g = torch.Generator().manual_seed(0)
+    grid = sample_time(1000, g, grid_points=20)
+    assert set((grid * 19).round().int().tolist()) == set(range(20))
+    uniform = sample_time(1000, g)
+    assert 0 <= float(uniform.min()) and float(uniform.max()) < 1 and len(uniform.unique()) == 1000
+
+
+def test_euler_sampler_solves_a_known_flow():
+    """For v = c - x0-style constant velocity, Euler is exact: the ODE maps x0 to x0 + c."""
+
+    class Constant(torch.nn.Module):
+        in_channels = 1
+
+        def forward(self, x, cond, t):
+            return cond
+
+    cond = torch.randn(1, 1, 16, 16)
+    post = sample_posterior(Constant(), cond, num_samples=3, steps=7, seed=0, keep_samples=True)
+    from hazematching.core import hash_normal
+
+    for k in range(3):
+        assert torch.allclose(post.samples[:, k], hash_normal(0, k, 1, 1, 16, 16) + cond, atol=1e-5)
+
+
+def test_sampler_seed_reproducibility(model):
+    cond = torch.randn(2, 1, 24, 40)
+    a = sample_posterior(model, cond, num_samples=3, steps=4, seed=11, keep_samples=True)
+    b = sample_posterior(model, cond, num_samples=3, steps=4, seed=11, keep_samples=True)
+    c = sample_posterior(model, cond, num_samples=3, steps=4, seed=12, keep_samples=True)
+    assert torch.equal(a.samples, b.samples) and torch.equal(a.mean, b.mean) and torch.equal(a.std, b.std)
+    assert not torch.allclose(a.samples, c.samples)
+    # the K samples of one call differ from each other
+    assert not torch.allclose(a.samples[:, 0], a.samples[:, 1])
+
+
+def test_k_samples_in_one_call_match_k_separate_calls(model):
+    cond = torch.randn(2, 1, 32, 32)
+    joint = sample_posterior(model, cond, num_samples=4, steps=3, seed=5, keep_samples=True)
+    for k in range(4):
+        single = sample_posterior(model, cond, num_samples=1, steps=3, seed=5, first_sample=k, keep_samples=True)
+        assert torch.equal(single.samples[:, 0], joint.samples[:, k])
+
+
+def test_posterior_mean_and_std_match_the_samples(model):
+    cond = torch.randn(1, 1, 32, 32)
+    post = sample_posterior(model, cond, num_samples=5, steps=2, seed=0, keep_samples=True)
+    assert torch.allclose(post.mean, post.samples.mean(dim=1), atol=1e-5)
+    assert torch.allclose(post.std, post.samples.std(dim=1, unbiased=False), atol=1e-5)
+    with pytest.raises(ValueError):
+        sample_posterior(model, cond, num_samples=0)

@@ -1,0 +1,157 @@
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from conftest import write_pair
+from hazematching.data.dataset import FixedCropDataset, RandomCropDataset, dihedral
+from hazematching.data.io import DataError, load_splits, read_split
+from hazematching.data.normalization import Normalization
+from hazematching.data.sampling import StepBatchSampler
+
+
+def test_two_channel_layout_cyx_and_yxc(tmp_path):
+    data = np.stack([np.full((40, 50), 7, np.uint16), np.full((40, 50), 3, np.uint16)])
+    tifffile.imwrite(tmp_path / "a.tif", data)
+    tifffile.imwrite(tmp_path / "b.tif", np.moveaxis(data, 0, -1))
+    pairs = read_split(tmp_path)
+    for pair in pairs:
+        assert pair.input.shape == (40, 50) and pair.input.dtype == np.float32
+        assert (pair.target == 7).all() and (pair.input == 3).all()
+
+
+def test_folder_layout_matches_by_name(tmp_path):
+    for name, value in [("x.tif", 1), ("y.tif", 2)]:
+        (tmp_path / "input").mkdir(exist_ok=True)
+        (tmp_path / "target").mkdir(exist_ok=True)
+        tifffile.imwrite(tmp_path / "input" / name, np.full((32, 32), value, np.uint8))
+        tifffile.imwrite(tmp_path / "target" / name, np.full((32, 32), 10 * value, np.float32))
+    pairs = read_split(tmp_path)
+    assert [p.name for p in pairs] == ["x", "y"]
+    assert (pairs[1].input == 2).all() and (pairs[1].target == 20).all()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: None, "does not exist"),
+        (lambda d: d.mkdir(), "no TIFF images"),
+        (lambda d: (d.mkdir(), (d / "notes.txt").write_text("hi")), "notes.txt: not a TIFF"),
+        (lambda d: (d.mkdir(), (d / "broken.tif").write_bytes(b"not a tiff at all")), "broken.tif: cannot be read"),
+        (lambda d: write_pair(d / "small.tif", shape=(20, 64)), "smaller than the crop"),
+        (lambda d: (d.mkdir(), tifffile.imwrite(d / "stack.tif", np.zeros((5, 2, 64, 64), np.uint16))), "stack.tif: shape"),
+        (lambda d: (d.mkdir(), tifffile.imwrite(d / "one.tif", np.zeros((64, 64), np.uint16))), "one.tif: shape"),
+    ],
+)
+def test_bad_split_directories(tmp_path, make, message):
+    directory = tmp_path / "split"
+    make(directory)
+    with pytest.raises(DataError, match=message):
+        read_split(directory, min_size=32)
+
+
+def test_nan_pixels_are_rejected_with_the_file_name(tmp_path):
+    data = np.ones((2, 64, 64), np.float32)
+    data[1, 5, 5] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", data)
+    with pytest.raises(DataError, match=r"nan\.tif: contains 1 NaN/Inf"):
+        read_split(tmp_path)
+
+
+def test_folder_layout_errors(tmp_path):
+    (tmp_path / "input").mkdir()
+    (tmp_path / "target").mkdir()
+    tifffile.imwrite(tmp_path / "input" / "a.tif", np.zeros((64, 64), np.uint16))
+    tifffile.imwrite(tmp_path / "target" / "a.tif", np.zeros((64, 60), np.uint16))
+    with pytest.raises(DataError, match=r"a\.tif has shape \(64, 64\) but its target .* \(64, 60\)"):
+        read_split(tmp_path)
+    tifffile.imwrite(tmp_path / "input" / "b.tif", np.zeros((64, 64), np.uint16))
+    with pytest.raises(DataError, match="no target with the same name"):
+        read_split(tmp_path)
+    tifffile.imwrite(tmp_path / "input" / "c.tif", np.zeros((3, 64, 64), np.uint16))
+    tifffile.imwrite(tmp_path / "target" / "c.tif", np.zeros((3, 64, 64), np.uint16))
+    (tmp_path / "input" / "b.tif").unlink()
+    (tmp_path / "target" / "a.tif").unlink()
+    (tmp_path / "input" / "a.tif").unlink()
+    with pytest.raises(DataError, match="c.tif: input image has shape .*3D stacks"):
+        read_split(tmp_path)
+
+
+def test_load_splits_layouts(tmp_path):
+    for i in range(5):
+        write_pair(tmp_path / "flat" / f"img{i}.tif", seed=i)
+        write_pair(tmp_path / "nested" / "train" / f"img{i}.tif", seed=i)
+    write_pair(tmp_path / "nested" / "val" / "v.tif")
+    train, val = load_splits(tmp_path / "flat", None, 0.2, 32)
+    assert [p.name for p in train] == ["img0", "img1", "img2", "img3"] and [p.name for p in val] == ["img4"]
+    train, val = load_splits(tmp_path / "nested", None, 0.2, 32)
+    assert len(train) == 5 and [p.name for p in val] == ["v"]
+    write_pair(tmp_path / "single" / "only.tif")
+    with pytest.raises(DataError, match="--val-data"):
+        load_splits(tmp_path / "single", None, 0.2, 32)
+
+
+def test_normalization_statistics_match_numpy(tmp_path):
+    for i in range(3):
+        write_pair(tmp_path / f"{i}.tif", shape=(30 + i, 40), seed=i)
+    pairs = read_split(tmp_path)
+    norm = Normalization.from_pairs(pairs)
+    inputs = np.concatenate([p.input.ravel() for p in pairs])
+    targets = np.concatenate([p.target.ravel() for p in pairs])
+    assert norm.input_mean == pytest.approx(inputs.mean(), rel=1e-6)
+    assert norm.input_std == pytest.approx(inputs.std(), rel=1e-6)
+    assert norm.target_std == pytest.approx(targets.std(), rel=1e-6)
+    assert norm.denormalize_target(norm.normalize_target(5.0)) == pytest.approx(5.0)
+
+
+def test_dihedral_group_has_eight_distinct_elements():
+    a = np.arange(9).reshape(3, 3)
+    assert len({dihedral(a, k).tobytes() for k in range(8)}) == 8
+
+
+def test_random_crops_are_a_function_of_the_key(tmp_path):
+    for i in range(3):
+        write_pair(tmp_path / f"{i}.tif", shape=(80, 96), seed=i)
+    pairs = read_split(tmp_path)
+    norm = Normalization.from_pairs(pairs)
+    ds = RandomCropDataset(pairs, 32, norm, seed=1)
+    a, b = ds[17], ds[17]
+    assert torch.equal(a["input"], b["input"]) and a["key"] == 17
+    assert a["input"].shape == (1, 32, 32)
+    assert not torch.equal(ds[17]["input"], ds[18]["input"])
+    assert not torch.equal(RandomCropDataset(pairs, 32, norm, seed=2)[17]["input"], a["input"])
+    # input and target crops are aligned: recover the crop position from the target
+    item = ds[5]
+    pair = pairs[5 % 3]
+    found = [
+        (k, y, x)
+        for k in range(8)
+        for y in range(80 - 31)
+        for x in range(96 - 31)
+        if np.allclose(dihedral(norm.normalize_target(pair.target[y : y + 32, x : x + 32]), k), item["target"][0].numpy())
+    ]
+    assert len(found) >= 1
+    k, y, x = found[0]
+    assert np.allclose(dihedral(norm.normalize_input(pair.input[y : y + 32, x : x + 32]), k), item["input"][0].numpy())
+
+
+def test_fixed_crops_are_fixed(tmp_path):
+    write_pair(tmp_path / "a.tif", shape=(70, 70))
+    pairs = read_split(tmp_path)
+    norm = Normalization.from_pairs(pairs)
+    a = FixedCropDataset(pairs, 32, norm, crops_per_image=3)
+    b = FixedCropDataset(pairs, 32, norm, crops_per_image=3)
+    assert len(a) == 3 and all(torch.equal(x["input"], y["input"]) for x, y in zip(a.items, b.items))
+
+
+def test_two_ranks_split_the_one_rank_batch_exactly():
+    one = StepBatchSampler(37, batch_size=4, seed=3)
+    ranks = [StepBatchSampler(37, batch_size=2, seed=3, rank=r, world_size=2) for r in range(2)]
+    for step in range(40):  # crosses several epochs
+        assert one.keys(step) == ranks[0].keys(step) + ranks[1].keys(step)
+    # every item appears once per epoch
+    keys = [k for step in range(37) for k in one.keys(step)][: 4 * 37]
+    epoch0 = [k for k in keys if k < 37]
+    assert sorted(epoch0) == list(range(37))
+    resumed = StepBatchSampler(37, batch_size=4, seed=3, start_micro_step=10)
+    assert next(iter(resumed)) == one.keys(10)
