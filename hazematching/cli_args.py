@@ -43,7 +43,8 @@ def _add_fields(parser, model: type[BaseModel], prefix: str, dest_prefix: str) -
             continue
         flag = "--" + prefix + name.replace("_", "-")
         kind, is_tuple = _base_type(field.annotation)
-        help_text = field.description or f"default: {field.default!r}"
+        default = "required" if field.is_required() else f"default: {field.get_default(call_default_factory=True)!r}"
+        help_text = f"{field.description or ''} ({default})".strip()
         choices = None
         if typing.get_origin(field.annotation) is typing.Literal:
             choices = typing.get_args(field.annotation)
@@ -54,13 +55,14 @@ def _add_fields(parser, model: type[BaseModel], prefix: str, dest_prefix: str) -
         if kind is bool:
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif is_tuple:
-            parser.add_argument(flag, dest=dest, type=_comma_list(kind), default=None, help=help_text + " (comma list)")
+            parser.add_argument(flag, dest=dest, type=_comma_list(kind), default=None, metavar="A,B,...", help=help_text)
         else:
-            parser.add_argument(flag, dest=dest, type=kind, choices=choices, default=None, help=help_text)
+            metavar = None if choices else name.upper()
+            parser.add_argument(flag, dest=dest, type=kind, choices=choices, default=None, metavar=metavar, help=help_text)
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default=None, help="YAML/JSON file with any of the fields below")
     _add_fields(parser, TrainConfig, "", "")
     for section, (model, prefix) in _NESTED.items():

@@ -51,28 +51,28 @@ class SamplerConfig(BaseModel):
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    data: Path
-    output_dir: Path
-    val_data: Path | None = None
-    val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
-    objective: Literal["cfm", "mse"] = "cfm"
-    max_steps: int = Field(10000, ge=1)
-    batch_size: int = Field(16, ge=1)
-    crop_size: int = Field(128, ge=16)
+    data: Path = Field(description="folder with train/ (and val/) sub-folders, or one split folder")
+    output_dir: Path = Field(description="run directory: weights, config.json, checkpoints, logs, sample grids")
+    val_data: Path | None = Field(None, description="validation folder; None: DATA/val or a held-out fraction")
+    val_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="held-out fraction when there is no validation folder")
+    objective: Literal["cfm", "mse"] = Field("cfm", description="cfm: HazeMatching; mse: U-Net point-predictor baseline")
+    max_steps: int = Field(10000, ge=1, description="optimizer steps in total")
+    batch_size: int = Field(16, ge=1, description="crops per process per micro-step")
+    crop_size: int = Field(128, ge=16, description="random square crop size (multiple of the U-Net stride)")
     lr: float = Field(1e-4, gt=0.0)
     lr_warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = None
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = Field(None, description="None: as the accelerate config says")
     seed: int = Field(0, ge=0)
     checkpointing_steps: int = Field(1000, ge=1)
     checkpoints_total_limit: int | None = Field(None, ge=1)
-    resume_from_checkpoint: str | None = None
-    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
-    validation_steps: int = Field(500, ge=0)
+    resume_from_checkpoint: str | None = Field(None, description="'latest' or a checkpoint folder")
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="decay of the weight average saved as the model")
+    validation_steps: int = Field(500, ge=0, description="validation loss + sample grid every N steps (0: never)")
     validation_crops: int = Field(8, ge=1)
-    time_grid_points: int = Field(0, ge=0)
+    time_grid_points: int = Field(0, ge=0, description="0: t ~ U[0,1); G: t on linspace(0, 1, G) as the reference code")
     augment: bool = True
     num_workers: int = Field(0, ge=0)
     log_steps: int = Field(10, ge=1)

@@ -139,3 +139,14 @@ def test_deepspeed_configs_run_and_resume(sim_data, tmp_path, config):
     assert "at step 2" in result.stderr
     assert json.loads((run / "config.json").read_text())["step"] == 4
     assert load_model(run).model is not None
+
+
+def test_resume_with_other_model_flags_is_refused(sim_data, tmp_path):
+    run = tmp_path / "run"
+    common = ["--data", str(sim_data), "--output-dir", str(run), "--batch-size", "2", "--checkpointing-steps", "2", *SMALL]
+    check(run_trainer([*common, "--max-steps", "2"]))
+    before = weights(run)
+    result = run_trainer([*common, "--max-steps", "4", "--resume-from-checkpoint", "latest", "--base-channels", "16"])
+    assert result.returncode != 0
+    assert "resume with the same model flags" in result.stderr
+    assert max_difference(weights(run), before) == 0  # the saved model is untouched

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, ProjectConfiguration
+from accelerate.utils import ProjectConfiguration
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -177,11 +178,14 @@ def main(argv: list[str] | None = None) -> None:
 
     global_step = 0
     if resume_path is not None:
+        state = json.loads((resume_path / checkpoints.COMPLETE_MARKER).read_text())
+        wanted = {"objective": config.objective, "architecture": architecture_kwargs(config.model, config.objective)}
+        saved = {key: state.get(key) for key in wanted}
+        if saved != wanted:
+            sys.exit(f"error: {resume_path} was trained as {saved}, but the flags ask for {wanted}; resume with the same model flags")
         accelerator.load_state(str(resume_path))
-        from safetensors.torch import load_file
-
         ema.load_state_dict(load_file(resume_path / EMA_NAME))
-        global_step = json.loads((resume_path / checkpoints.COMPLETE_MARKER).read_text())["step"]
+        global_step = state["step"]
         if main_process:
             print(f"resumed from {resume_path} at step {global_step}", file=sys.stderr)
     ema.model.to(accelerator.device)
@@ -207,7 +211,8 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.save_state(str(tmp))
         if main_process:
             atomic_save_safetensors(ema.state_dict(), tmp / EMA_NAME)
-            atomic_write_bytes(tmp / checkpoints.COMPLETE_MARKER, json.dumps({"step": step}).encode())
+            state = {"step": step, "objective": config.objective, "architecture": architecture_kwargs(config.model, config.objective)}
+            atomic_write_bytes(tmp / checkpoints.COMPLETE_MARKER, json.dumps(state).encode())
             checkpoints.publish(tmp, step)
             checkpoints.rotate(checkpoint_dir, config.checkpoints_total_limit)
             save_run(output_dir, ema.state_dict(), run_config(config, normalization, step, accelerator))
@@ -285,7 +290,12 @@ def main(argv: list[str] | None = None) -> None:
         extra = {"rank_weight_checksums": rank_checksums}
         save_run(output_dir, ema.state_dict(), run_config(config, normalization, global_step, accelerator, extra))
         print(f"saved {output_dir / 'model.safetensors'} (step {global_step}, {accelerator.num_processes} process(es))", file=sys.stderr)
+    accelerator.wait_for_everyone()
     accelerator.end_training()
+    # Tear the process group down before interpreter exit: a gloo group still alive at exit can
+    # abort ("terminate called without an active exception") and fail the whole launch.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
