@@ -38,3 +38,29 @@ def run_trainer(args: list[str], launcher: list[str] | None = None, timeout: int
 
 def accelerate_launcher(config: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config), *extra]
+
+
+@pytest.fixture(scope="session")
+def trained_run(sim_data, tmp_path_factory) -> Path:
+    """A HazeMatching run trained briefly on the simulated data (default architecture)."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    result = run_trainer([
+        "--data", str(sim_data), "--output-dir", str(out), "--max-steps", "120", "--batch-size", "4",
+        "--crop-size", "64", "--lr", "5e-4", "--checkpointing-steps", "120", "--validation-steps", "0",
+        "--sampler-steps", "4", "--sampler-samples", "4",
+    ])
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def baseline_run(sim_data, tmp_path_factory) -> Path:
+    """The U-Net point-predictor baseline, same backbone, trained briefly."""
+    out = tmp_path_factory.mktemp("baseline") / "run"
+    result = run_trainer([
+        "--data", str(sim_data), "--output-dir", str(out), "--max-steps", "60", "--batch-size", "4",
+        "--crop-size", "64", "--lr", "5e-4", "--checkpointing-steps", "60", "--validation-steps", "60",
+        "--objective", "mse",
+    ])
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out

@@ -5,6 +5,7 @@ from ``hash_normal`` keyed on (seed, sample index, pixel position), so sample k 
 bit-identical to a 1-sample call with ``first_sample=k``, on any device and for any tiling.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -39,11 +40,13 @@ def sample_posterior(
     keep_samples: bool = False,
     origin_y: torch.Tensor | None = None,
     origin_x: torch.Tensor | None = None,
+    on_sample: Callable[[], None] | None = None,
 ) -> Posterior:
     """Draw ``num_samples`` samples for a batch of (normalised) hazy images ``cond``.
 
     Samples are integrated one at a time and reduced on the fly (Welford), so memory does not grow
-    with K unless ``keep_samples``. ``origin_y``/``origin_x`` place tiles in a larger image.
+    with K unless ``keep_samples``. ``origin_y``/``origin_x`` place tiles in a larger image;
+    ``on_sample`` is called after each finished sample (progress bars).
     """
     if num_samples < 1 or steps < 1:
         raise ValueError(f"num_samples and steps must be >= 1, got {num_samples} and {steps}")
@@ -60,5 +63,7 @@ def sample_posterior(
         m2 = m2 + delta * (x - mean)
         if keep_samples:
             kept.append(x)
+        if on_sample is not None:
+            on_sample()
     std = torch.sqrt(m2 / num_samples)
     return Posterior(mean=mean, std=std, samples=torch.stack(kept, dim=1) if keep_samples else None)

@@ -139,3 +139,18 @@ def load_splits(data: Path, val_data: Path | None, val_fraction: float, min_size
         raise DataError(f"{train_dir}: one image cannot be split into training and validation; add images or pass --val-data")
     n_val = min(len(train) - 1, max(1, round(val_fraction * len(train))))
     return train[:-n_val], train[-n_val:]
+
+
+def read_image_2d(path: Path, min_size: int) -> np.ndarray:
+    """A single-channel 2D image for prediction (singleton axes are dropped), as float32."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file does not exist")
+    array = read_tiff(path)
+    if array.ndim == 3 and (array.shape[-1] in (3, 4) or array.shape[0] in (3, 4)):
+        raise DataError(f"{path}: shape {array.shape} looks like an RGB/multi-channel image; expected one 2D channel (Y, X)")
+    if array.ndim != 2:
+        raise DataError(f"{path}: shape {array.shape}; expected a 2D (Y, X) image, not a stack")
+    if min(array.shape) < min_size:
+        raise DataError(f"{path}: image of shape {array.shape} is smaller than the minimum {min_size} x {min_size}")
+    return array.astype(np.float32)

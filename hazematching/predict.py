@@ -1,0 +1,182 @@
+"""Posterior prediction of whole images: tiled, batched, memory bounded by tile and batch size.
+
+``predict_array`` works on an array; ``predict_files`` on a TIFF or a folder of TIFFs and writes
+float32 ImageJ TIFFs: ``<name>.tif`` (MMSE), ``<name>_std.tif`` and, on request,
+``<name>_samples.tif`` (samples as channels). The same function serves the U-Net baseline run, which
+gives a single deterministic prediction.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+from tqdm.auto import tqdm
+
+from .core import sample_posterior
+from .data.io import TIFF_SUFFIXES, DataError, read_image_2d
+from .run import LoadedRun, RunError, atomic_write_bytes, load_model
+from .tiling import tiles
+
+MIN_SIZE = 16
+
+
+@dataclass
+class Prediction:
+    mean: np.ndarray  # (H, W), target intensity units
+    std: np.ndarray | None  # (H, W); calibrated if requested; None for the point predictor
+    samples: np.ndarray | None  # (K, H, W) when requested
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def calibration(run: LoadedRun) -> tuple[float, float]:
+    """(scale a, offset b) from ``hazematching calibrate``; the calibrated std is a * std + b."""
+    cal = run.config.get("calibration")
+    if cal is None:
+        raise RunError("this run is not calibrated: run `hazematching calibrate --model RUN --data VAL_DIR` first")
+    return float(cal["scale"]), float(cal["offset"])
+
+
+@torch.no_grad()
+def predict_array(
+    run: LoadedRun,
+    image: np.ndarray,
+    samples: int | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    tile_size: int = 256,
+    overlap: int = 64,
+    batch_size: int = 4,
+    keep_samples: bool = False,
+    calibrated: bool = False,
+    progress: bool = True,
+) -> Prediction:
+    """Dehaze one 2D image (raw intensities). Sampler settings default to the run's stored ones."""
+    if image.ndim != 2 or min(image.shape) < MIN_SIZE:
+        raise DataError(f"image of shape {image.shape}: expected a 2D image of at least {MIN_SIZE} x {MIN_SIZE}")
+    if not np.isfinite(image).all():
+        raise DataError("image contains NaN/Inf pixels")
+    point_predictor = run.objective == "mse"
+    if point_predictor and (keep_samples or calibrated):
+        raise RunError("a U-Net baseline run predicts one image: it has no samples and no std to calibrate")
+    cal = calibration(run) if calibrated else None
+    defaults = run.config["sampler"]
+    samples = samples or defaults["samples"]
+    steps = steps or defaults["steps"]
+    seed = defaults["seed"] if seed is None else seed
+    stride = getattr(run.model, "stride", 1)
+    tile_size = max(stride, tile_size - tile_size % stride)
+    overlap = min(overlap, tile_size // 2)
+
+    device = next(run.model.parameters()).device
+    norm = run.normalization
+    height, width = image.shape
+    all_tiles, th, tw = tiles(height, width, tile_size, overlap)
+    mean = np.zeros((height, width), np.float32)
+    std = None if point_predictor else np.zeros((height, width), np.float32)
+    kept = np.zeros((samples, height, width), np.float32) if keep_samples else None
+    normalized = norm.normalize_input(image).astype(np.float32)
+    batches = [all_tiles[i : i + batch_size] for i in range(0, len(all_tiles), batch_size)]
+    total = len(batches) * (1 if point_predictor else samples)
+    with tqdm(total=total, desc="predicting", unit="sample", disable=not progress, leave=False) as bar:
+        for batch in batches:
+            cond = torch.from_numpy(np.stack([normalized[t.window(th, tw)] for t in batch])[:, None]).to(device)
+            if point_predictor:
+                out_mean, out_std, out_samples = run.model(torch.zeros_like(cond), cond), None, None
+                bar.update()
+            else:
+                origin_y = torch.tensor([t.y.start for t in batch])
+                origin_x = torch.tensor([t.x.start for t in batch])
+                post = sample_posterior(
+                    run.model, cond, samples, steps, seed, keep_samples=keep_samples,
+                    origin_y=origin_y, origin_x=origin_x, on_sample=bar.update,
+                )
+                out_mean, out_std, out_samples = post.mean, post.std, post.samples
+            out_mean = out_mean.float().cpu().numpy()
+            for i, t in enumerate(batch):
+                mean[t.kept()] = out_mean[i, 0][t.kept_in_tile()]
+                if out_std is not None:
+                    std[t.kept()] = out_std[i, 0].cpu().numpy()[t.kept_in_tile()]
+                if out_samples is not None:
+                    kept[(slice(None), *t.kept())] = out_samples[i, :, 0].cpu().numpy()[(slice(None), *t.kept_in_tile())]
+    mean = norm.denormalize_target(mean).astype(np.float32)
+    if std is not None:
+        std *= np.float32(norm.target_std)
+        if cal is not None:
+            std = (cal[0] * std + cal[1]).astype(np.float32)
+    if kept is not None:
+        kept = norm.denormalize_target(kept).astype(np.float32)
+    return Prediction(mean, std, kept)
+
+
+def _tiff_bytes(array: np.ndarray, axes: str) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array.astype(np.float32), imagej=True, metadata={"axes": axes})
+    return buffer.getvalue()
+
+
+def output_paths(main: Path) -> dict[str, Path]:
+    return {
+        "mean": main,
+        "std": main.with_name(main.stem + "_std" + main.suffix),
+        "samples": main.with_name(main.stem + "_samples" + main.suffix),
+    }
+
+
+def write_prediction(prediction: Prediction, main_path: Path) -> list[Path]:
+    """Every file of one prediction, each written atomically (temporary file + rename)."""
+    paths = output_paths(main_path)
+    main_path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"mean": _tiff_bytes(prediction.mean, "YX")}
+    if prediction.std is not None:
+        payload["std"] = _tiff_bytes(prediction.std, "YX")
+    if prediction.samples is not None:
+        payload["samples"] = _tiff_bytes(prediction.samples, "CYX")
+    for key, data in payload.items():
+        atomic_write_bytes(paths[key], data)
+    return [paths[k] for k in payload]
+
+
+def list_inputs(input_path: Path) -> list[Path]:
+    input_path = Path(input_path)
+    if input_path.is_dir():
+        files = sorted(p for p in input_path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES and p.is_file())
+        if not files:
+            raise DataError(f"{input_path}: no .tif/.tiff files to predict")
+        return files
+    if not input_path.exists():
+        raise DataError(f"{input_path}: does not exist")
+    return [input_path]
+
+
+def predict_files(
+    model_dir: Path,
+    input_path: Path,
+    output_path: Path,
+    device: str = "auto",
+    **options,
+) -> list[Path]:
+    """Predict a TIFF or every TIFF of a folder. All inputs are checked before any output is
+    written; a file output is the MMSE path (std and samples get suffixes)."""
+    inputs = list_inputs(input_path)
+    for path in inputs:  # fail early, before hours of sampling, on any unusable file
+        read_image_2d(path, MIN_SIZE)
+    run = load_model(model_dir, device=resolve_device(device))
+    output_path = Path(output_path)
+    to_folder = Path(input_path).is_dir() or output_path.suffix.lower() not in TIFF_SUFFIXES
+    written = []
+    for path in tqdm(inputs, desc="images", disable=len(inputs) == 1 or not options.get("progress", True)):
+        prediction = predict_array(run, read_image_2d(path, MIN_SIZE), **options)
+        target = output_path / (path.stem + ".tif") if to_folder else output_path
+        written += write_prediction(prediction, target)
+    return written

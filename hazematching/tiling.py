@@ -1,0 +1,56 @@
+"""Overlapping tiles whose kept regions partition the image.
+
+Tiles have one fixed size (so they batch), start at multiples of ``tile - overlap`` and the last one
+is shifted to end at the image border; where two tiles overlap, each keeps the half nearer its
+centre. Tiles never reach outside the image, so a border tile sees exactly the border that a
+whole-image prediction sees; with hash noise keyed on image coordinates and a network of bounded
+receptive field, stitched tiles then equal the whole-image result up to what lies beyond
+``overlap / 2`` pixels.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int  # tile covers [start, start + size)
+    keep_start: int  # and contributes [keep_start, keep_end) to the output
+    keep_end: int
+
+
+def spans(length: int, tile: int, overlap: int) -> list[Span]:
+    """1D tiling of ``length`` pixels with tiles of ``min(tile, length)``."""
+    if tile <= overlap:
+        raise ValueError(f"tile size {tile} must be larger than the overlap {overlap}")
+    if length <= tile:
+        return [Span(0, 0, length)]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride)) + [length - tile]
+    bounds = [0] + [(starts[i] + starts[i - 1] + tile) // 2 for i in range(1, len(starts))] + [length]
+    return [Span(s, bounds[i], bounds[i + 1]) for i, s in enumerate(starts)]
+
+
+@dataclass(frozen=True)
+class Tile:
+    y: Span
+    x: Span
+
+    def window(self, height: int, width: int) -> tuple[slice, slice]:
+        return slice(self.y.start, self.y.start + height), slice(self.x.start, self.x.start + width)
+
+    def kept(self) -> tuple[slice, slice]:
+        """Kept region in image coordinates."""
+        return slice(self.y.keep_start, self.y.keep_end), slice(self.x.keep_start, self.x.keep_end)
+
+    def kept_in_tile(self) -> tuple[slice, slice]:
+        """Kept region in tile coordinates."""
+        return (
+            slice(self.y.keep_start - self.y.start, self.y.keep_end - self.y.start),
+            slice(self.x.keep_start - self.x.start, self.x.keep_end - self.x.start),
+        )
+
+
+def tiles(height: int, width: int, tile: int, overlap: int) -> tuple[list[Tile], int, int]:
+    """All tiles of an image and the (common) tile height and width."""
+    ys, xs = spans(height, tile, overlap), spans(width, tile, overlap)
+    return [Tile(y, x) for y in ys for x in xs], min(tile, height), min(tile, width)

@@ -1,0 +1,140 @@
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from hazematching.cli import main as cli_main
+from hazematching.data.io import DataError, read_split
+from hazematching.data.simulate import ground_truth, render_pair
+from hazematching.metrics import psnr
+from hazematching.predict import predict_array, predict_files
+from hazematching.run import RunError, load_model
+
+
+@pytest.fixture(scope="module")
+def big_image():
+    """A 256 x 256 widefield image: several tiles at tile size 64."""
+    rng = np.random.default_rng(42)
+    _, widefield = render_pair(ground_truth(rng, 256, 24), seed=1)
+    return widefield.astype(np.float32)
+
+
+def test_tiled_prediction_matches_whole_image_and_has_no_seams(trained_run, big_image):
+    run = load_model(trained_run)
+    options = dict(samples=8, steps=4, seed=3, progress=False)
+    whole = predict_array(run, big_image, tile_size=512, **options)
+    tiled = predict_array(run, big_image, tile_size=64, overlap=32, batch_size=5, **options)
+    assert psnr(torch.from_numpy(tiled.mean), torch.from_numpy(whole.mean)) >= 40
+    assert psnr(torch.from_numpy(tiled.std), torch.from_numpy(whole.std)) >= 30
+
+    # seams: gradient across the kept-region borders vs everywhere else
+    from hazematching.tiling import spans
+
+    borders = [s.keep_start for s in spans(256, 64, 32)][1:]
+    assert len(borders) >= 4
+    gx = np.abs(np.diff(tiled.mean, axis=1))  # gx[:, j] is the step between columns j and j+1
+    gy = np.abs(np.diff(tiled.mean, axis=0))
+    across = np.concatenate([gx[:, [b - 1 for b in borders]].ravel(), gy[[b - 1 for b in borders], :].ravel()])
+    mask = np.ones(255, bool)
+    mask[[b - 1 for b in borders]] = False
+    elsewhere = np.concatenate([gx[:, mask].ravel(), gy[mask, :].ravel()])
+    ratio = across.mean() / elsewhere.mean()
+    assert 0.9 <= ratio <= 1.1, ratio
+
+
+def test_prediction_is_seeded_and_samples_match_mean(trained_run, big_image):
+    run = load_model(trained_run)
+    image = big_image[:80, :72]
+    a = predict_array(run, image, samples=3, steps=3, seed=1, keep_samples=True, progress=False)
+    b = predict_array(run, image, samples=3, steps=3, seed=1, keep_samples=True, progress=False)
+    c = predict_array(run, image, samples=3, steps=3, seed=2, progress=False)
+    assert np.array_equal(a.mean, b.mean) and not np.allclose(a.mean, c.mean)
+    assert a.samples.shape == (3, 80, 72)
+    assert np.allclose(a.samples.mean(0), a.mean, rtol=1e-4, atol=1e-2)
+    assert np.allclose(a.samples.std(0), a.std, rtol=1e-3, atol=1e-2)
+    # MMSE is in the target's intensity units, not normalised units
+    norm = run.normalization
+    assert abs(float(a.mean.mean()) - norm.target_mean) < 3 * norm.target_std
+
+
+@pytest.mark.parametrize("shape", [(33, 47), (16, 300), (129, 64)])
+def test_odd_sizes(trained_run, shape):
+    run = load_model(trained_run)
+    image = np.random.default_rng(0).random(shape).astype(np.float32) * 200 + 100
+    out = predict_array(run, image, samples=2, steps=2, tile_size=64, overlap=16, progress=False)
+    assert out.mean.shape == shape and out.std.shape == shape and np.isfinite(out.mean).all()
+
+
+def test_cli_file_and_folder(trained_run, sim_data, tmp_path):
+    pair = read_split(sim_data / "test")[0]
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "a.tif", pair.input.astype(np.uint16))
+    tifffile.imwrite(src / "b.tif", pair.input[None].astype(np.uint8))  # singleton channel
+    cli_main(["predict", "--model", str(trained_run), "--input", str(src / "a.tif"), "--output", str(tmp_path / "one.tif"),
+              "--samples", "2", "--steps", "2", "--save-samples", "--device", "cpu"])
+    mean = tifffile.imread(tmp_path / "one.tif")
+    assert mean.dtype == np.float32 and mean.shape == pair.input.shape
+    assert tifffile.imread(tmp_path / "one_samples.tif").shape == (2, *pair.input.shape)
+    with tifffile.TiffFile(tmp_path / "one_std.tif") as tif:
+        assert tif.is_imagej and tif.series[0].axes == "YX"
+    cli_main(["predict", "--model", str(trained_run), "--input", str(src), "--output", str(tmp_path / "out"), "--samples", "1", "--steps", "1"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "a_std.tif", "b.tif", "b_std.tif"]
+
+
+def test_baseline_run_predicts_through_the_same_path(baseline_run, sim_data):
+    run = load_model(baseline_run)
+    assert run.objective == "mse"
+    pair = read_split(sim_data / "test")[0]
+    out = predict_array(run, pair.input, progress=False)
+    assert out.std is None and out.mean.shape == pair.input.shape
+    with pytest.raises(RunError, match="no samples"):
+        predict_array(run, pair.input, keep_samples=True, progress=False)
+
+
+def _write(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, array)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: (d / "x.png").write_bytes(b"\x89PNG"), "not a TIFF"),
+        (lambda d: _write(d / "x.tif", np.zeros((5, 64, 64), np.uint16)), "not a stack"),
+        (lambda d: _write(d / "x.tif", np.zeros((64, 64, 3), np.uint8)), "RGB"),
+        (lambda d: _write(d / "x.tif", np.full((64, 64), np.nan, np.float32)), "NaN"),
+        (lambda d: _write(d / "x.tif", np.zeros((8, 64), np.uint16)), "smaller than the minimum"),
+    ],
+)
+def test_bad_inputs_leave_no_output(trained_run, tmp_path, make, message):
+    src = tmp_path / "in"
+    src.mkdir()
+    _write(src / "good.tif", np.ones((64, 64), np.uint16))
+    make(src)
+    bad = next(p for p in src.iterdir() if p.name != "good.tif")
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=message):
+        predict_files(trained_run, src if bad.suffix == ".tif" else bad, out, samples=1, steps=1, progress=False)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bad_run_directories(trained_run, tmp_path):
+    with pytest.raises(RunError, match="no config.json"):
+        load_model(tmp_path)
+    broken = tmp_path / "run"
+    broken.mkdir()
+    (broken / "config.json").write_text((trained_run / "config.json").read_text())
+    with pytest.raises(RunError, match="no model.safetensors"):
+        load_model(broken)
+    (broken / "model.safetensors").write_bytes((trained_run / "model.safetensors").read_bytes())
+    config = json.loads((trained_run / "config.json").read_text())
+    config["format_version"] = 99
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunError, match="format version 99"):
+        load_model(broken)
+    with pytest.raises(RunError, match="not calibrated"):
+        predict_array(load_model(trained_run), np.ones((32, 32), np.float32), calibrated=True, progress=False)
