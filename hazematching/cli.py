@@ -23,13 +23,55 @@ def _predict(args) -> None:
     try:
         written = predict_files(
             Path(args.model), Path(args.input), Path(args.output), device=args.device,
-            samples=args.samples, steps=args.steps, seed=args.seed, tile_size=args.tile_size,
-            overlap=args.overlap, batch_size=args.batch_size, keep_samples=args.save_samples,
-            calibrated=args.calibrated,
+            keep_samples=args.save_samples, calibrated=args.calibrated, **_sampler_options(args),
         )
     except (DataError, RunError, RuntimeError) as exc:
         sys.exit(f"error: {exc}")
     print(f"wrote {len(written)} file(s): {', '.join(str(p) for p in written[:6])}{' ...' if len(written) > 6 else ''}")
+
+
+def _sampler_options(args) -> dict:
+    return dict(samples=args.samples, steps=args.steps, seed=args.seed, tile_size=args.tile_size,
+                overlap=args.overlap, batch_size=args.batch_size)
+
+
+def _evaluate(args) -> None:
+    from .data.io import DataError
+    from .evaluate import evaluate, markdown_table
+    from .run import RunError
+
+    try:
+        result = evaluate(Path(args.model), Path(args.data), Path(args.output), baseline_dir=args.baseline and Path(args.baseline),
+                          metric_samples=args.metric_samples, device=args.device, **_sampler_options(args))
+    except (DataError, RunError, RuntimeError) as exc:
+        sys.exit(f"error: {exc}")
+    print(markdown_table(result["mean"]), end="")
+    print(f"wrote {args.output}/metrics.json, metrics.md and figures/")
+
+
+def _calibrate(args) -> None:
+    from .data.io import DataError
+    from .evaluate import calibrate
+    from .run import RunError
+
+    try:
+        result = calibrate(Path(args.model), Path(args.data), eval_dir=args.eval_data and Path(args.eval_data),
+                           bins=args.bins, device=args.device, **_sampler_options(args))
+    except (DataError, RunError, RuntimeError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
+    print(f"calibrated std = {result['scale']:.4g} * std + {result['offset']:.4g} (stored in {args.model}/config.json)")
+    print(f"|RMSE - RMV| on {result['plot_data']}: {result['mean_abs_deviation_before']:.4g} before, "
+          f"{result['mean_abs_deviation_after']:.4g} after; plot: {args.model}/calibration.png")
+
+
+def _add_sampler_flags(parser) -> None:
+    parser.add_argument("--samples", type=int, default=None, help="posterior samples K (default: the run's)")
+    parser.add_argument("--steps", type=int, default=None, help="Euler steps N (default: the run's)")
+    parser.add_argument("--seed", type=int, default=None, help="noise seed (default: the run's)")
+    parser.add_argument("--tile-size", type=int, default=256, help="tile edge in pixels (memory ~ tile^2 x batch)")
+    parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
+    parser.add_argument("--batch-size", type=int, default=4, help="tiles per network call")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,16 +101,39 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--model", required=True, help="run directory (model.safetensors + config.json)")
     pred.add_argument("--input", required=True, help="TIFF file or folder of TIFFs")
     pred.add_argument("--output", required=True, help="output .tif (for one input) or folder")
-    pred.add_argument("--samples", type=int, default=None, help="posterior samples K (default: the run's)")
-    pred.add_argument("--steps", type=int, default=None, help="Euler steps N (default: the run's)")
-    pred.add_argument("--seed", type=int, default=None, help="noise seed (default: the run's)")
-    pred.add_argument("--tile-size", type=int, default=256, help="tile edge in pixels (memory ~ tile^2 x batch)")
-    pred.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
-    pred.add_argument("--batch-size", type=int, default=4, help="tiles per network call")
-    pred.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_sampler_flags(pred)
     pred.add_argument("--save-samples", action="store_true", help="also write all samples")
     pred.add_argument("--calibrated", action="store_true", help="write the calibrated std a*std+b (see calibrate)")
     pred.set_defaults(func=_predict)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="metrics of a run (and a baseline) on paired test data, with figures",
+        description="Compare the widefield input, an optional U-Net baseline, the HazeMatching MMSE and single "
+        "samples with the confocal targets (range-invariant PSNR, MS-SSIM, MicroMS3IM, GMSD).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ev.add_argument("--model", required=True, help="HazeMatching run directory")
+    ev.add_argument("--data", required=True, help="paired split folder, e.g. DATA/test")
+    ev.add_argument("--output", default="evaluation", help="folder for metrics.json, metrics.md, figures/")
+    ev.add_argument("--baseline", default=None, help="U-Net baseline run directory (trained with --objective mse)")
+    ev.add_argument("--metric-samples", type=int, default=4, help="samples whose metrics are averaged for the sample row")
+    _add_sampler_flags(ev)
+    ev.set_defaults(func=_evaluate)
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="fit the std calibration a*std+b on validation data and store it in the run",
+        description="Bin pixels by predicted std, compare RMSE with RMV per bin, fit RMSE = a*RMV + b on --data "
+        "and plot both curves on a held-out split (--eval-data, default DATA/../test).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    cal.add_argument("--model", required=True, help="HazeMatching run directory (config.json is updated)")
+    cal.add_argument("--data", required=True, help="paired validation folder, e.g. DATA/val")
+    cal.add_argument("--eval-data", default=None, help="held-out paired folder for the plot")
+    cal.add_argument("--bins", type=int, default=15, help="std bins")
+    _add_sampler_flags(cal)
+    cal.set_defaults(func=_calibrate)
     return parser
 
 
