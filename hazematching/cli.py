@@ -38,12 +38,14 @@ def _sampler_options(args) -> dict:
 def _evaluate(args) -> None:
     from .data.io import DataError
     from .evaluate import evaluate, markdown_table
+    from .perceptual import BackboneError
     from .run import RunError
 
     try:
         result = evaluate(Path(args.model), Path(args.data), Path(args.output), baseline_dir=args.baseline and Path(args.baseline),
-                          metric_samples=args.metric_samples, device=args.device, **_sampler_options(args))
-    except (DataError, RunError, RuntimeError) as exc:
+                          metric_samples=args.metric_samples, device=args.device, lpips_backbone=args.lpips_backbone,
+                          lpips_linear=args.lpips_linear, fid_backbone=args.fid_backbone, **_sampler_options(args))
+    except (DataError, RunError, RuntimeError, BackboneError) as exc:
         sys.exit(f"error: {exc}")
     print(markdown_table(result["mean"]), end="")
     print(f"wrote {args.output}/metrics.json, metrics.md and figures/")
@@ -118,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", default="evaluation", help="folder for metrics.json, metrics.md, figures/")
     ev.add_argument("--baseline", default=None, help="U-Net baseline run directory (trained with --objective mse)")
     ev.add_argument("--metric-samples", type=int, default=4, help="samples whose metrics are averaged for the sample row")
+    ev.add_argument("--lpips-backbone", default=None, help="TorchScript file: images in [-1,1] -> list of feature maps")
+    ev.add_argument("--lpips-linear", default=None, help="safetensors file with LPIPS weights lin0, lin1, ...")
+    ev.add_argument("--fid-backbone", default=None, help="TorchScript file: images in [0,1] -> (N, D) features")
     _add_sampler_flags(ev)
     ev.set_defaults(func=_evaluate)
 

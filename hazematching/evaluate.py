@@ -14,15 +14,11 @@ from tqdm.auto import tqdm
 from . import metrics
 from .calibration import calibration_curve, fit_calibration, plot_calibration
 from .data.io import read_split
+from .perceptual import FID, LPIPS, patches
 from .predict import predict_array, resolve_device
 from .run import CONFIG_NAME, LoadedRun, RunError, atomic_write_bytes, load_model
 
 MS3IM_MIN_SIZE = 161  # microssim's 5-scale MS-SSIM needs more than 160 pixels per side
-NOT_COMPUTED = {
-    "lpips": "not computed: LPIPS needs pretrained backbone weights, which this version cannot load yet",
-    "fid": "not computed: FID needs pretrained Inception weights, which this version cannot load yet",
-    "fsim": "not computed: FSIM is not implemented yet",
-}
 
 
 def load_flow_run(model_dir, device: str = "auto") -> LoadedRun:
@@ -35,14 +31,18 @@ def load_flow_run(model_dir, device: str = "auto") -> LoadedRun:
     return run
 
 
-def image_metrics(prediction: np.ndarray, target: np.ndarray) -> dict:
+def image_metrics(prediction: np.ndarray, target: np.ndarray, lpips: LPIPS | None = None) -> dict:
     row = {
         "psnr": metrics.range_invariant_psnr(prediction, target),
         "ms_ssim": metrics.ms_ssim(prediction, target),
         "gmsd": metrics.gmsd(prediction, target),
+        "fsim": metrics.fsim(prediction, target),
     }
     if min(target.shape) >= MS3IM_MIN_SIZE:
         row["micro_ms3im"] = metrics.micro_ms3im(prediction, target)
+    if lpips is not None:
+        lo, hi = float(target.min()), float(target.max())
+        row["lpips"] = float(lpips(patches(prediction, lo, hi), patches(target, lo, hi)).mean())
     return row
 
 
@@ -81,9 +81,20 @@ def evaluate(
     metric_samples: int = 4,
     device: str = "auto",
     progress: bool = True,
+    lpips_backbone: Path | None = None,
+    lpips_linear: Path | None = None,
+    fid_backbone: Path | None = None,
     **predict_options,
 ) -> dict:
-    """Metrics per image and their means; writes metrics.json, metrics.md and figures/NAME.png."""
+    """Metrics per image and their means; writes metrics.json, metrics.md and figures/NAME.png.
+
+    The sample row averages the metrics of ``metric_samples`` single samples; FID is computed over
+    the 64 x 64 patches of all images of a row against the target patches.
+    """
+    if (lpips_backbone is None) != (lpips_linear is None):
+        raise RunError("LPIPS needs both --lpips-backbone and --lpips-linear")
+    lpips = LPIPS(lpips_backbone, lpips_linear) if lpips_backbone else None
+    fid = FID(fid_backbone) if fid_backbone else None
     run = load_flow_run(model_dir, device)
     baseline = None
     if baseline_dir is not None:
@@ -93,25 +104,38 @@ def evaluate(
     pairs = read_split(data_dir)
     output_dir = Path(output_dir)
     (output_dir / "figures").mkdir(parents=True, exist_ok=True)
-    per_image = {}
+    per_image, fid_patches = {}, {}
     for pair in tqdm(pairs, desc="evaluating", disable=not progress):
         pred = predict_array(run, pair.input, keep_samples=True, progress=False, **predict_options)
-        rows = {"widefield input": image_metrics(pair.input, pair.target)}
+        candidates = {"widefield input": [pair.input]}
+        if baseline is not None:
+            tile = predict_options.get("tile_size", 256)
+            candidates["U-Net baseline"] = [predict_array(baseline, pair.input, progress=False, tile_size=tile).mean]
+        candidates["HazeMatching MMSE"] = [pred.mean]
+        candidates["HazeMatching sample"] = list(pred.samples[:metric_samples])
+        per_image[pair.name] = {
+            row: _mean_rows([image_metrics(image, pair.target, lpips) for image in images]) for row, images in candidates.items()
+        }
+        if fid is not None:
+            lo, hi = float(pair.target.min()), float(pair.target.max())
+            fid_patches.setdefault("target", []).append(patches(pair.target, lo, hi))
+            for row, images in candidates.items():
+                fid_patches.setdefault(row, []).extend(patches(image, lo, hi) for image in images)
         panels = [("input", pair.input), ("target", pair.target)]
         if baseline is not None:
-            base = predict_array(baseline, pair.input, progress=False, tile_size=predict_options.get("tile_size", 256)).mean
-            rows["U-Net baseline"] = image_metrics(base, pair.target)
-            panels.append(("U-Net", base))
-        rows["HazeMatching MMSE"] = image_metrics(pred.mean, pair.target)
-        rows["HazeMatching sample"] = _mean_rows([image_metrics(s, pair.target) for s in pred.samples[:metric_samples]])
-        per_image[pair.name] = rows
-        panels += [("MMSE", pred.mean), ("sample 1", pred.samples[0])]
-        if len(pred.samples) > 1:
-            panels.append(("sample 2", pred.samples[1]))
-        panels.append(("std", pred.std))
+            panels.append(("U-Net", candidates["U-Net baseline"][0]))
+        panels += [("MMSE", pred.mean)] + [(f"sample {i + 1}", s) for i, s in enumerate(pred.samples[:2])] + [("std", pred.std)]
         save_figure(output_dir / "figures" / f"{pair.name}.png", panels)
     methods = list(next(iter(per_image.values())).keys())
     mean = {m: _mean_rows([per_image[name][m] for name in per_image]) for m in methods}
+    if fid is not None:
+        for m in methods:
+            mean[m]["fid"] = fid(fid_patches["target"], fid_patches[m])
+    not_computed = {}
+    if lpips is None:
+        not_computed["lpips"] = "not computed: pass --lpips-backbone and --lpips-linear (local TorchScript + safetensors files)"
+    if fid is None:
+        not_computed["fid"] = "not computed: pass --fid-backbone (a local TorchScript feature extractor)"
     result = {
         "model": str(model_dir),
         "baseline": str(baseline_dir) if baseline_dir else None,
@@ -120,7 +144,7 @@ def evaluate(
         "settings": {k: v for k, v in predict_options.items()},
         "mean": mean,
         "per_image": per_image,
-        "not_computed": NOT_COMPUTED,
+        "not_computed": not_computed,
     }
     atomic_write_bytes(output_dir / "metrics.json", json.dumps(result, indent=2).encode())
     atomic_write_bytes(output_dir / "metrics.md", markdown_table(mean).encode())
@@ -128,7 +152,8 @@ def evaluate(
 
 
 def markdown_table(mean: dict) -> str:
-    columns = [("psnr", "PSNR (dB) ↑"), ("ms_ssim", "MS-SSIM ↑"), ("micro_ms3im", "MicroMS3IM ↑"), ("gmsd", "GMSD ↓")]
+    columns = [("psnr", "PSNR (dB) ↑"), ("ms_ssim", "MS-SSIM ↑"), ("micro_ms3im", "MicroMS3IM ↑"), ("fsim", "FSIM ↑"),
+               ("gmsd", "GMSD ↓"), ("lpips", "LPIPS ↓"), ("fid", "FID ↓")]
     present = [(k, title) for k, title in columns if any(k in row for row in mean.values())]
     lines = ["| method | " + " | ".join(t for _, t in present) + " |", "|---" * (len(present) + 1) + "|"]
     for method, row in mean.items():

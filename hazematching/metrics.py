@@ -82,3 +82,80 @@ def gmsd(prediction, target) -> float:
     c = 0.0026
     gms = (2 * magnitude[0] * magnitude[1] + c) / (magnitude[0] ** 2 + magnitude[1] ** 2 + c)
     return float(gms.std(unbiased=False))
+
+
+def _phase_congruency(image: np.ndarray, scales: int = 4, orientations: int = 4, min_wavelength: float = 6.0,
+                      mult: float = 2.0, sigma_on_f: float = 0.55, d_theta_on_sigma: float = 1.2, k: float = 2.0) -> np.ndarray:
+    """Kovesi's phase congruency with log-Gabor filters, as used by FSIM (Zhang et al. 2011)."""
+    rows, cols = image.shape
+    spectrum = np.fft.fft2(image)
+    x = (np.arange(cols) - cols // 2) / (cols - cols % 2)
+    y = (np.arange(rows) - rows // 2) / (rows - rows % 2)
+    xx, yy = np.meshgrid(x, y)
+    radius = np.fft.ifftshift(np.sqrt(xx**2 + yy**2))
+    theta = np.fft.ifftshift(np.arctan2(-yy, xx))
+    radius[0, 0] = 1.0
+    lowpass = 1.0 / (1.0 + (radius / 0.45) ** 30)
+    log_gabor = []
+    for s in range(scales):
+        centre = 1.0 / (min_wavelength * mult**s)
+        lg = np.exp(-(np.log(radius / centre) ** 2) / (2 * np.log(sigma_on_f) ** 2)) * lowpass
+        lg[0, 0] = 0.0
+        log_gabor.append(lg)
+    theta_sigma = np.pi / orientations / d_theta_on_sigma
+    energy_all = np.zeros_like(image)
+    amplitude_all = np.zeros_like(image)
+    for o in range(orientations):
+        angle = o * np.pi / orientations
+        ds = np.sin(theta) * np.cos(angle) - np.cos(theta) * np.sin(angle)
+        dc = np.cos(theta) * np.cos(angle) + np.sin(theta) * np.sin(angle)
+        spread = np.exp(-(np.abs(np.arctan2(ds, dc)) ** 2) / (2 * theta_sigma**2))
+        responses, filters_spatial = [], []
+        for s in range(scales):
+            filt = log_gabor[s] * spread
+            filters_spatial.append(np.real(np.fft.ifft2(filt)) * np.sqrt(rows * cols))
+            responses.append(np.fft.ifft2(spectrum * filt))
+        sum_even = sum(r.real for r in responses)
+        sum_odd = sum(r.imag for r in responses)
+        sum_amplitude = sum(np.abs(r) for r in responses)
+        x_energy = np.sqrt(sum_even**2 + sum_odd**2) + 1e-4
+        mean_even, mean_odd = sum_even / x_energy, sum_odd / x_energy
+        energy = sum(r.real * mean_even + r.imag * mean_odd - np.abs(r.real * mean_odd - r.imag * mean_even) for r in responses)
+        # noise threshold from the smallest scale's median response
+        em_n = np.sum((log_gabor[0] * spread) ** 2)
+        noise_power = -np.median(np.abs(responses[0]) ** 2) / np.log(0.5) / em_n
+        sum_an2 = sum(np.sum(f**2) for f in filters_spatial)
+        sum_aiaj = sum(np.sum(filters_spatial[i] * filters_spatial[j]) for i in range(scales) for j in range(i + 1, scales))
+        noise_energy2 = 2 * noise_power * sum_an2 + 4 * noise_power * sum_aiaj
+        tau = np.sqrt(max(noise_energy2, 0.0) / 2)
+        threshold = (tau * np.sqrt(np.pi / 2) + k * np.sqrt((2 - np.pi / 2) * tau**2)) / 1.7
+        energy_all += np.maximum(energy - threshold, 0.0)
+        amplitude_all += sum_amplitude
+    return energy_all / (amplitude_all + 1e-4)
+
+
+def fsim(prediction, target) -> float:
+    """Feature similarity index FSIM (Zhang et al. 2011) on images scaled to 0..255 by the target's range.
+
+    Phase congruency (structure) and Scharr gradient magnitude (contrast) similarities, pooled with
+    the larger phase congruency as weight; 1 for identical images.
+    """
+    from scipy import ndimage
+
+    pred, tgt = np.asarray(prediction, np.float64), np.asarray(target, np.float64)
+    lo, hi = tgt.min(), tgt.max()
+    pred, tgt = (255.0 * (p - lo) / max(hi - lo, 1e-12) for p in (pred, tgt))
+    factor = max(1, round(min(tgt.shape) / 256))
+    if factor > 1:
+        pred, tgt = (ndimage.uniform_filter(p, factor)[::factor, ::factor] for p in (pred, tgt))
+    pc_p, pc_t = _phase_congruency(pred), _phase_congruency(tgt)
+    scharr = np.array([[3.0, 0.0, -3.0], [10.0, 0.0, -10.0], [3.0, 0.0, -3.0]]) / 16.0
+
+    def gradient(img):
+        return np.hypot(ndimage.convolve(img, scharr, mode="nearest"), ndimage.convolve(img, scharr.T, mode="nearest"))
+
+    g_p, g_t = gradient(pred), gradient(tgt)
+    s_pc = (2 * pc_p * pc_t + 0.85) / (pc_p**2 + pc_t**2 + 0.85)
+    s_g = (2 * g_p * g_t + 160.0) / (g_p**2 + g_t**2 + 160.0)
+    weight = np.maximum(pc_p, pc_t)
+    return float(np.sum(s_pc * s_g * weight) / np.sum(weight))

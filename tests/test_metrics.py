@@ -78,3 +78,18 @@ def test_gmsd_hand_cases(image):
     assert metrics.gmsd(2 * ramp, ramp) == pytest.approx(expected, rel=1e-9)
     # intensity units do not matter (both scaled by the target's range)
     assert metrics.gmsd(1000 * image + 5, 1000 * image + 5) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fsim_hand_cases(image):
+    assert metrics.fsim(image, image) == pytest.approx(1.0, abs=1e-12)
+    rng = np.random.default_rng(6)
+    small = metrics.fsim(image + rng.normal(0, 0.02, image.shape), image)
+    large = metrics.fsim(image + rng.normal(0, 0.2, image.shape), image)
+    assert 1.0 > small > large > 0
+    blurred = metrics.fsim(__import__("scipy").ndimage.gaussian_filter(image, 3), image)
+    assert blurred < small
+    # phase congruency is high on a step edge and, above the estimated noise, ~0 in flat regions
+    step = np.zeros((256, 256))
+    step[:, 128:] = 255.0
+    pc = metrics._phase_congruency(step + rng.normal(0, 10, step.shape))
+    assert pc[:, 127:129].mean() > 0.6 and pc[:, 56:72].mean() < 0.1

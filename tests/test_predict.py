@@ -151,7 +151,19 @@ def test_evaluate_and_calibrate_cli(trained_run, baseline_run, sim_data, tmp_pat
     result = json.loads((out / "metrics.json").read_text())
     assert set(result["mean"]) == {"widefield input", "U-Net baseline", "HazeMatching MMSE", "HazeMatching sample"}
     row = result["mean"]["HazeMatching MMSE"]
-    assert {"psnr", "ms_ssim", "gmsd"} <= set(row) and "lpips" in result["not_computed"]
+    assert {"psnr", "ms_ssim", "gmsd", "fsim"} <= set(row) and set(result["not_computed"]) == {"lpips", "fid"}
+
+    # with local backbones (made here) LPIPS and FID are computed
+    from test_perceptual import MeanFeatures, TwoConvs, script
+    from safetensors.torch import save_file
+
+    save_file({"lin0": torch.ones(8), "lin1": torch.ones(16)}, tmp_path / "lin.safetensors")
+    cli_main(["evaluate", "--model", str(run), "--data", str(sim_data / "test"), "--output", str(tmp_path / "eval2"),
+              "--samples", "2", "--steps", "2", "--lpips-backbone", str(script(TwoConvs(), tmp_path / "a.pt")),
+              "--lpips-linear", str(tmp_path / "lin.safetensors"), "--fid-backbone", str(script(MeanFeatures(), tmp_path / "f.pt"))])
+    result = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    assert not result["not_computed"]
+    assert all({"lpips", "fid"} <= set(r) for r in result["mean"].values())
     names = [p.stem for p in (sim_data / "test").glob("*.tif")]
     assert sorted(p.stem for p in (out / "figures").glob("*.png")) == sorted(names)
     assert "| HazeMatching MMSE |" in (out / "metrics.md").read_text()
