@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="metrics of a run (and a baseline) on paired test data, with figures",
         description="Compare the widefield input, an optional U-Net baseline, the HazeMatching MMSE and single "
-        "samples with the confocal targets (range-invariant PSNR, MS-SSIM, MicroMS3IM, GMSD).",
+        "samples with the confocal targets (range-invariant PSNR, MS-SSIM, MicroMS3IM, FSIM, GMSD; LPIPS and FID with local backbones).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ev.add_argument("--model", required=True, help="HazeMatching run directory")

@@ -20,17 +20,19 @@ from hazematching.evaluate import evaluate, markdown_table
 REPO = Path(__file__).resolve().parents[1]
 
 
-def train(data: Path, out: Path, objective: str, args) -> float:
+def train(data: Path, out: Path, objective: str, args) -> str:
+    """Train unless the run exists (then the earlier run is reused); returns the time as text."""
+    if (out / "model.safetensors").exists():
+        return "reused"
     start = time.perf_counter()
-    if not (out / "model.safetensors").exists():
-        cmd = [
-            sys.executable, str(REPO / "trainer" / "train.py"), "--data", str(data), "--output-dir", str(out),
-            "--objective", objective, "--max-steps", str(args.max_steps), "--batch-size", str(args.batch_size),
-            "--crop-size", str(args.crop_size), "--lr", str(args.lr), "--checkpointing-steps", str(args.max_steps),
-            "--validation-steps", "0", "--seed", "0",
-        ]
-        subprocess.run(cmd, check=True)
-    return time.perf_counter() - start
+    cmd = [
+        sys.executable, str(REPO / "trainer" / "train.py"), "--data", str(data), "--output-dir", str(out),
+        "--objective", objective, "--max-steps", str(args.max_steps), "--batch-size", str(args.batch_size),
+        "--crop-size", str(args.crop_size), "--lr", str(args.lr), "--checkpointing-steps", str(args.max_steps),
+        "--validation-steps", "0", "--seed", "0",
+    ]
+    subprocess.run(cmd, check=True)
+    return f"{time.perf_counter() - start:.0f} s"
 
 
 def main() -> None:
@@ -65,7 +67,7 @@ def main() -> None:
         samples=args.samples, steps=args.steps, seed=0,
     )
     print(f"\nbudget: {args.max_steps} steps x batch {args.batch_size} x {args.crop_size}^2 crops for each model "
-          f"(training {t_hm:.0f} s and {t_unet:.0f} s here); {args.num_images} training pairs of {args.size}^2 (seed 0); "
+          f"(training time here: {t_hm} and {t_unet}); {args.num_images} training pairs of {args.size}^2 (seed 0); "
           f"held-out: {args.heldout_images} pairs (seed {args.heldout_seed}); sampler: K={args.samples}, N={args.steps} Euler steps")
     print(markdown_table(result["mean"]))
     gain = result["mean"]["HazeMatching MMSE"]["psnr"] - result["mean"]["widefield input"]["psnr"]

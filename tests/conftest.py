@@ -40,27 +40,23 @@ def accelerate_launcher(config: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config), *extra]
 
 
+def _train_once(tmp_path_factory, name: str, data: Path, *flags: str) -> Path:
+    out = tmp_path_factory.mktemp(name) / "run"
+    result = run_trainer(["--data", str(data), "--output-dir", str(out), "--batch-size", "4", "--crop-size", "64",
+                          "--lr", "5e-4", *flags])
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
 @pytest.fixture(scope="session")
 def trained_run(sim_data, tmp_path_factory) -> Path:
     """A HazeMatching run trained briefly on the simulated data (default architecture)."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    result = run_trainer([
-        "--data", str(sim_data), "--output-dir", str(out), "--max-steps", "120", "--batch-size", "4",
-        "--crop-size", "64", "--lr", "5e-4", "--checkpointing-steps", "120", "--validation-steps", "0",
-        "--sampler-steps", "4", "--sampler-samples", "4",
-    ])
-    assert result.returncode == 0, result.stderr[-2000:]
-    return out
+    return _train_once(tmp_path_factory, "trained", sim_data, "--max-steps", "120", "--checkpointing-steps", "120",
+                       "--validation-steps", "0", "--sampler-steps", "4", "--sampler-samples", "4")
 
 
 @pytest.fixture(scope="session")
 def baseline_run(sim_data, tmp_path_factory) -> Path:
     """The U-Net point-predictor baseline, same backbone, trained briefly."""
-    out = tmp_path_factory.mktemp("baseline") / "run"
-    result = run_trainer([
-        "--data", str(sim_data), "--output-dir", str(out), "--max-steps", "60", "--batch-size", "4",
-        "--crop-size", "64", "--lr", "5e-4", "--checkpointing-steps", "60", "--validation-steps", "60",
-        "--objective", "mse",
-    ])
-    assert result.returncode == 0, result.stderr[-2000:]
-    return out
+    return _train_once(tmp_path_factory, "baseline", sim_data, "--max-steps", "60", "--checkpointing-steps", "60",
+                       "--validation-steps", "60", "--objective", "mse")
