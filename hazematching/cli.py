@@ -66,6 +66,23 @@ def _calibrate(args) -> None:
           f"{result['mean_abs_deviation_after']:.4g} after; plot: {args.model}/calibration.png")
 
 
+def _export(args) -> None:
+    from .data.io import DataError
+    from .export import export_model
+    from .run import RunError
+
+    try:
+        path = export_model(
+            Path(args.model), Path(args.output), samples=args.samples, steps=args.steps, seed=args.seed, name=args.name,
+            authors=args.authors, maintainers=args.maintainers, license=args.license,
+            formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+            test_image=args.test_image and Path(args.test_image), test_size=args.test_size,
+        )
+    except (DataError, RunError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
+    print(f"wrote {path}; check it with: bioimageio test {path}")
+
+
 def _add_sampler_flags(parser) -> None:
     parser.add_argument("--samples", type=int, default=None, help="posterior samples K (default: the run's)")
     parser.add_argument("--steps", type=int, default=None, help="Euler steps N (default: the run's)")
@@ -139,6 +156,27 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--bins", type=int, default=15, help="std bins")
     _add_sampler_flags(cal)
     cal.set_defaults(func=_calibrate)
+
+    exp = sub.add_parser(
+        "export",
+        help="pack a run as a bioimage.io model (.zip) for bioimageio.core, ilastik and deepImageJ",
+        description="Export a HazeMatching run as a bioimage.io model package whose single call runs the whole "
+        "sampler (K samples x N Euler steps) and returns [mean, std] as two channels of one output.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    exp.add_argument("--model", required=True, help="HazeMatching run directory")
+    exp.add_argument("--output", required=True, help="package path, e.g. model.zip")
+    exp.add_argument("--samples", type=int, default=None, help="posterior samples K (default: the run's)")
+    exp.add_argument("--steps", type=int, default=None, help="Euler steps N (default: the run's)")
+    exp.add_argument("--seed", type=int, default=None, help="fixed noise seed inside the model (default: the run's)")
+    exp.add_argument("--name", default="HazeMatching widefield dehazing", help="model name (5-128 characters)")
+    exp.add_argument("--authors", nargs="+", default=None, help="author names")
+    exp.add_argument("--maintainers", nargs="+", default=None, help="maintainers' GitHub user names")
+    exp.add_argument("--license", default="BSD-3-Clause", help="SPDX license id of the weights")
+    exp.add_argument("--formats", default="torchscript,pytorch_state_dict", help="weight formats, comma separated")
+    exp.add_argument("--test-image", default=None, help="2D TIFF for the test tensors (default: the run's first validation image)")
+    exp.add_argument("--test-size", type=int, default=256, help="edge of the square test tensor crop")
+    exp.set_defaults(func=_export)
     return parser
 
 

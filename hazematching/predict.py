@@ -93,8 +93,9 @@ def predict_array(
                 out_mean, out_std, out_samples = run.model(torch.zeros_like(cond), cond), None, None
                 bar.update()
             else:
-                origin_y = torch.tensor([t.y.start for t in batch])
-                origin_x = torch.tensor([t.x.start for t in batch])
+                # noise frame centred on the image, as in the exported model (core/dehazer.py)
+                origin_y = torch.tensor([t.y.start - height // 2 for t in batch])
+                origin_x = torch.tensor([t.x.start - width // 2 for t in batch])
                 post = sample_posterior(
                     run.model, cond, samples, steps, seed, keep_samples=keep_samples,
                     origin_y=origin_y, origin_x=origin_x, on_sample=bar.update,

@@ -13,20 +13,16 @@ import math
 
 import torch
 
-_MASK32 = 0xFFFFFFFF
-_MASK16 = 0xFFFF
-
-
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
     """(x * c) mod 2**32 for 0 <= x, c < 2**32 without int64 overflow."""
-    hi = ((x >> 16) * c) & _MASK16
-    lo = (x & _MASK16) * c
-    return ((hi << 16) + lo) & _MASK32
+    hi = ((x >> 16) * c) & 0xFFFF
+    lo = (x & 0xFFFF) * c
+    return ((hi << 16) + lo) & 0xFFFFFFFF
 
 
 def hash32(x: torch.Tensor) -> torch.Tensor:
     """The 'lowbias32' integer hash (C. Wellons) on int64 tensors holding uint32 values."""
-    x = x & _MASK32
+    x = x & 0xFFFFFFFF
     x = x ^ (x >> 16)
     x = _mul32(x, 0x7FEB352D)
     x = x ^ (x >> 15)
@@ -36,7 +32,7 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
 
 
 def _scalar_hash(value: int) -> int:
-    return int(hash32(torch.tensor([value & _MASK32], dtype=torch.int64))[0])
+    return int(hash32(torch.tensor([value & 0xFFFFFFFF], dtype=torch.int64))[0].item())
 
 
 def hash_normal(
@@ -48,7 +44,7 @@ def hash_normal(
     width: int,
     origin_y: torch.Tensor | None = None,
     origin_x: torch.Tensor | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device = torch.device("cpu"),
 ) -> torch.Tensor:
     """Standard-normal noise of shape (batch, channels, height, width), float32.
 

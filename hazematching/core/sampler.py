@@ -1,14 +1,17 @@
-"""The one Euler sampler: K posterior samples of dx/dt = v_theta(t, [x, c]) from t=0 to t=1.
+"""The one Euler sampler: posterior samples of dx/dt = v_theta(t, [x, c]) from t=0 to t=1.
 
-Everything that samples (validation grids, predict, export) calls ``sample_posterior``. Noise comes
-from ``hash_normal`` keyed on (seed, sample index, pixel position), so sample k of a K-sample call is
-bit-identical to a 1-sample call with ``first_sample=k``, on any device and for any tiling.
+``EulerSampler.draw`` makes one sample (hash noise keyed on seed, sample index and pixel position,
+then N explicit Euler steps); ``update_moments`` folds it into the running mean/std. Everything
+that samples (validation grids, predict, the exported bioimage.io model) uses these two. Sample k of
+a K-sample call is therefore bit-identical to a 1-sample call with ``first_sample=k``, on any device
+and for any tiling. Both are TorchScript-compatible, so the exported model runs the same code.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from .noise import hash_normal
 
@@ -20,13 +23,41 @@ class Posterior:
     samples: torch.Tensor | None  # (B, K, C, H, W) when keep_samples
 
 
-def euler_integrate(model, x: torch.Tensor, cond: torch.Tensor, steps: int) -> torch.Tensor:
-    """Explicit Euler from t=0 to t=1 in ``steps`` equal steps (``steps`` network evaluations)."""
-    dt = 1.0 / steps
-    for i in range(steps):
-        t = torch.full((x.shape[0],), i * dt, device=x.device, dtype=x.dtype)
-        x = x + dt * model(x, cond, t).to(x.dtype)
-    return x
+def update_moments(mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Welford's update with the ``count``-th sample (1-based): memory does not grow with K."""
+    delta = x - mean
+    mean = mean + delta / count
+    return mean, m2 + delta * (x - mean)
+
+
+class EulerSampler(nn.Module):
+    """Wraps a velocity network; ``draw`` returns one posterior sample for a batch of conditions."""
+
+    def __init__(self, net: nn.Module, out_channels: int = 1):
+        super().__init__()
+        self.net = net
+        self.out_channels = out_channels
+
+    def integrate(self, x: torch.Tensor, cond: torch.Tensor, steps: int) -> torch.Tensor:
+        """Explicit Euler from t=0 to t=1 in ``steps`` equal steps (``steps`` network evaluations)."""
+        dt = 1.0 / steps
+        for i in range(steps):
+            t = torch.full([x.shape[0]], i * dt, device=x.device, dtype=x.dtype)
+            x = x + dt * self.net(x, cond, t).to(x.dtype)
+        return x
+
+    def draw(
+        self,
+        cond: torch.Tensor,
+        sample_index: int,
+        steps: int,
+        seed: int,
+        origin_y: torch.Tensor | None = None,
+        origin_x: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        b, h, w = cond.shape[0], cond.shape[2], cond.shape[3]
+        x0 = hash_normal(seed, sample_index, b, self.out_channels, h, w, origin_y, origin_x, cond.device)
+        return self.integrate(x0.to(cond.dtype), cond, steps).float()
 
 
 @torch.no_grad()
@@ -44,23 +75,20 @@ def sample_posterior(
 ) -> Posterior:
     """Draw ``num_samples`` samples for a batch of (normalised) hazy images ``cond``.
 
-    Samples are integrated one at a time and reduced on the fly (Welford), so memory does not grow
-    with K unless ``keep_samples``. ``origin_y``/``origin_x`` place tiles in a larger image;
+    Samples are integrated one at a time and reduced on the fly, so memory does not grow with K
+    unless ``keep_samples``. ``origin_y``/``origin_x`` place tiles in a larger image;
     ``on_sample`` is called after each finished sample (progress bars).
     """
     if num_samples < 1 or steps < 1:
         raise ValueError(f"num_samples and steps must be >= 1, got {num_samples} and {steps}")
+    sampler = model if isinstance(model, EulerSampler) else EulerSampler(model, getattr(model, "in_channels", cond.shape[1]))
     b, _, h, w = cond.shape
-    out_channels = getattr(model, "in_channels", cond.shape[1])
-    mean = torch.zeros(b, out_channels, h, w, device=cond.device, dtype=torch.float32)
+    mean = torch.zeros(b, sampler.out_channels, h, w, device=cond.device, dtype=torch.float32)
     m2 = torch.zeros_like(mean)
     kept = []
     for k in range(num_samples):
-        x0 = hash_normal(seed, first_sample + k, b, out_channels, h, w, origin_y, origin_x, device=cond.device)
-        x = euler_integrate(model, x0.to(cond.dtype), cond, steps).float()
-        delta = x - mean
-        mean = mean + delta / (k + 1)
-        m2 = m2 + delta * (x - mean)
+        x = sampler.draw(cond, first_sample + k, steps, seed, origin_y, origin_x)
+        mean, m2 = update_moments(mean, m2, x, k + 1)
         if keep_samples:
             kept.append(x)
         if on_sample is not None:

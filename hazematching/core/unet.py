@@ -146,8 +146,9 @@ class UNet(nn.Module):
         for i, w in enumerate(widths):
             self.down.append(Level(cin, w, num_res_blocks, emb_dim, norm, dropout, i in attention_levels))
             cin = w
-            if i < len(widths) - 1:
-                self.downsample.append(nn.Conv2d(w, w, 3, stride=2, padding=1))
+            last = i == len(widths) - 1  # Identity keeps the lists zippable (TorchScript)
+            self.downsample.append(nn.Identity() if last else nn.Conv2d(w, w, 3, stride=2, padding=1))
+        self.levels = len(widths)
         self.middle = Level(cin, cin, 1, emb_dim, norm, dropout, (len(widths) - 1) in attention_levels)
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
@@ -164,19 +165,21 @@ class UNet(nn.Module):
         h = torch.cat([x, cond], dim=1)
         if pad_h or pad_w:
             h = F.pad(h, (0, pad_w, 0, pad_h), mode="replicate")
-        emb = None
+        emb: torch.Tensor | None = None
         if self.time_mlp is not None:
             if t is None:
                 raise ValueError("this network is time-conditioned: pass t")
             t = t.to(h.dtype).reshape(-1).expand(h.shape[0])
             emb = self.time_mlp(sinusoidal_embedding(t, self.base_channels).to(h.dtype))
         h = self.stem(h)
-        skips = []
-        for i, level in enumerate(self.down):
+        skips: list[torch.Tensor] = []
+        i = 0
+        for level, downsample in zip(self.down, self.downsample):
             h = level(h, emb)
-            if i < len(self.downsample):
+            if i < self.levels - 1:
                 skips.append(h)
-                h = self.downsample[i](h)
+            h = downsample(h)
+            i += 1
         h = self.middle(h, emb)
         for upsample, level in zip(self.upsample, self.up):
             h = upsample(F.interpolate(h, scale_factor=2.0, mode="nearest"))

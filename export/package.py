@@ -1,0 +1,297 @@
+"""Export a trained run as a bioimage.io model package (RDF 0.5, built from bioimageio.spec classes).
+
+The package's single model call is ``hazematching.core.Dehazer``: normalisation, in-graph hash noise,
+K samples x N Euler steps, mean and (calibrated) std, as one output tensor with channels
+[mean, std] (ilastik accepts only one output, and it must have a channel axis).
+Weight formats: TorchScript (scripted, so loops and sizes stay dynamic; what deepImageJ runs) and
+optionally the state dict with a generated single-file architecture that imports torch only.
+"""
+
+import hashlib
+import importlib.resources
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+import hazematching.core
+from hazematching.core import Dehazer
+from hazematching.data.io import read_split
+from hazematching.run import RunError, load_model
+
+CORE_DIR = Path(hazematching.core.__file__).parent
+TEMPLATE = importlib.resources.files("hazematching.rdf") / "model_README.md"
+CORE_FILES = ("noise.py", "unet.py", "sampler.py", "dehazer.py")  # dependency order
+FORMATS = ("torchscript", "pytorch_state_dict")
+PAPER_DOI = "10.48550/arXiv.2506.22397"
+
+
+def architecture_source() -> str:
+    """The core modules as one file (relative imports dropped): the state-dict architecture."""
+    parts = ['"""HazeMatching network and sampler (generated from hazematching.core; imports torch only)."""\n']
+    for name in CORE_FILES:
+        text = (CORE_DIR / name).read_text()
+        text = "\n".join(line for line in text.splitlines() if not re.match(r"\s*from \.\w* import", line))
+        parts.append(f"# ---- {name} ----\n{text}\n")
+    return "\n".join(parts)
+
+
+def receptive_radius(net: torch.nn.Module, size: int = 257) -> int:
+    """Largest distance at which an input pixel still changes an output pixel (random weights, so no
+    trained zero can hide a path): the halo a tiling consumer must add."""
+    import copy
+
+    probe = copy.deepcopy(net).float().cpu()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in probe.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    centre = size // 2
+    cond = torch.zeros(1, 1, size, size, requires_grad=True)
+    x = torch.zeros(1, 1, size, size, requires_grad=True)
+    t = torch.tensor([0.5]) if getattr(probe, "time_conditioning", True) else None
+    probe(x, cond, t)[0, 0, centre, centre].backward()
+    grad = (cond.grad.abs() + x.grad.abs())[0, 0]
+    ys, xs = torch.nonzero(grad > 0, as_tuple=True)
+    radius = int(max((ys - centre).abs().max(), (xs - centre).abs().max()))
+    if radius >= centre:
+        raise RunError(f"receptive field ({radius} px) reaches the probe border: attention or non-local layers cannot be tiled")
+    return radius
+
+
+def _cover(image: np.ndarray, output: np.ndarray, path: Path) -> None:
+    """input | MMSE side by side (2:1), each scaled to its 1-99.8 percentile range."""
+    from PIL import Image
+
+    def scaled(a):
+        lo, hi = np.percentile(a, [1, 99.8])
+        return (np.clip((a - lo) / max(hi - lo, 1e-8), 0, 1) * 255).astype(np.uint8)
+
+    Image.fromarray(np.concatenate([scaled(image), scaled(output)], axis=1)).save(path, optimize=True)
+
+
+def _validation_text(run_dir: Path, config: dict) -> str:
+    lines = []
+    metrics_path = run_dir / "evaluation" / "metrics.json"
+    if metrics_path.is_file():
+        from hazematching.evaluate import markdown_table
+
+        result = json.loads(metrics_path.read_text())
+        lines += [
+            f"`hazematching evaluate` on {result['images']} held-out image(s) (`{result['data']}`), "
+            f"sampler settings {result['settings']}:",
+            "",
+            markdown_table(result["mean"]),
+        ]
+    else:
+        lines.append("No `hazematching evaluate` results were found in the run directory when this package was made.")
+    calibration = config.get("calibration")
+    if calibration:
+        lines.append(
+            f"Uncertainty calibration (`hazematching calibrate`): std' = {calibration['scale']:.4g} × std + "
+            f"{calibration['offset']:.4g}; mean |RMSE − RMV| over 15 std bins on `{calibration['plot_data']}`: "
+            f"{calibration['mean_abs_deviation_before']:.4g} before, {calibration['mean_abs_deviation_after']:.4g} after."
+        )
+    lines.append(
+        f"\nTraining: {config['step']} steps, {config['num_processes']} process(es), objective guided CFM; "
+        "the full training configuration is attached as `training_config.json`. The test tensors of this "
+        "package are the genuine output of this model on a crop of a validation image."
+    )
+    return "\n".join(lines)
+
+
+def _test_image(config: dict, test_image: Path | None, size: int) -> np.ndarray:
+    if test_image is not None:
+        from hazematching.data.io import read_image_2d
+
+        image = read_image_2d(Path(test_image), size)
+    else:
+        data = Path(config["training"]["data"])
+        val = data / "val" if (data / "val").is_dir() else data
+        try:
+            image = read_split(val)[0].input
+        except Exception as exc:
+            raise RunError(f"no test image: the run's data {val} cannot be read ({exc}); pass --test-image") from exc
+    if min(image.shape) < size:
+        raise RunError(f"test image of shape {image.shape} is smaller than the test tensor size {size}")
+    y0, x0 = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+    return np.ascontiguousarray(image[y0 : y0 + size, x0 : x0 + size], dtype=np.float32)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def export_model(
+    run_dir: Path,
+    output: Path,
+    samples: int | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    name: str = "HazeMatching widefield dehazing",
+    authors: list[str] | None = None,
+    maintainers: list[str] | None = None,
+    license: str = "BSD-3-Clause",
+    formats: tuple[str, ...] = FORMATS,
+    test_image: Path | None = None,
+    test_size: int = 256,
+) -> Path:
+    """Write the .zip package atomically; returns its path."""
+    from bioimageio.spec import ValidationContext, save_bioimageio_package
+    from bioimageio.spec.model import v0_5 as bmz
+
+    run_dir, output = Path(run_dir), Path(output)
+    unknown = set(formats) - set(FORMATS)
+    if unknown or not formats:
+        raise ValueError(f"--formats {','.join(formats)}: choose from {','.join(FORMATS)}")
+    run = load_model(run_dir)
+    if run.objective != "cfm":
+        raise RunError(f"{run_dir} is a U-Net baseline run; only HazeMatching runs can be exported")
+    config = run.config
+    sampler = config["sampler"]
+    samples = samples or sampler["samples"]
+    steps = steps or sampler["steps"]
+    seed = sampler["seed"] if seed is None else seed
+    calibration = config.get("calibration") or {}
+    kwargs = {
+        "architecture": config["architecture"],
+        **run.normalization.to_dict(),
+        "samples": samples,
+        "steps": steps,
+        "seed": seed,
+        "std_scale": calibration.get("scale", 1.0),
+        "std_offset": calibration.get("offset", 0.0),
+    }
+    model = Dehazer(**kwargs).eval()
+    model.sampler.net.load_state_dict(run.model.state_dict())
+    stride = run.model.stride
+    halo = receptive_radius(run.model)
+    halo = -(-halo // stride) * stride
+    step = stride  # consumers only accept min + k * step; the network itself takes any size
+    min_size = (2 * halo // step + 1) * step  # a multiple of step with a non-empty centre
+    test_size = max(min_size, test_size - (test_size - min_size) % step)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        image = _test_image(config, test_image, test_size)
+        test_input = image[None, None]
+        scripted = torch.jit.script(model)
+        with torch.no_grad():
+            test_output = scripted(torch.from_numpy(test_input)).numpy()
+        np.save(tmp / "test_input.npy", test_input)
+        np.save(tmp / "test_output.npy", test_output)
+        # sample tensors: the same data as images (the deepImageJ check feeds the sample input)
+        tifffile.imwrite(tmp / "sample_input.tif", test_input[0, 0])
+        tifffile.imwrite(tmp / "sample_output.tif", test_output[0], metadata={"axes": "CYX"})
+        _cover(image, test_output[0, 0], tmp / "cover.png")
+        (tmp / "training_config.json").write_text(json.dumps(config, indent=2))
+        calibrated_note = ", calibrated" if calibration else ""
+        calibrated_detail = (
+            f", calibrated as {calibration['scale']:.4g} × std + {calibration['offset']:.4g} so that it matches "
+            "the observed error (see Validation)" if calibration else " (not calibrated: run `hazematching calibrate` before exporting to calibrate it)"
+        )
+        (tmp / "README.md").write_text(
+            TEMPLATE.read_text().format(
+                name=name, samples=samples, steps=steps, seed=seed, halo=halo, min_size=min_size, step=step,
+                calibrated_note=calibrated_note, calibrated_detail=calibrated_detail,
+                training_data=config["training"]["data"], validation=_validation_text(run_dir, config),
+            )
+        )
+        weights = {}
+        pytorch_version = bmz.Version(torch.__version__.split("+")[0])
+        if "torchscript" in formats:
+            scripted.save(str(tmp / "hazematching_torchscript.pt"))
+            weights["torchscript"] = bmz.TorchscriptWeightsDescr(
+                source=tmp / "hazematching_torchscript.pt", sha256=_sha256(tmp / "hazematching_torchscript.pt"),
+                pytorch_version=pytorch_version,
+                parent="pytorch_state_dict" if "pytorch_state_dict" in formats else None,
+            )
+        if "pytorch_state_dict" in formats:
+            (tmp / "hazematching_architecture.py").write_text(architecture_source())
+            torch.save(model.state_dict(), tmp / "hazematching_state_dict.pt")
+            weights["pytorch_state_dict"] = bmz.PytorchStateDictWeightsDescr(
+                source=tmp / "hazematching_state_dict.pt",
+                sha256=_sha256(tmp / "hazematching_state_dict.pt"),
+                architecture=bmz.ArchitectureFromFileDescr(
+                    source=tmp / "hazematching_architecture.py", sha256=_sha256(tmp / "hazematching_architecture.py"),
+                    callable=bmz.Identifier("Dehazer"), kwargs=kwargs,
+                ),
+                pytorch_version=pytorch_version,
+            )
+
+        space_in = [
+            bmz.SpaceInputAxis(id=bmz.AxisId(a), size=bmz.ParameterizedSize(min=min_size, step=step)) for a in ("y", "x")
+        ]
+        space_out = [
+            bmz.SpaceOutputAxisWithHalo(
+                id=bmz.AxisId(a), size=bmz.SizeReference(tensor_id=bmz.TensorId("widefield"), axis_id=bmz.AxisId(a)), halo=halo
+            )
+            for a in ("y", "x")
+        ]
+        # No network look-ups while building and saving (GitHub user names are checked by the
+        # bioimage.io upload); file hashes are computed when the package is saved.
+        with ValidationContext(perform_io_checks=False):
+            descr = bmz.ModelDescr(
+                name=name,
+                description=(
+                    "Dehazes 2D widefield fluorescence images into confocal-like images with guided conditional flow "
+                    f"matching (HazeMatching). One call runs {samples} posterior samples x {steps} Euler steps and "
+                    "returns their mean (MMSE) and per-pixel std as two output channels."
+                ),
+                authors=[bmz.Author(name=a) for a in (authors or ["HazeMatching contributors"])],
+                maintainers=[bmz.Maintainer(github_user=m) for m in (maintainers or [])],
+                cite=[
+                    bmz.CiteEntry(
+                        text="Ray, A., Ashesh, Jug, F. HazeMatching: Dehazing Light Microscopy Images with Guided "
+                        "Conditional Flow Matching. arXiv:2506.22397",
+                        doi=bmz.Doi(PAPER_DOI),
+                    )
+                ],
+                license=bmz.LicenseId(license),
+                tags=["dehazing", "widefield", "confocal", "fluorescence-light-microscopy", "flow-matching",
+                      "uncertainty", "2d", "pytorch", "image-restoration"],
+                documentation=bmz.FileDescr(source=tmp / "README.md", sha256=_sha256(tmp / "README.md")),
+                covers=[bmz.FileDescr(source=tmp / "cover.png", sha256=_sha256(tmp / "cover.png"))],
+                attachments=[bmz.FileDescr(source=tmp / "training_config.json", sha256=_sha256(tmp / "training_config.json"))],
+                inputs=[
+                    bmz.InputTensorDescr(
+                        id=bmz.TensorId("widefield"),
+                        description="raw widefield image (float32; normalised inside the model)",
+                        axes=[bmz.BatchAxis(id=bmz.AxisId("batch"), size=1),
+                              bmz.ChannelAxis(id=bmz.AxisId("channel"), channel_names=[bmz.Identifier("widefield")]),
+                              *space_in],
+                        test_tensor=bmz.FileDescr(source=tmp / "test_input.npy", sha256=_sha256(tmp / "test_input.npy")),
+                        sample_tensor=bmz.FileDescr(source=tmp / "sample_input.tif", sha256=_sha256(tmp / "sample_input.tif")),
+                        data=bmz.IntervalOrRatioDataDescr(type="float32"),
+                    )
+                ],
+                outputs=[
+                    bmz.OutputTensorDescr(
+                        id=bmz.TensorId("dehazed"),
+                        description="channel 'mean': MMSE dehazed image; channel 'std': per-pixel std over the samples",
+                        axes=[bmz.BatchAxis(id=bmz.AxisId("batch"), size=1),
+                              bmz.ChannelAxis(id=bmz.AxisId("channel"), channel_names=[bmz.Identifier("mean"), bmz.Identifier("std")]),
+                              *space_out],
+                        test_tensor=bmz.FileDescr(source=tmp / "test_output.npy", sha256=_sha256(tmp / "test_output.npy")),
+                        sample_tensor=bmz.FileDescr(source=tmp / "sample_output.tif", sha256=_sha256(tmp / "sample_output.tif")),
+                        data=bmz.IntervalOrRatioDataDescr(type="float32"),
+                    )
+                ],
+                weights=bmz.WeightsDescr(**weights),
+                version="0.1.0",
+                config=bmz.Config(bioimageio=bmz.BioimageioConfig(architecture_type="U-Net, guided flow matching")),
+            )
+            output.parent.mkdir(parents=True, exist_ok=True)
+            partial = output.with_name(f".{output.name}.partial.zip")
+            try:
+                save_bioimageio_package(descr, output_path=partial)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+            os.replace(partial, output)
+    return output

@@ -1,0 +1,115 @@
+"""bioimage.io export: the package passes `bioimageio test`, matches `hazematching predict`, and its
+TorchScript runs where the project is not importable."""
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import yaml
+
+from hazematching.cli import main as cli_main
+from hazematching.data.io import read_split
+from hazematching.export import architecture_source, receptive_radius
+from hazematching.metrics import psnr
+from hazematching.predict import predict_array
+from hazematching.run import load_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def package(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "model.zip"
+    cli_main(["export", "--model", str(trained_run), "--output", str(out), "--samples", "2", "--steps", "2",
+              "--test-size", "96", "--authors", "Test Author"])
+    return out
+
+
+def bioimageio(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bioimageio.core", *args], capture_output=True, text=True, timeout=900, cwd=cwd)
+
+
+def test_package_contents_and_rdf(package):
+    with zipfile.ZipFile(package) as zf:
+        names = set(zf.namelist())
+        rdf = yaml.safe_load(zf.read("rdf.yaml"))
+        readme = zf.read("README.md").decode()
+        cover = zf.read("cover.png")
+    assert {"rdf.yaml", "README.md", "cover.png", "test_input.npy", "test_output.npy", "training_config.json",
+            "hazematching_torchscript.pt", "hazematching_state_dict.pt", "hazematching_architecture.py"} <= names
+    assert rdf["format_version"].startswith("0.5") and "config" not in rdf or "deepimagej" not in rdf.get("config", {})
+    assert len(rdf["inputs"]) == 1 and len(rdf["outputs"]) == 1
+    out_axes = rdf["outputs"][0]["axes"]
+    assert [a.get("id") for a in out_axes] == ["batch", "channel", "y", "x"]
+    assert out_axes[1]["channel_names"] == ["mean", "std"] and out_axes[2]["halo"] > 0
+    size = rdf["inputs"][0]["axes"][2]["size"]
+    assert size["min"] % size["step"] == 0 and size["min"] > 2 * out_axes[2]["halo"]
+    assert rdf["cite"][0]["doi"].endswith("2506.22397")
+    for heading in ("## Description", "## Intended Use", "## Validation", "## Citation", "## Sampler"):
+        assert heading in readme
+    assert len(cover) < 500_000
+
+
+def test_bioimageio_test_passes_for_every_format(package):
+    for extra in ([], ["--determinism", "full"]):
+        result = bioimageio("test", str(package), *extra)
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+        assert "pytorch_state_dict" in result.stdout and "torchscript" in result.stdout
+        assert "❌" not in result.stdout
+
+
+def test_bioimageio_predict_matches_hazematching_predict(package, trained_run, sim_data, tmp_path):
+    """An odd-sized image (not a multiple of 16): bioimageio.core pads it by the halo; the MMSE must
+    still agree with `hazematching predict` (same seed, steps, samples)."""
+    image = np.tile(read_split(sim_data / "test")[0].input, (2, 3))[:212, :300]
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    result = bioimageio("predict", "--inputs", str(tmp_path / "img.tif"), "--outputs", str(tmp_path / "out" / "{output_id}.tif"),
+                        str(package), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = np.squeeze(tifffile.imread(tmp_path / "out" / "dehazed.tif"))
+    assert out.shape == (2, 212, 300)
+    ours = predict_array(load_model(trained_run), image, samples=2, steps=2, tile_size=128, overlap=64, progress=False)
+    assert psnr(torch.from_numpy(out[0]), torch.from_numpy(ours.mean)) >= 40
+    assert psnr(torch.from_numpy(out[1]), torch.from_numpy(ours.std)) >= 30
+
+
+def test_torchscript_runs_without_the_project(package, tmp_path):
+    with zipfile.ZipFile(package) as zf:
+        zf.extractall(tmp_path)
+    code = (
+        "import sys; sys.modules['hazematching'] = None\n"
+        "try:\n    import hazematching\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('project importable')\n"
+        "import numpy as np, torch\n"
+        "m = torch.jit.load('hazematching_torchscript.pt')\n"
+        "x = torch.from_numpy(np.load('test_input.npy'))\n"
+        "with torch.no_grad():\n    y = m(x).numpy()\n"
+        "print(float(np.abs(y - np.load('test_output.npy')).max()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.strip()) == 0.0
+
+
+def test_state_dict_architecture_imports_with_torch_only(tmp_path, trained_run):
+    source = architecture_source()
+    assert "from ." not in source
+    imports = {line.split()[1].split(".")[0] for line in source.splitlines() if line.startswith(("import ", "from "))}
+    assert imports <= {"torch", "math", "collections", "dataclasses"}
+    (tmp_path / "arch.py").write_text(source)
+    code = "import sys; sys.modules['hazematching'] = None; import arch; print(arch.Dehazer)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert receptive_radius(load_model(trained_run).model) > 0
+
+
+def test_export_refuses_baseline_and_bad_formats(baseline_run, trained_run, tmp_path):
+    with pytest.raises(SystemExit, match="baseline"):
+        cli_main(["export", "--model", str(baseline_run), "--output", str(tmp_path / "m.zip")])
+    with pytest.raises(SystemExit, match="choose from"):
+        cli_main(["export", "--model", str(trained_run), "--output", str(tmp_path / "m.zip"), "--formats", "onnx"])
+    assert not list(tmp_path.iterdir())
