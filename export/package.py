@@ -149,13 +149,24 @@ def export_model(
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
         raise ValueError(f"--formats {','.join(formats)}: choose from {','.join(FORMATS)}")
+    for flag, value in (("--samples", samples), ("--steps", steps)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} {value}: must be at least 1")
+    if output.suffix != ".zip":
+        raise ValueError(f"--output {output}: a bioimage.io package path must end in .zip")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot create the output folder {output.parent}: {exc}") from exc
+    if not os.access(output.parent, os.W_OK):
+        raise RunError(f"output folder {output.parent} is not writable")
     run = load_model(run_dir)
     if run.objective != "cfm":
         raise RunError(f"{run_dir} is a U-Net baseline run; only HazeMatching runs can be exported")
     config = run.config
     sampler = config["sampler"]
-    samples = samples or sampler["samples"]
-    steps = steps or sampler["steps"]
+    samples = sampler["samples"] if samples is None else samples
+    steps = sampler["steps"] if steps is None else steps
     seed = sampler["seed"] if seed is None else seed
     calibration = config.get("calibration") or {}
     kwargs = {
@@ -286,7 +297,6 @@ def export_model(
                 version="0.1.0",
                 config=bmz.Config(bioimageio=bmz.BioimageioConfig(architecture_type="U-Net, guided flow matching")),
             )
-            output.parent.mkdir(parents=True, exist_ok=True)
             partial = output.with_name(f".{output.name}.partial.zip")
             try:
                 save_bioimageio_package(descr, output_path=partial)

@@ -22,7 +22,7 @@ def _predict(args) -> None:
 
     try:
         written = predict_files(
-            Path(args.model), Path(args.input), Path(args.output), device=args.device,
+            Path(args.model), Path(args.input), Path(args.output), device=args.device, channel=args.channel,
             keep_samples=args.save_samples, calibrated=args.calibrated, **_sampler_options(args),
         )
     except (DataError, RunError, RuntimeError) as exc:
@@ -41,14 +41,15 @@ def _evaluate(args) -> None:
     from .perceptual import BackboneError
     from .run import RunError
 
+    output = Path(args.output) if args.output else Path(args.model) / "evaluation"
     try:
-        result = evaluate(Path(args.model), Path(args.data), Path(args.output), baseline_dir=args.baseline and Path(args.baseline),
+        result = evaluate(Path(args.model), Path(args.data), output, baseline_dir=args.baseline and Path(args.baseline),
                           metric_samples=args.metric_samples, device=args.device, lpips_backbone=args.lpips_backbone,
                           lpips_linear=args.lpips_linear, fid_backbone=args.fid_backbone, **_sampler_options(args))
     except (DataError, RunError, RuntimeError, BackboneError) as exc:
         sys.exit(f"error: {exc}")
     print(markdown_table(result["mean"]), end="")
-    print(f"wrote {args.output}/metrics.json, metrics.md and figures/")
+    print(f"wrote {output}/metrics.json, metrics.md and figures/")
 
 
 def _calibrate(args) -> None:
@@ -81,6 +82,8 @@ def _export(args) -> None:
     except (DataError, RunError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     print(f"wrote {path}; check it with: bioimageio test {path}")
+    if not args.maintainers:
+        print("note: no --maintainers given; uploading to bioimage.io needs at least one maintainer's GitHub user name")
 
 
 def _add_sampler_flags(parser) -> None:
@@ -121,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--input", required=True, help="TIFF file or folder of TIFFs")
     pred.add_argument("--output", required=True, help="output .tif (for one input) or folder")
     _add_sampler_flags(pred)
+    pred.add_argument("--channel", type=int, default=None,
+                      help="channel to dehaze in multi-channel (CYX/YXC) TIFFs, e.g. 1 for the widefield channel of paired files")
     pred.add_argument("--save-samples", action="store_true", help="also write all samples")
     pred.add_argument("--calibrated", action="store_true", help="write the calibrated std a*std+b (see calibrate)")
     pred.set_defaults(func=_predict)
@@ -134,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--model", required=True, help="HazeMatching run directory")
     ev.add_argument("--data", required=True, help="paired split folder, e.g. DATA/test")
-    ev.add_argument("--output", default="evaluation", help="folder for metrics.json, metrics.md, figures/")
+    ev.add_argument("--output", default=None,
+                    help="folder for metrics.json, metrics.md, figures/ (default: MODEL/evaluation, where export looks for it)")
     ev.add_argument("--baseline", default=None, help="U-Net baseline run directory (trained with --objective mse)")
     ev.add_argument("--metric-samples", type=int, default=4, help="samples whose metrics are averaged for the sample row")
     ev.add_argument("--lpips-backbone", default=None, help="TorchScript file: images in [-1,1] -> list of feature maps")

@@ -69,8 +69,8 @@ def predict_array(
         raise RunError("a U-Net baseline run predicts one image: it has no samples and no std to calibrate")
     cal = calibration(run) if calibrated else None
     defaults = run.config["sampler"]
-    samples = samples or defaults["samples"]
-    steps = steps or defaults["steps"]
+    samples = defaults["samples"] if samples is None else samples
+    steps = defaults["steps"] if steps is None else steps
     seed = defaults["seed"] if seed is None else seed
     stride = getattr(run.model, "stride", 1)
     tile_size = max(stride, tile_size - tile_size % stride)
@@ -165,19 +165,20 @@ def predict_files(
     input_path: Path,
     output_path: Path,
     device: str = "auto",
+    channel: int | None = None,
     **options,
 ) -> list[Path]:
     """Predict a TIFF or every TIFF of a folder. All inputs are checked before any output is
     written; a file output is the MMSE path (std and samples get suffixes)."""
     inputs = list_inputs(input_path)
     for path in inputs:  # fail early, before hours of sampling, on any unusable file
-        read_image_2d(path, MIN_SIZE)
+        read_image_2d(path, MIN_SIZE, channel)
     run = load_model(model_dir, device=resolve_device(device))
     output_path = Path(output_path)
     to_folder = Path(input_path).is_dir() or output_path.suffix.lower() not in TIFF_SUFFIXES
     written = []
     for path in tqdm(inputs, desc="images", disable=len(inputs) == 1 or not options.get("progress", True)):
-        prediction = predict_array(run, read_image_2d(path, MIN_SIZE), **options)
+        prediction = predict_array(run, read_image_2d(path, MIN_SIZE, channel), **options)
         target = output_path / (path.stem + ".tif") if to_folder else output_path
         written += write_prediction(prediction, target)
     return written

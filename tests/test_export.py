@@ -1,6 +1,7 @@
 """bioimage.io export: the package passes `bioimageio test`, matches `hazematching predict`, and its
 TorchScript runs where the project is not importable."""
 
+import io
 import json
 import subprocess
 import sys
@@ -113,3 +114,40 @@ def test_export_refuses_baseline_and_bad_formats(baseline_run, trained_run, tmp_
     with pytest.raises(SystemExit, match="choose from"):
         cli_main(["export", "--model", str(trained_run), "--output", str(tmp_path / "m.zip"), "--formats", "onnx"])
     assert not list(tmp_path.iterdir())
+
+
+def _test_output(package) -> bytes:
+    with zipfile.ZipFile(package) as zf:
+        return zf.read("test_output.npy")
+
+
+def test_same_seed_gives_identical_package_outputs_other_seed_differs(package, trained_run, tmp_path):
+    common = ["export", "--model", str(trained_run), "--samples", "2", "--steps", "2", "--test-size", "96",
+              "--authors", "Test Author"]
+    cli_main([*common, "--output", str(tmp_path / "again.zip")])
+    cli_main([*common, "--output", str(tmp_path / "seed7.zip"), "--seed", "7"])
+    assert _test_output(tmp_path / "again.zip") == _test_output(package)
+    other = np.load(io.BytesIO(_test_output(tmp_path / "seed7.zip")))
+    same = np.load(io.BytesIO(_test_output(package)))
+    assert np.abs(other - same).max() > 1e-3
+
+
+def test_export_bad_input_is_refused_without_leftovers(trained_run, tmp_path):
+    base = ["export", "--model", str(trained_run), "--test-size", "96"]
+    out = tmp_path / "out"
+    out.mkdir()
+    for extra, message in ((["--steps", "0"], "--steps 0"), (["--samples", "0"], "--samples 0")):
+        with pytest.raises(SystemExit, match=message):
+            cli_main([*base, "--output", str(out / "m.zip"), *extra])
+    with pytest.raises(SystemExit, match="end in .zip"):
+        cli_main([*base, "--output", str(out / "m.yaml")])
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit, match="cannot create the output folder"):
+        cli_main([*base, "--output", str(blocker / "m.zip")])
+    no_weights = tmp_path / "run_without_weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((trained_run / "config.json").read_text())
+    with pytest.raises(SystemExit, match="no model.safetensors"):
+        cli_main(["export", "--model", str(no_weights), "--output", str(out / "m.zip")])
+    assert not list(out.iterdir())

@@ -84,6 +84,22 @@ def test_cli_file_and_folder(trained_run, sim_data, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "a_std.tif", "b.tif", "b_std.tif"]
 
 
+def test_channel_picks_the_widefield_of_paired_files(trained_run, sim_data, tmp_path):
+    """The paper's paired layout (target, widefield) predicted with --channel 1 equals predicting the
+    widefield image alone; a missing channel is a clear error."""
+    paired = sorted((sim_data / "test").glob("*.tif"))[0]
+    pair = read_split(sim_data / "test")[0]
+    tifffile.imwrite(tmp_path / "wf.tif", pair.input)
+    options = dict(samples=1, steps=2, progress=False)
+    predict_files(trained_run, paired, tmp_path / "from_pair.tif", channel=1, **options)
+    predict_files(trained_run, tmp_path / "wf.tif", tmp_path / "from_wf.tif", **options)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "from_pair.tif"), tifffile.imread(tmp_path / "from_wf.tif"))
+    with pytest.raises(DataError, match="--channel 2 requested"):
+        predict_files(trained_run, paired, tmp_path / "x.tif", channel=2, **options)
+    with pytest.raises(DataError, match="pick one with --channel"):
+        predict_files(trained_run, paired, tmp_path / "x.tif", **options)
+
+
 def test_baseline_run_predicts_through_the_same_path(baseline_run, sim_data):
     run = load_model(baseline_run)
     assert run.objective == "mse"
