@@ -127,3 +127,10 @@ def test_posterior_mean_and_std_match_the_samples(model):
     assert torch.allclose(post.std, post.samples.std(dim=1, unbiased=False), atol=1e-5)
     with pytest.raises(ValueError):
         sample_posterior(model, cond, num_samples=0)
+
+
+def test_upsample_nearest2x_equals_interpolate():
+    from hazematching.core.unet import upsample_nearest2x
+
+    x = torch.randn(2, 3, 5, 7)
+    torch.testing.assert_close(upsample_nearest2x(x), torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"), rtol=0, atol=0)

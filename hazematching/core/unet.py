@@ -104,6 +104,14 @@ class Level(nn.Module):
         return self.attention(x)
 
 
+def upsample_nearest2x(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour 2x upsampling by broadcasting: equal to ``F.interpolate(mode="nearest")``,
+    but scripting ``interpolate`` pulls in ops (antialiased Lanczos) that libtorch 2.0, deepImageJ's
+    engine, cannot load."""
+    b, c, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
+
+
 class UNet(nn.Module):
     """Velocity network. Input: x_t (out_channels) and condition (cond_channels); output: velocity.
 
@@ -182,6 +190,6 @@ class UNet(nn.Module):
             i += 1
         h = self.middle(h, emb)
         for upsample, level in zip(self.upsample, self.up):
-            h = upsample(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+            h = upsample(upsample_nearest2x(h))
             h = level(torch.cat([h, skips.pop()], dim=1), emb)
         return self.head(h)[..., :h_in, :w_in]
