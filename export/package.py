@@ -20,7 +20,7 @@ import tifffile
 import torch
 
 import hazematching.core
-from hazematching.core import Dehazer
+from hazematching.core import Dehazer, evaluations_per_step
 from hazematching.data.io import read_split
 from hazematching.run import RunError, load_model
 
@@ -133,6 +133,7 @@ def export_model(
     samples: int | None = None,
     steps: int | None = None,
     seed: int | None = None,
+    solver: str | None = None,
     name: str = "HazeMatching widefield dehazing",
     authors: list[str] | None = None,
     maintainers: list[str] | None = None,
@@ -168,6 +169,8 @@ def export_model(
     samples = sampler["samples"] if samples is None else samples
     steps = sampler["steps"] if steps is None else steps
     seed = sampler["seed"] if seed is None else seed
+    solver = solver or sampler.get("solver", "euler")
+    evaluations_per_step(solver)
     calibration = config.get("calibration") or {}
     kwargs = {
         "architecture": config["architecture"],
@@ -177,6 +180,7 @@ def export_model(
         "seed": seed,
         "std_scale": calibration.get("scale", 1.0),
         "std_offset": calibration.get("offset", 0.0),
+        "solver": solver,
     }
     model = Dehazer(**kwargs).eval()
     model.sampler.net.load_state_dict(run.model.state_dict())
@@ -208,7 +212,7 @@ def export_model(
         )
         (tmp / "README.md").write_text(
             TEMPLATE.read_text().format(
-                name=name, samples=samples, steps=steps, seed=seed, halo=halo, min_size=min_size, step=step,
+                name=name, samples=samples, steps=steps, seed=seed, solver=solver.capitalize(), halo=halo, min_size=min_size, step=step,
                 calibrated_note=calibrated_note, calibrated_detail=calibrated_detail,
                 training_data=config["training"]["data"], validation=_validation_text(run_dir, config),
             )
@@ -251,7 +255,7 @@ def export_model(
                 name=name,
                 description=(
                     "Dehazes 2D widefield fluorescence images into confocal-like images with guided conditional flow "
-                    f"matching (HazeMatching). One call runs {samples} posterior samples x {steps} Euler steps and "
+                    f"matching (HazeMatching). One call runs {samples} posterior samples x {steps} {solver} steps and "
                     "returns their mean (MMSE) and per-pixel std as two output channels."
                 ),
                 authors=[bmz.Author(name=a) for a in (authors or ["HazeMatching contributors"])],

@@ -32,7 +32,8 @@ def _predict(args) -> None:
 
 def _sampler_options(args) -> dict:
     return dict(samples=args.samples, steps=args.steps, seed=args.seed, tile_size=args.tile_size,
-                overlap=args.overlap, batch_size=args.batch_size)
+                overlap=args.overlap, batch_size=args.batch_size, solver=args.solver, sample_batch=args.sample_batch,
+                compile=args.compile, precision=args.precision)
 
 
 def _evaluate(args) -> None:
@@ -74,7 +75,7 @@ def _export(args) -> None:
 
     try:
         path = export_model(
-            Path(args.model), Path(args.output), samples=args.samples, steps=args.steps, seed=args.seed, name=args.name,
+            Path(args.model), Path(args.output), samples=args.samples, steps=args.steps, seed=args.seed, solver=args.solver, name=args.name,
             authors=args.authors, maintainers=args.maintainers, license=args.license,
             formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
             test_image=args.test_image and Path(args.test_image), test_size=args.test_size,
@@ -88,11 +89,19 @@ def _export(args) -> None:
 
 def _add_sampler_flags(parser) -> None:
     parser.add_argument("--samples", type=int, default=None, help="posterior samples K (default: the run's)")
-    parser.add_argument("--steps", type=int, default=None, help="Euler steps N (default: the run's)")
+    parser.add_argument("--steps", type=int, default=None, help="ODE steps N (default: the run's)")
+    parser.add_argument("--solver", choices=["euler", "midpoint", "heun"], default=None,
+                        help="ODE solver; midpoint/heun use 2 network calls per step (default: the run's, euler)")
     parser.add_argument("--seed", type=int, default=None, help="noise seed (default: the run's)")
     parser.add_argument("--tile-size", type=int, default=256, help="tile edge in pixels (memory ~ tile^2 x batch)")
     parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
-    parser.add_argument("--batch-size", type=int, default=4, help="tiles per network call")
+    parser.add_argument("--batch-size", type=int, default=None, help="tiles per network call (default: 1 on CPU, 8 on GPU)")
+    parser.add_argument("--sample-batch", type=int, default=None,
+                        help="samples per network call (default: 1 on CPU; on GPU enough for ~32 images per call)")
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                        help="torch.compile the network (auto: on GPU, and on CPU for jobs of >= 400 network calls)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="network precision (auto: bf16 autocast on GPUs that support it, else fp32)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
@@ -175,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--samples", type=int, default=None, help="posterior samples K (default: the run's)")
     exp.add_argument("--steps", type=int, default=None, help="Euler steps N (default: the run's)")
     exp.add_argument("--seed", type=int, default=None, help="fixed noise seed inside the model (default: the run's)")
+    exp.add_argument("--solver", choices=["euler", "midpoint", "heun"], default=None, help="ODE solver inside the model (default: the run's)")
     exp.add_argument("--name", default="HazeMatching widefield dehazing", help="model name (5-128 characters)")
     exp.add_argument("--authors", nargs="+", default=None, help="author names")
     exp.add_argument("--maintainers", nargs="+", default=None, help="maintainers' GitHub user names")

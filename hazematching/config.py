@@ -39,13 +39,14 @@ class ModelConfig(BaseModel):
 
 
 class SamplerConfig(BaseModel):
-    """Defaults stored with the model for predict/export: K samples of an N-step Euler solve."""
+    """Defaults stored with the model for predict/export: K samples of an N-step ODE solve."""
 
     model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(20, ge=1)
     samples: int = Field(8, ge=1)
     seed: int = Field(0, ge=0)
+    solver: Literal["euler", "midpoint", "heun"] = Field("euler", description="midpoint/heun: 2 network calls per step")
 
 
 class TrainConfig(BaseModel):

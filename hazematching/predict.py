@@ -14,9 +14,10 @@ import tifffile
 import torch
 from tqdm.auto import tqdm
 
-from .core import sample_posterior
+from .core import evaluations_per_step, sample_posterior
 from .data.io import TIFF_SUFFIXES, DataError, read_image_2d
 from .run import LoadedRun, RunError, atomic_write_bytes, load_model
+from .speed import fast_network, samples_per_batch
 from .tiling import tiles
 
 MIN_SIZE = 16
@@ -45,7 +46,7 @@ def calibration(run: LoadedRun) -> tuple[float, float]:
     return float(cal["scale"]), float(cal["offset"])
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_array(
     run: LoadedRun,
     image: np.ndarray,
@@ -54,12 +55,19 @@ def predict_array(
     seed: int | None = None,
     tile_size: int = 256,
     overlap: int = 64,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     keep_samples: bool = False,
     calibrated: bool = False,
     progress: bool = True,
+    solver: str | None = None,
+    compile: str = "auto",
+    precision: str = "auto",
+    sample_batch: int | None = None,
 ) -> Prediction:
-    """Dehaze one 2D image (raw intensities). Sampler settings default to the run's stored ones."""
+    """Dehaze one 2D image (raw intensities). Sampler settings default to the run's stored ones.
+
+    ``compile``/``precision`` (see ``speed.fast_network``) and ``sample_batch`` (samples per network
+    call, default by device) change speed, not results beyond floating-point rounding."""
     if image.ndim != 2 or min(image.shape) < MIN_SIZE:
         raise DataError(f"image of shape {image.shape}: expected a 2D image of at least {MIN_SIZE} x {MIN_SIZE}")
     if not np.isfinite(image).all():
@@ -72,11 +80,14 @@ def predict_array(
     samples = defaults["samples"] if samples is None else samples
     steps = defaults["steps"] if steps is None else steps
     seed = defaults["seed"] if seed is None else seed
+    solver = solver or defaults.get("solver", "euler")
+    per_step = evaluations_per_step(solver)
     stride = getattr(run.model, "stride", 1)
     tile_size = max(stride, tile_size - tile_size % stride)
     overlap = min(overlap, tile_size // 2)
 
     device = next(run.model.parameters()).device
+    batch_size = batch_size or (1 if device.type == "cpu" else 8)  # on a CPU bigger batches are slower per tile
     norm = run.normalization
     height, width = image.shape
     all_tiles, th, tw = tiles(height, width, tile_size, overlap)
@@ -86,19 +97,30 @@ def predict_array(
     normalized = norm.normalize_input(image).astype(np.float32)
     batches = [all_tiles[i : i + batch_size] for i in range(0, len(all_tiles), batch_size)]
     total = len(batches) * (1 if point_predictor else samples)
+    evaluations = len(batches) * (1 if point_predictor else samples * steps * per_step)
+    key = (device.type, compile, precision)
+    net = run.fast.get(key) or fast_network(run.model, device, compile, precision, evaluations)
+    if net.compiled is not None or compile == "off":  # an uncompiled "auto" may compile for a bigger job
+        run.fast[key] = net
+    per_call = sample_batch or samples_per_batch(device, samples, min(batch_size, len(all_tiles)))
+    full = len(batches[0])
     with tqdm(total=total, desc="predicting", unit="sample", disable=not progress, leave=False) as bar:
         for batch in batches:
-            cond = torch.from_numpy(np.stack([normalized[t.window(th, tw)] for t in batch])[:, None]).to(device)
+            windows = [normalized[t.window(th, tw)] for t in batch]
+            if net.compiled is not None:  # one shape for every call: a smaller last batch would recompile
+                windows += windows[-1:] * (full - len(batch))
+            cond = torch.from_numpy(np.stack(windows)[:, None]).to(device)
             if point_predictor:
-                out_mean, out_std, out_samples = run.model(torch.zeros_like(cond), cond), None, None
+                out_mean, out_std, out_samples = net(torch.zeros_like(cond), cond, None), None, None
                 bar.update()
             else:
                 # noise frame centred on the image, as in the exported model (core/dehazer.py)
-                origin_y = torch.tensor([t.y.start - height // 2 for t in batch])
-                origin_x = torch.tensor([t.x.start - width // 2 for t in batch])
+                padded = batch + batch[-1:] * (len(windows) - len(batch))
+                origin_y = torch.tensor([t.y.start - height // 2 for t in padded])
+                origin_x = torch.tensor([t.x.start - width // 2 for t in padded])
                 post = sample_posterior(
-                    run.model, cond, samples, steps, seed, keep_samples=keep_samples,
-                    origin_y=origin_y, origin_x=origin_x, on_sample=bar.update,
+                    net, cond, samples, steps, seed, keep_samples=keep_samples, origin_y=origin_y, origin_x=origin_x,
+                    on_sample=bar.update, solver=solver, samples_per_batch=per_call,
                 )
                 out_mean, out_std, out_samples = post.mean, post.std, post.samples
             out_mean = out_mean.float().cpu().numpy()

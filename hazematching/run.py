@@ -7,7 +7,7 @@ import json
 import os
 import platform
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -95,6 +95,8 @@ class LoadedRun:
     model: UNet
     normalization: Normalization
     config: dict
+    # networks prepared for fast inference, by (device, compile, precision): compiled once per process
+    fast: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def objective(self) -> str:

@@ -101,6 +101,46 @@ def test_euler_sampler_solves_a_known_flow():
         assert torch.allclose(post.samples[:, k], hash_normal(0, k, 1, 1, 16, 16) + cond, atol=1e-5)
 
 
+class _Flow(torch.nn.Module):
+    """dx/dt = t * cond (exact: x1 = x0 + cond / 2) or dx/dt = -x (exact: x1 = x0 / e)."""
+
+    in_channels = 1
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x, cond, t):
+        return t.view(-1, 1, 1, 1) * cond if self.kind == "linear" else -x
+
+
+@pytest.mark.parametrize("solver", ["euler", "midpoint", "heun"])
+def test_solvers_on_known_flows(solver):
+    from hazematching.core import hash_normal
+
+    cond = torch.randn(1, 1, 8, 8)
+    x0 = hash_normal(0, 0, 1, 1, 8, 8)
+    steps = 5
+    linear = sample_posterior(_Flow("linear"), cond, num_samples=1, steps=steps, seed=0, solver=solver).mean
+    expected_error = -cond / (2 * steps) if solver == "euler" else torch.zeros_like(cond)  # Euler's left Riemann sum
+    torch.testing.assert_close(linear - (x0 + cond / 2), expected_error, atol=1e-5, rtol=0)
+    # order of convergence on dx/dt = -x: the error shrinks 2x (Euler) or 4x (2nd order) per halving of dt
+    errors = [(sample_posterior(_Flow("decay"), cond, num_samples=1, steps=n, seed=0, solver=solver).mean
+               - x0 / torch.e).abs().max() for n in (8, 16)]
+    ratio = float(errors[0] / errors[1])
+    assert (1.8 < ratio < 2.2) if solver == "euler" else (3.6 < ratio < 4.4), ratio
+
+
+def test_batched_samples_equal_one_at_a_time(model):
+    cond = torch.randn(2, 1, 32, 32)
+    one = sample_posterior(model, cond, num_samples=5, steps=2, seed=3, keep_samples=True)
+    batched = sample_posterior(model, cond, num_samples=5, steps=2, seed=3, keep_samples=True, samples_per_batch=3)
+    torch.testing.assert_close(batched.samples, one.samples, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched.std, one.std, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown solver"):
+        sample_posterior(model, cond, num_samples=1, steps=1, solver="rk4")
+
+
 def test_sampler_seed_reproducibility(model):
     cond = torch.randn(2, 1, 24, 40)
     a = sample_posterior(model, cond, num_samples=3, steps=4, seed=11, keep_samples=True)

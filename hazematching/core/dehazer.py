@@ -1,7 +1,7 @@
 """The whole HazeMatching method as one module: raw widefield image in, [MMSE, std] out.
 
 This is what the bioimage.io package runs (TorchScript or state dict): normalisation with the
-training statistics, K samples of the N-step Euler solve with in-graph hash noise (fixed seed, so
+training statistics, K samples of the N-step ODE solve (Euler, midpoint or Heun) with in-graph hash noise (fixed seed, so
 every call and every device gives the same result), mean and std over the samples, both mapped back
 to target intensities, and the std calibrated (a * std + b) when the run was calibrated. Doing the
 normalisation inside keeps the result identical in every consumer, whatever pre/post-processing
@@ -11,7 +11,7 @@ ops it implements and however it tiles.
 import torch
 from torch import nn
 
-from .sampler import EulerSampler, update_moments
+from .sampler import ODESampler, update_moments
 from .unet import UNet
 
 
@@ -28,9 +28,10 @@ class Dehazer(nn.Module):
         seed: int = 0,
         std_scale: float = 1.0,
         std_offset: float = 0.0,
+        solver: str = "euler",
     ):
         super().__init__()
-        self.sampler = EulerSampler(UNet(**architecture), architecture.get("out_channels", 1))
+        self.sampler = ODESampler(UNet(**architecture), architecture.get("out_channels", 1), solver)
         self.input_mean, self.input_std = float(input_mean), float(input_std)
         self.target_mean, self.target_std = float(target_mean), float(target_std)
         self.samples, self.steps, self.seed = int(samples), int(steps), int(seed)

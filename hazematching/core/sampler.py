@@ -1,10 +1,11 @@
-"""The one Euler sampler: posterior samples of dx/dt = v_theta(t, [x, c]) from t=0 to t=1.
+"""The one ODE sampler: posterior samples of dx/dt = v_theta(t, [x, c]) from t=0 to t=1.
 
-``EulerSampler.draw`` makes one sample (hash noise keyed on seed, sample index and pixel position,
-then N explicit Euler steps); ``update_moments`` folds it into the running mean/std. Everything
-that samples (validation grids, predict, the exported bioimage.io model) uses these two. Sample k of
-a K-sample call is therefore bit-identical to a 1-sample call with ``first_sample=k``, on any device
-and for any tiling. Both are TorchScript-compatible, so the exported model runs the same code.
+``ODESampler.draw`` makes samples (hash noise keyed on seed, sample index and pixel position, then
+N steps of Euler, midpoint or Heun); ``update_moments`` folds them into the running mean/std.
+Everything that samples (validation grids, predict, the exported bioimage.io model) uses these two.
+Sample k is therefore the same whether it is drawn alone, with ``first_sample=k``, or batched with
+other samples and tiles, on any device. Both are TorchScript-compatible, so the exported model runs
+the same code.
 """
 
 from collections.abc import Callable
@@ -14,6 +15,15 @@ import torch
 from torch import nn
 
 from .noise import hash_normal
+
+SOLVERS = ("euler", "midpoint", "heun")
+
+
+def evaluations_per_step(solver: str) -> int:
+    """Network evaluations per step: Euler 1, midpoint and Heun 2 (second order)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
+    return 1 if solver == "euler" else 2
 
 
 @dataclass
@@ -30,20 +40,32 @@ def update_moments(mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count:
     return mean, m2 + delta * (x - mean)
 
 
-class EulerSampler(nn.Module):
-    """Wraps a velocity network; ``draw`` returns one posterior sample for a batch of conditions."""
+class ODESampler(nn.Module):
+    """Wraps a velocity network; ``draw`` returns posterior samples for a batch of conditions."""
 
-    def __init__(self, net: nn.Module, out_channels: int = 1):
+    def __init__(self, net: nn.Module, out_channels: int = 1, solver: str = "euler"):
         super().__init__()
+        evaluations_per_step(solver)
         self.net = net
         self.out_channels = out_channels
+        self.solver = solver
+
+    def velocity(self, x: torch.Tensor, cond: torch.Tensor, t: float) -> torch.Tensor:
+        tt = torch.full([x.shape[0]], t, device=x.device, dtype=x.dtype)
+        return self.net(x, cond, tt).to(x.dtype)
 
     def integrate(self, x: torch.Tensor, cond: torch.Tensor, steps: int) -> torch.Tensor:
-        """Explicit Euler from t=0 to t=1 in ``steps`` equal steps (``steps`` network evaluations)."""
+        """From t=0 to t=1 in ``steps`` equal steps; no host-device synchronisation inside."""
         dt = 1.0 / steps
         for i in range(steps):
-            t = torch.full([x.shape[0]], i * dt, device=x.device, dtype=x.dtype)
-            x = x + dt * self.net(x, cond, t).to(x.dtype)
+            t = i * dt
+            v = self.velocity(x, cond, t)
+            if self.solver == "midpoint":
+                x = x + dt * self.velocity(x + (0.5 * dt) * v, cond, t + 0.5 * dt)
+            elif self.solver == "heun":
+                x = x + (0.5 * dt) * (v + self.velocity(x + dt * v, cond, t + dt))
+            else:
+                x = x + dt * v
         return x
 
     def draw(
@@ -54,10 +76,17 @@ class EulerSampler(nn.Module):
         seed: int,
         origin_y: torch.Tensor | None = None,
         origin_x: torch.Tensor | None = None,
+        count: int = 1,
     ) -> torch.Tensor:
+        """Samples ``sample_index .. sample_index + count - 1`` for every item of ``cond``, integrated
+        together as one network batch; returns (count * B, C, H, W), sample-major."""
         b, h, w = cond.shape[0], cond.shape[2], cond.shape[3]
-        x0 = hash_normal(seed, sample_index, b, self.out_channels, h, w, origin_y, origin_x, cond.device)
-        return self.integrate(x0.to(cond.dtype), cond, steps).float()
+        noise = [hash_normal(seed, sample_index + s, b, self.out_channels, h, w, origin_y, origin_x, cond.device)
+                 for s in range(count)]
+        x0 = torch.cat(noise, dim=0).to(cond.dtype)
+        if count > 1:
+            cond = cond.repeat(count, 1, 1, 1)
+        return self.integrate(x0, cond, steps).float()
 
 
 @torch.no_grad()
@@ -71,27 +100,36 @@ def sample_posterior(
     keep_samples: bool = False,
     origin_y: torch.Tensor | None = None,
     origin_x: torch.Tensor | None = None,
-    on_sample: Callable[[], None] | None = None,
+    on_sample: Callable[[int], None] | None = None,
+    solver: str = "euler",
+    samples_per_batch: int = 1,
 ) -> Posterior:
     """Draw ``num_samples`` samples for a batch of (normalised) hazy images ``cond``.
 
-    Samples are integrated one at a time and reduced on the fly, so memory does not grow with K
-    unless ``keep_samples``. ``origin_y``/``origin_x`` place tiles in a larger image;
-    ``on_sample`` is called after each finished sample (progress bars).
+    ``samples_per_batch`` samples go through the network together (more parallel work per call on a
+    GPU); the rest are reduced on the fly, so memory does not grow with K unless ``keep_samples``.
+    ``origin_y``/``origin_x`` place tiles in a larger image; ``on_sample(n)`` is called after every
+    ``n`` finished samples (progress bars).
     """
     if num_samples < 1 or steps < 1:
         raise ValueError(f"num_samples and steps must be >= 1, got {num_samples} and {steps}")
-    sampler = model if isinstance(model, EulerSampler) else EulerSampler(model, getattr(model, "in_channels", cond.shape[1]))
+    if samples_per_batch < 1:
+        raise ValueError(f"samples_per_batch must be >= 1, got {samples_per_batch}")
+    sampler = model if isinstance(model, ODESampler) else ODESampler(model, getattr(model, "in_channels", cond.shape[1]), solver)
     b, _, h, w = cond.shape
     mean = torch.zeros(b, sampler.out_channels, h, w, device=cond.device, dtype=torch.float32)
     m2 = torch.zeros_like(mean)
     kept = []
-    for k in range(num_samples):
-        x = sampler.draw(cond, first_sample + k, steps, seed, origin_y, origin_x)
-        mean, m2 = update_moments(mean, m2, x, k + 1)
-        if keep_samples:
-            kept.append(x)
+    done = 0
+    while done < num_samples:
+        count = min(samples_per_batch, num_samples - done)
+        xs = sampler.draw(cond, first_sample + done, steps, seed, origin_y, origin_x, count).reshape(count, b, -1, h, w)
+        for s in range(count):
+            mean, m2 = update_moments(mean, m2, xs[s], done + s + 1)
+            if keep_samples:
+                kept.append(xs[s])
+        done += count
         if on_sample is not None:
-            on_sample()
+            on_sample(count)
     std = torch.sqrt(m2 / num_samples)
     return Posterior(mean=mean, std=std, samples=torch.stack(kept, dim=1) if keep_samples else None)

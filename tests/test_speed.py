@@ -1,0 +1,75 @@
+"""The fast inference paths give the plain results: compiled + channels_last network, batched
+samples and tiles, a padded last batch, second-order solvers through predict."""
+
+import numpy as np
+import pytest
+import torch
+
+from hazematching.core import UNet, sample_posterior
+from hazematching.predict import predict_array
+from hazematching.run import load_model
+from hazematching.speed import FastNetwork, fast_network, samples_per_batch
+
+
+def test_fast_network_equals_plain_network_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    net = UNet(base_channels=8, channel_mults=(1, 2), num_res_blocks=1).eval()
+    for p in net.parameters():
+        p.data.normal_(0, 0.1)
+    x, c, t = torch.randn(2, 1, 32, 32), torch.randn(2, 1, 32, 32), torch.rand(2)
+    fast = fast_network(net, torch.device("cpu"), compile="on", precision="fp32")
+    assert fast.compiled is not None and not fast.bf16
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x, c, t), net(x, c, t), atol=1e-4, rtol=1e-4)
+        assert fast.compiled is not None, "compilation fell back to eager mode"
+        # the caller's model keeps its layout; the fast copy is channels_last
+        assert net.stem.weight.is_contiguous() and fast.net.stem.weight.is_contiguous(memory_format=torch.channels_last)
+        plain = sample_posterior(net, c, num_samples=3, steps=2, seed=1, solver="heun")
+        quick = sample_posterior(fast, c, num_samples=3, steps=2, seed=1, solver="heun", samples_per_batch=3)
+    torch.testing.assert_close(quick.mean, plain.mean, atol=1e-4, rtol=1e-4)
+
+
+def test_failed_compilation_falls_back_to_eager():
+    net = UNet(base_channels=8, channel_mults=(1,), num_res_blocks=1).eval()
+
+    class Broken(FastNetwork):
+        def __init__(self):
+            super().__init__(net, compile=False, bf16=False)
+            self.compiled = lambda *a: (_ for _ in ()).throw(RuntimeError("no C++ compiler"))
+
+    fast = Broken()
+    x = torch.randn(1, 1, 16, 16)
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
+        out = fast(x, x, torch.zeros(1))
+    assert fast.compiled is None
+    torch.testing.assert_close(out, net(x, x, torch.zeros(1)))
+
+
+def test_samples_per_batch_divides_k():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert samples_per_batch(cpu, 8, 1) == 1
+    assert samples_per_batch(gpu, 8, 4) == 8 and samples_per_batch(gpu, 50, 4) == 5 and samples_per_batch(gpu, 7, 8) == 1
+
+
+def test_fast_predict_matches_plain_predict(trained_run):
+    """Tiles batched 3 at a time with a padded last batch, samples batched, compiled network: the same
+    image as one tile and one sample per eager call."""
+    run = load_model(trained_run)
+    image = np.random.default_rng(0).random((150, 170)).astype(np.float32) * 300 + 50
+    options = dict(samples=4, steps=2, seed=5, tile_size=64, overlap=16, progress=False)
+    plain = predict_array(run, image, batch_size=1, sample_batch=1, compile="off", **options)
+    fast = predict_array(run, image, batch_size=3, sample_batch=2, compile="on", **options)
+    scale = np.abs(plain.mean).max()
+    assert np.abs(fast.mean - plain.mean).max() <= 1e-4 * scale
+    assert np.abs(fast.std - plain.std).max() <= 1e-4 * scale
+    midpoint = predict_array(run, image, solver="midpoint", compile="off", **options)
+    assert not np.allclose(midpoint.mean, plain.mean)
+
+
+def test_bad_speed_options(trained_run):
+    run = load_model(trained_run)
+    image = np.ones((32, 32), np.float32)
+    with pytest.raises(ValueError, match="--compile"):
+        predict_array(run, image, samples=1, steps=1, compile="maybe", progress=False)
+    with pytest.raises(ValueError, match="unknown solver"):
+        predict_array(run, image, samples=1, steps=1, solver="rk4", progress=False)
