@@ -75,7 +75,7 @@ def _export(args) -> None:
 
     try:
         path = export_model(
-            Path(args.model), Path(args.output), samples=args.samples, steps=args.steps, seed=args.seed, solver=args.solver, name=args.name,
+            Path(args.model), Path(args.output), samples=args.samples, steps=args.steps, seed=args.seed, solver=args.solver, tile_size=args.tile_size, overlap=args.overlap, name=args.name,
             authors=args.authors, maintainers=args.maintainers, license=args.license,
             formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
             test_image=args.test_image and Path(args.test_image), test_size=args.test_size,
@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--steps", type=int, default=None, help="Euler steps N (default: the run's)")
     exp.add_argument("--seed", type=int, default=None, help="fixed noise seed inside the model (default: the run's)")
     exp.add_argument("--solver", choices=["euler", "midpoint", "heun"], default=None, help="ODE solver inside the model (default: the run's)")
+    exp.add_argument("--tile-size", type=int, default=256,
+                     help="the model processes larger images in overlapping tiles of this size (as predict does)")
+    exp.add_argument("--overlap", type=int, default=64, help="overlap of those tiles in pixels")
     exp.add_argument("--name", default="HazeMatching widefield dehazing", help="model name (5-128 characters)")
     exp.add_argument("--authors", nargs="+", default=None, help="author names")
     exp.add_argument("--maintainers", nargs="+", default=None, help="maintainers' GitHub user names")

@@ -75,7 +75,9 @@ class TrainConfig(BaseModel):
     validation_crops: int = Field(8, ge=1)
     time_grid_points: int = Field(0, ge=0, description="0: t ~ U[0,1); G: t on linspace(0, 1, G) as the reference code")
     augment: bool = True
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | None = Field(
+        None, ge=0, description="data-loading worker processes per training process (None: 4 on a GPU, 0 on a CPU, where workers compete with the model for cores)"
+    )
     log_steps: int = Field(10, ge=1)
     model: ModelConfig = Field(default_factory=ModelConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)

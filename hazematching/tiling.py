@@ -1,14 +1,15 @@
-"""Overlapping tiles whose kept regions partition the image.
+"""Overlapping tiles whose kept regions partition the image (spans from ``core.tiles``, shared with
+the exported model).
 
-Tiles have one fixed size (so they batch), start at multiples of ``tile - overlap`` and the last one
-is shifted to end at the image border; where two tiles overlap, each keeps the half nearer its
-centre. Tiles never reach outside the image, so a border tile sees exactly the border that a
+Tiles have one fixed size (so they batch). Tiles never reach outside the image, so a border tile sees exactly the border that a
 whole-image prediction sees; with hash noise keyed on image coordinates and a network of bounded
 receptive field, stitched tiles then equal the whole-image result up to what lies beyond
 ``overlap / 2`` pixels.
 """
 
 from dataclasses import dataclass
+
+from .core.tiles import tile_spans
 
 
 @dataclass(frozen=True)
@@ -22,12 +23,7 @@ def spans(length: int, tile: int, overlap: int) -> list[Span]:
     """1D tiling of ``length`` pixels with tiles of ``min(tile, length)``."""
     if tile <= overlap:
         raise ValueError(f"tile size {tile} must be larger than the overlap {overlap}")
-    if length <= tile:
-        return [Span(0, 0, length)]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride)) + [length - tile]
-    bounds = [0] + [(starts[i] + starts[i - 1] + tile) // 2 for i in range(1, len(starts))] + [length]
-    return [Span(s, bounds[i], bounds[i + 1]) for i, s in enumerate(starts)]
+    return [Span(*span) for span in tile_spans(length, tile, overlap)]
 
 
 @dataclass(frozen=True)

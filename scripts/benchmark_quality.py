@@ -35,21 +35,8 @@ def train(data: Path, out: Path, objective: str, args) -> str:
     return f"{time.perf_counter() - start:.0f} s"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=Path("bench/quality"))
-    parser.add_argument("--num-images", type=int, default=40, help="simulated training pairs (train+val)")
-    parser.add_argument("--heldout-images", type=int, default=12)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--heldout-seed", type=int, default=1001)
-    parser.add_argument("--max-steps", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--crop-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10)
-    args = parser.parse_args()
-
+def prepare_data(args) -> tuple[Path, Path]:
+    """Training pairs (seed 0) and a held-out set simulated with a seed never used for training."""
     data, heldout = args.workdir / "data", args.workdir / "heldout"
     if not data.exists():
         simulate_dataset(data, args.num_images, args.size, seed=0)
@@ -60,6 +47,30 @@ def main() -> None:
         for path in raw.rglob("*.tif"):
             shutil.move(str(path), heldout / path.name)
         shutil.rmtree(raw)
+    return data, heldout
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Data and training budget flags, shared with benchmark_solvers.py."""
+    parser.add_argument("--workdir", type=Path, default=Path("bench/quality"))
+    parser.add_argument("--num-images", type=int, default=40, help="simulated training pairs (train+val)")
+    parser.add_argument("--heldout-images", type=int, default=12)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--heldout-seed", type=int, default=1001)
+    parser.add_argument("--max-steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--crop-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=5e-4)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+
+    data, heldout = prepare_data(args)
     t_hm = train(data, args.workdir / "hazematching", "cfm", args)
     t_unet = train(data, args.workdir / "unet", "mse", args)
     result = evaluate(

@@ -155,3 +155,42 @@ def test_two_ranks_split_the_one_rank_batch_exactly():
     assert sorted(epoch0) == list(range(37))
     resumed = StepBatchSampler(37, batch_size=4, seed=3, start_micro_step=10)
     assert next(iter(resumed)) == one.keys(10)
+
+
+def test_worker_processes_load_the_same_batches(tmp_path):
+    """num_workers > 0 (the GPU default) must not change what a step trains on."""
+    from torch.utils.data import DataLoader
+
+    for i in range(3):
+        write_pair(tmp_path / f"{i}.tif", shape=(80, 96), seed=i)
+    pairs = read_split(tmp_path)
+    ds = RandomCropDataset(pairs, 32, Normalization.from_pairs(pairs), seed=1)
+    batches = []
+    for workers in (0, 2):
+        loader = DataLoader(ds, batch_sampler=StepBatchSampler(len(ds), 4, seed=3), num_workers=workers)
+        batches.append([b for _, b in zip(range(5), loader)])
+    for serial, parallel in zip(*batches):
+        assert torch.equal(serial["key"], parallel["key"]) and torch.equal(serial["input"], parallel["input"])
+
+
+def test_memory_mapped_pairs_give_the_same_crops(tmp_path):
+    """The trainer maps uncompressed TIFFs instead of loading them; compressed ones are read."""
+    for i in range(2):
+        write_pair(tmp_path / f"{i}.tif", shape=(80, 96), seed=i)
+    compressed = tmp_path / "2.tif"
+    tifffile.imwrite(compressed, tifffile.imread(tmp_path / "0.tif"), compression="zlib")
+    loaded, mapped = read_split(tmp_path), read_split(tmp_path, mmap=True)
+    def is_mapped(array):
+        while array is not None:
+            if isinstance(array, np.memmap):
+                return True
+            array = array.base
+        return False
+
+    assert is_mapped(mapped[0].input) and is_mapped(mapped[1].target)
+    assert not is_mapped(mapped[2].input)  # compressed: read into memory
+    norm_a, norm_b = Normalization.from_pairs(loaded), Normalization.from_pairs(mapped)
+    assert norm_a.to_dict() == pytest.approx(norm_b.to_dict(), rel=1e-9)
+    a, b = RandomCropDataset(loaded, 32, norm_a, seed=1), RandomCropDataset(mapped, 32, norm_a, seed=1)
+    for key in (0, 5, 17):
+        assert torch.equal(a[key]["input"], b[key]["input"]) and torch.equal(a[key]["target"], b[key]["target"])

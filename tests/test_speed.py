@@ -73,3 +73,18 @@ def test_bad_speed_options(trained_run):
         predict_array(run, image, samples=1, steps=1, compile="maybe", progress=False)
     with pytest.raises(ValueError, match="unknown solver"):
         predict_array(run, image, samples=1, steps=1, solver="rk4", progress=False)
+
+
+def test_bf16_autocast_path_returns_float32_close_to_fp32():
+    """The GPU default (bf16 autocast) exercised on the CPU: float32 out, bf16-level agreement."""
+    torch.manual_seed(0)
+    net = UNet(base_channels=8, channel_mults=(1, 2), num_res_blocks=1).eval()
+    for p in net.parameters():
+        p.data.normal_(0, 0.1)
+    x, c, t = torch.randn(1, 1, 32, 32), torch.randn(1, 1, 32, 32), torch.rand(1)
+    fast = fast_network(net, torch.device("cpu"), compile="off", precision="bf16")
+    with torch.inference_mode():
+        out, ref = fast(x, c, t), net(x, c, t)
+    assert fast.bf16 and out.dtype == torch.float32
+    assert not torch.equal(out, ref)  # it really ran in bf16
+    assert (out - ref).abs().max() <= 0.05 * ref.abs().max()

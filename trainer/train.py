@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
         sys.exit("error: --mixed-precision fp16 needs a CUDA GPU; use bf16 or no on CPU")
     try:
-        train_pairs, val_pairs = load_splits(config.data, config.val_data, config.val_fraction, config.crop_size)
+        train_pairs, val_pairs = load_splits(config.data, config.val_data, config.val_fraction, config.crop_size, mmap=True)
     except DataError as exc:
         sys.exit(f"error: {exc}")
     output_dir = config.output_dir
@@ -209,7 +209,9 @@ def main(argv: list[str] | None = None) -> None:
         world_size=accelerator.num_processes,
         start_micro_step=global_step * config.gradient_accumulation_steps,
     )
-    loader = DataLoader(train_set, batch_sampler=batch_sampler, num_workers=config.num_workers, pin_memory=torch.cuda.is_available())
+    workers = config.num_workers if config.num_workers is not None else (4 if accelerator.device.type == "cuda" else 0)
+    loader = DataLoader(train_set, batch_sampler=batch_sampler, num_workers=workers, pin_memory=accelerator.device.type == "cuda",
+                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
 
     hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in json.loads(config.model_dump_json()).items()}
     accelerator.init_trackers("hazematching", config=hparams)

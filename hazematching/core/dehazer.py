@@ -8,10 +8,13 @@ normalisation inside keeps the result identical in every consumer, whatever pre/
 ops it implements and however it tiles.
 """
 
+from typing import Tuple
+
 import torch
 from torch import nn
 
 from .sampler import ODESampler, update_moments
+from .tiles import tile_spans
 from .unet import UNet
 
 
@@ -29,6 +32,8 @@ class Dehazer(nn.Module):
         std_scale: float = 1.0,
         std_offset: float = 0.0,
         solver: str = "euler",
+        tile_size: int = 256,
+        overlap: int = 64,
     ):
         super().__init__()
         self.sampler = ODESampler(UNet(**architecture), architecture.get("out_channels", 1), solver)
@@ -36,20 +41,38 @@ class Dehazer(nn.Module):
         self.target_mean, self.target_std = float(target_mean), float(target_std)
         self.samples, self.steps, self.seed = int(samples), int(steps), int(seed)
         self.std_scale, self.std_offset = float(std_scale), float(std_offset)
+        stride = self.sampler.net.stride
+        self.tile_size = max(stride, int(tile_size) - int(tile_size) % stride)
+        self.overlap = min(int(overlap), self.tile_size // 2)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) float32 widefield -> (B, 2, H, W): channel 0 MMSE, channel 1 std."""
-        cond = (image.float() - self.input_mean) / self.input_std
-        b, h, w = cond.shape[0], cond.shape[2], cond.shape[3]
-        # noise keyed on positions relative to the image centre: a consumer that pads the image
-        # symmetrically by the halo (bioimageio.core does) gets the noise of the unpadded image
-        origin_y = torch.full([b], -(h // 2), dtype=torch.int64, device=cond.device)
-        origin_x = torch.full([b], -(w // 2), dtype=torch.int64, device=cond.device)
+    def posterior(self, cond: torch.Tensor, origin_y: torch.Tensor, origin_x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std (normalised units) of the K samples of one tile."""
         mean = torch.zeros_like(cond)
         m2 = torch.zeros_like(cond)
         for k in range(self.samples):
             x = self.sampler.draw(cond, k, self.steps, self.seed, origin_y, origin_x)
             mean, m2 = update_moments(mean, m2, x, k + 1)
-        std = torch.sqrt(m2 / self.samples) * self.target_std
-        std = self.std_scale * std + self.std_offset
+        return mean, torch.sqrt(m2 / self.samples)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) float32 widefield -> (B, 2, H, W): channel 0 MMSE, channel 1 std.
+
+        Images larger than ``tile_size`` are processed in the overlapping tiles of ``hazematching
+        predict`` (same spans, same noise): big activations thrash the CPU caches, and deepImageJ
+        sends whole images."""
+        cond = (image.float() - self.input_mean) / self.input_std
+        b, h, w = cond.shape[0], cond.shape[2], cond.shape[3]
+        th, tw = min(self.tile_size, h), min(self.tile_size, w)
+        mean = torch.zeros_like(cond)
+        std = torch.zeros_like(cond)
+        for y0, ky0, ky1 in tile_spans(h, self.tile_size, self.overlap):
+            for x0, kx0, kx1 in tile_spans(w, self.tile_size, self.overlap):
+                # noise keyed on positions relative to the image centre: a consumer that pads the
+                # image symmetrically by the halo (bioimageio.core does) gets the same noise
+                origin_y = torch.full([b], y0 - h // 2, dtype=torch.int64, device=cond.device)
+                origin_x = torch.full([b], x0 - w // 2, dtype=torch.int64, device=cond.device)
+                tile_mean, tile_std = self.posterior(cond[:, :, y0 : y0 + th, x0 : x0 + tw], origin_y, origin_x)
+                mean[:, :, ky0:ky1, kx0:kx1] = tile_mean[:, :, ky0 - y0 : ky1 - y0, kx0 - x0 : kx1 - x0]
+                std[:, :, ky0:ky1, kx0:kx1] = tile_std[:, :, ky0 - y0 : ky1 - y0, kx0 - x0 : kx1 - x0]
+        std = self.std_scale * (std * self.target_std) + self.std_offset
         return torch.cat([mean * self.target_std + self.target_mean, std], dim=1)

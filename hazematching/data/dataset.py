@@ -21,6 +21,8 @@ def dihedral(array: np.ndarray, k: int) -> np.ndarray:
 
 
 def _to_tensors(pair_input: np.ndarray, pair_target: np.ndarray, norm: Normalization) -> dict:
+    # crops of memory-mapped files keep the file's pixel type: float32 first, as for in-memory pairs
+    pair_input, pair_target = np.asarray(pair_input, dtype=np.float32), np.asarray(pair_target, dtype=np.float32)
     return {
         "input": torch.from_numpy(np.ascontiguousarray(norm.normalize_input(pair_input), dtype=np.float32))[None],
         "target": torch.from_numpy(np.ascontiguousarray(norm.normalize_target(pair_target), dtype=np.float32))[None],

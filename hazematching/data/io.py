@@ -31,12 +31,22 @@ def is_tiff(path: Path) -> bool:
     return path.suffix.lower() in TIFF_SUFFIXES
 
 
-def read_tiff(path: Path) -> np.ndarray:
-    """Read a TIFF, squeezing singleton axes, checking dtype and finiteness."""
+def read_tiff(path: Path, mmap: bool = False) -> np.ndarray:
+    """Read a TIFF, squeezing singleton axes, checking dtype and finiteness.
+
+    ``mmap``: memory-map uncompressed, contiguous files (pixels are then read from disk only when a
+    crop touches them); other files are read into memory as usual."""
     if not is_tiff(path):
         raise DataError(f"{path}: not a TIFF file (expected suffix .tif/.tiff)")
     try:
-        array = tifffile.imread(path)
+        array = None
+        if mmap:
+            try:
+                array = tifffile.memmap(path, mode="r")
+            except ValueError:  # compressed or not contiguous: cannot be mapped
+                array = None
+        if array is None:
+            array = tifffile.imread(path)
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise DataError(f"{path}: cannot be read as TIFF ({type(exc).__name__}: {exc})") from exc
     if array.dtype.type not in SUPPORTED_DTYPES:
@@ -48,18 +58,18 @@ def read_tiff(path: Path) -> np.ndarray:
     return array
 
 
-def _as_2d(path: Path, array: np.ndarray, role: str) -> np.ndarray:
+def _as_2d(path: Path, array: np.ndarray, role: str, mmap: bool = False) -> np.ndarray:
     if array.ndim != 2:
         raise DataError(
             f"{path}: {role} image has shape {array.shape}; expected a 2D (Y, X) image "
             "(3D stacks and multi-channel images are not supported here)"
         )
-    return array.astype(np.float32)
+    return array if mmap else array.astype(np.float32)
 
 
-def read_two_channel(path: Path) -> ImagePair:
+def read_two_channel(path: Path, mmap: bool = False) -> ImagePair:
     """Layout (a): channel 0 = target (confocal), channel 1 = input (widefield)."""
-    array = read_tiff(path)
+    array = read_tiff(path, mmap)
     if array.ndim == 3 and array.shape[0] == 2:
         target, inp = array[0], array[1]
     elif array.ndim == 3 and array.shape[-1] == 2:
@@ -69,13 +79,15 @@ def read_two_channel(path: Path) -> ImagePair:
             f"{path}: shape {array.shape}; expected a 2-channel 2D image (2, Y, X) or (Y, X, 2) with "
             "channel 0 = confocal target and channel 1 = widefield input, or use input/ + target/ folders"
         )
+    if mmap:  # views into the mapped file; crops are cast to float32 by the datasets
+        return ImagePair(path.stem, inp, target)
     return ImagePair(path.stem, inp.astype(np.float32), target.astype(np.float32))
 
 
-def read_folder_pair(input_path: Path, target_path: Path) -> ImagePair:
+def read_folder_pair(input_path: Path, target_path: Path, mmap: bool = False) -> ImagePair:
     """Layout (b): one single-channel 2D TIFF each."""
-    inp = _as_2d(input_path, read_tiff(input_path), "input")
-    target = _as_2d(target_path, read_tiff(target_path), "target")
+    inp = _as_2d(input_path, read_tiff(input_path, mmap), "input", mmap)
+    target = _as_2d(target_path, read_tiff(target_path, mmap), "target", mmap)
     if inp.shape != target.shape:
         raise DataError(
             f"{input_path} has shape {inp.shape} but its target {target_path} has shape {target.shape}; "
@@ -88,7 +100,7 @@ def _tiffs(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def read_split(directory: Path, min_size: int = 1) -> list[ImagePair]:
+def read_split(directory: Path, min_size: int = 1, mmap: bool = False) -> list[ImagePair]:
     """All pairs of a split directory in either layout; every image must be >= ``min_size`` wide/high."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -101,13 +113,13 @@ def read_split(directory: Path, min_size: int = 1) -> list[ImagePair]:
         missing = [p.name for p in inputs if p.name not in targets]
         if missing:
             raise DataError(f"{directory / 'input'}: no target with the same name for {missing[:5]}")
-        pairs = [read_folder_pair(p, targets[p.name]) for p in inputs]
+        pairs = [read_folder_pair(p, targets[p.name], mmap) for p in inputs]
     else:
         files = _tiffs(directory)
         non_tiff = [p for p in files if not is_tiff(p)]
         if non_tiff:
             raise DataError(f"{non_tiff[0]}: not a TIFF file (expected .tif/.tiff files in {directory})")
-        pairs = [read_two_channel(p) for p in files]
+        pairs = [read_two_channel(p, mmap) for p in files]
     if not pairs:
         raise DataError(f"{directory}: contains no TIFF images")
     for pair in pairs:
@@ -119,7 +131,9 @@ def read_split(directory: Path, min_size: int = 1) -> list[ImagePair]:
     return pairs
 
 
-def load_splits(data: Path, val_data: Path | None, val_fraction: float, min_size: int) -> tuple[list[ImagePair], list[ImagePair]]:
+def load_splits(
+    data: Path, val_data: Path | None, val_fraction: float, min_size: int, mmap: bool = False
+) -> tuple[list[ImagePair], list[ImagePair]]:
     """Training and validation pairs.
 
     ``data`` may hold ``train/`` (and ``val/``) sub-folders, as ``hazematching simulate`` writes,
@@ -130,11 +144,11 @@ def load_splits(data: Path, val_data: Path | None, val_fraction: float, min_size
     if not data.is_dir():
         raise DataError(f"{data}: data directory does not exist")
     train_dir = data / "train" if (data / "train").is_dir() else data
-    train = read_split(train_dir, min_size)
+    train = read_split(train_dir, min_size, mmap)
     if val_data is not None:
-        return train, read_split(Path(val_data), min_size)
+        return train, read_split(Path(val_data), min_size, mmap)
     if train_dir != data and (data / "val").is_dir():
-        return train, read_split(data / "val", min_size)
+        return train, read_split(data / "val", min_size, mmap)
     if len(train) < 2:
         raise DataError(f"{train_dir}: one image cannot be split into training and validation; add images or pass --val-data")
     n_val = min(len(train) - 1, max(1, round(val_fraction * len(train))))
