@@ -100,7 +100,7 @@ def test_state_dict_architecture_imports_with_torch_only(tmp_path, trained_run):
     source = architecture_source()
     assert "from ." not in source
     imports = {line.split()[1].split(".")[0] for line in source.splitlines() if line.startswith(("import ", "from "))}
-    assert imports <= {"torch", "math", "collections", "dataclasses"}
+    assert imports <= {"torch", "math", "collections", "dataclasses", "typing"}  # torch + standard library
     (tmp_path / "arch.py").write_text(source)
     code = "import sys; sys.modules['hazematching'] = None; import arch; print(arch.Dehazer)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
