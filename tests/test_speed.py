@@ -11,11 +11,17 @@ from hazematching.run import load_model
 from hazematching.speed import FastNetwork, fast_network, samples_per_batch
 
 
-def test_fast_network_equals_plain_network_and_leaves_the_model_alone():
+def small_net() -> UNet:
+    """A small U-Net with non-trivial weights (the zero-initialised last convs would hide errors)."""
     torch.manual_seed(0)
     net = UNet(base_channels=8, channel_mults=(1, 2), num_res_blocks=1).eval()
     for p in net.parameters():
         p.data.normal_(0, 0.1)
+    return net
+
+
+def test_fast_network_equals_plain_network_and_leaves_the_model_alone():
+    net = small_net()
     x, c, t = torch.randn(2, 1, 32, 32), torch.randn(2, 1, 32, 32), torch.rand(2)
     fast = fast_network(net, torch.device("cpu"), compile="on", precision="fp32")
     assert fast.compiled is not None and not fast.bf16
@@ -77,10 +83,7 @@ def test_bad_speed_options(trained_run):
 
 def test_bf16_autocast_path_returns_float32_close_to_fp32():
     """The GPU default (bf16 autocast) exercised on the CPU: float32 out, bf16-level agreement."""
-    torch.manual_seed(0)
-    net = UNet(base_channels=8, channel_mults=(1, 2), num_res_blocks=1).eval()
-    for p in net.parameters():
-        p.data.normal_(0, 0.1)
+    net = small_net()
     x, c, t = torch.randn(1, 1, 32, 32), torch.randn(1, 1, 32, 32), torch.rand(1)
     fast = fast_network(net, torch.device("cpu"), compile="off", precision="bf16")
     with torch.inference_mode():
