@@ -17,17 +17,22 @@ def _simulate(args) -> None:
 
 def _predict(args) -> None:
     from .data.io import DataError
-    from .predict import predict_files
+    from .experiment import JobError, predict_experiment, summary_lines
     from .run import RunError
 
     try:
-        written = predict_files(
+        result = predict_experiment(
             Path(args.model), Path(args.input), Path(args.output), device=args.device, channel=args.channel,
-            keep_samples=args.save_samples, calibrated=args.calibrated, **_sampler_options(args),
+            axes=args.axes, overwrite=args.overwrite, keep_samples=args.save_samples, calibrated=args.calibrated,
+            progress=not args.quiet, **_sampler_options(args),
         )
-    except (DataError, RunError, RuntimeError) as exc:
+    except (DataError, RunError, JobError) as exc:
         sys.exit(f"error: {exc}")
-    print(f"wrote {len(written)} file(s): {', '.join(str(p) for p in written[:6])}{' ...' if len(written) > 6 else ''}")
+    if "complete" not in result:  # not the main process: the main one reports
+        return
+    print("\n".join(summary_lines(result)))
+    if result["failed"]:
+        sys.exit(1)
 
 
 def _sampler_options(args) -> dict:
@@ -125,16 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
     pred = sub.add_parser(
         "predict",
         help="dehaze TIFFs with a trained run (MMSE, std, samples)",
-        description="Dehaze a 2D TIFF or a folder of them. Writes float32 TIFFs: NAME.tif (MMSE), NAME_std.tif "
-        "(per-pixel std over samples) and with --save-samples NAME_samples.tif.",
+        description="Dehaze a TIFF or a folder of TIFFs: 2D images, z-stacks, time-lapses (ImageJ hyperstacks, "
+        "OME-TIFF), plane by plane. Writes float32 TIFFs with the input's axes and pixel sizes: NAME.tif (MMSE), "
+        "NAME_std.tif (per-pixel std over samples) and with --save-samples NAME_samples.tif, plus "
+        "hazematching_manifest.json. Interrupted runs continue where they stopped when relaunched. On several "
+        "processes/GPUs/nodes: accelerate launch [--config_file ...] -m hazematching.predict --model ... ",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     pred.add_argument("--model", required=True, help="run directory (model.safetensors + config.json)")
-    pred.add_argument("--input", required=True, help="TIFF file or folder of TIFFs")
+    pred.add_argument("--input", required=True, help="TIFF file or folder of TIFFs (2D or N-D)")
     pred.add_argument("--output", required=True, help="output .tif (for one input) or folder")
     _add_sampler_flags(pred)
     pred.add_argument("--channel", type=int, default=None,
-                      help="channel to dehaze in multi-channel (CYX/YXC) TIFFs, e.g. 1 for the widefield channel of paired files")
+                      help="channel to dehaze in multi-channel TIFFs (C axis), e.g. 1 for the widefield channel of paired files")
+    pred.add_argument("--axes", default=None,
+                      help="axes of files that do not record them, letters of TZCYX ending in YX, e.g. TZYX or ZCYX")
+    pred.add_argument("--overwrite", action="store_true",
+                      help="recompute outputs that are complete, or were made with other settings")
+    pred.add_argument("--quiet", action="store_true", help="no progress bar")
     pred.add_argument("--save-samples", action="store_true", help="also write all samples")
     pred.add_argument("--calibrated", action="store_true", help="write the calibrated std a*std+b (see calibrate)")
     pred.set_defaults(func=_predict)

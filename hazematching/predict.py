@@ -1,22 +1,21 @@
-"""Posterior prediction of whole images: tiled, batched, memory bounded by tile and batch size.
+"""Posterior prediction of one 2D image: tiled, batched, memory bounded by tile and batch size.
 
-``predict_array`` works on an array; ``predict_files`` on a TIFF or a folder of TIFFs and writes
-float32 ImageJ TIFFs: ``<name>.tif`` (MMSE), ``<name>_std.tif`` and, on request,
-``<name>_samples.tif`` (samples as channels). The same function serves the U-Net baseline run, which
-gives a single deterministic prediction.
+``predict_array`` is the one place where an image meets the sampler; files, stacks, folders and
+several processes are handled by ``experiment.predict_experiment`` plane by plane. The same function
+serves the U-Net baseline run, which gives a single deterministic prediction.
+
+``python -m hazematching.predict`` is ``hazematching predict``, so that it can be started by
+``accelerate launch -m hazematching.predict ...`` on several processes, GPUs and nodes.
 """
 
 from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
-import tifffile
 import torch
 from tqdm.auto import tqdm
 
 from .core import evaluations_per_step, sample_posterior
-from .data.io import TIFF_SUFFIXES, DataError, read_image_2d
-from .run import LoadedRun, RunError, atomic_write_bytes, load_model
+from .data.io import DataError
+from .run import LoadedRun, RunError
 from .speed import fast_network, samples_per_batch
 from .tiling import tiles
 
@@ -140,67 +139,9 @@ def predict_array(
     return Prediction(mean, std, kept)
 
 
-def _tiff_bytes(array: np.ndarray, axes: str) -> bytes:
-    import io
+if __name__ == "__main__":
+    import sys
 
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, array.astype(np.float32), imagej=True, metadata={"axes": axes})
-    return buffer.getvalue()
+    from .cli import main
 
-
-def output_paths(main: Path) -> dict[str, Path]:
-    return {
-        "mean": main,
-        "std": main.with_name(main.stem + "_std" + main.suffix),
-        "samples": main.with_name(main.stem + "_samples" + main.suffix),
-    }
-
-
-def write_prediction(prediction: Prediction, main_path: Path) -> list[Path]:
-    """Every file of one prediction, each written atomically (temporary file + rename)."""
-    paths = output_paths(main_path)
-    main_path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"mean": _tiff_bytes(prediction.mean, "YX")}
-    if prediction.std is not None:
-        payload["std"] = _tiff_bytes(prediction.std, "YX")
-    if prediction.samples is not None:
-        payload["samples"] = _tiff_bytes(prediction.samples, "CYX")
-    for key, data in payload.items():
-        atomic_write_bytes(paths[key], data)
-    return [paths[k] for k in payload]
-
-
-def list_inputs(input_path: Path) -> list[Path]:
-    input_path = Path(input_path)
-    if input_path.is_dir():
-        files = sorted(p for p in input_path.iterdir() if p.suffix.lower() in TIFF_SUFFIXES and p.is_file())
-        if not files:
-            raise DataError(f"{input_path}: no .tif/.tiff files to predict")
-        return files
-    if not input_path.exists():
-        raise DataError(f"{input_path}: does not exist")
-    return [input_path]
-
-
-def predict_files(
-    model_dir: Path,
-    input_path: Path,
-    output_path: Path,
-    device: str = "auto",
-    channel: int | None = None,
-    **options,
-) -> list[Path]:
-    """Predict a TIFF or every TIFF of a folder. All inputs are checked before any output is
-    written; a file output is the MMSE path (std and samples get suffixes)."""
-    inputs = list_inputs(input_path)
-    for path in inputs:  # fail early, before hours of sampling, on any unusable file
-        read_image_2d(path, MIN_SIZE, channel)
-    run = load_model(model_dir, device=resolve_device(device))
-    output_path = Path(output_path)
-    to_folder = Path(input_path).is_dir() or output_path.suffix.lower() not in TIFF_SUFFIXES
-    written = []
-    for path in tqdm(inputs, desc="images", disable=len(inputs) == 1 or not options.get("progress", True)):
-        prediction = predict_array(run, read_image_2d(path, MIN_SIZE, channel), **options)
-        target = output_path / (path.stem + ".tif") if to_folder else output_path
-        written += write_prediction(prediction, target)
-    return written
+    main(["predict", *sys.argv[1:]])

@@ -26,11 +26,23 @@ class RunError(ValueError):
     """A run directory that cannot be used: missing files, wrong kind or version."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _usual_permissions(fd_or_path) -> None:
+    """mkstemp makes owner-only files; give them the permissions a plain ``open`` would."""
+    os.chmod(fd_or_path, 0o666 & ~_umask())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        _usual_permissions(fd)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -48,6 +60,7 @@ def atomic_save_safetensors(state: dict[str, torch.Tensor], path: Path, metadata
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp, metadata=metadata)
+        _usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,331 @@
+"""N-D TIFF stacks (ImageJ hyperstacks, OME-TIFF, plain TIFF) read and written one 2D YX plane at a time.
+
+Why plane by plane: an experiment's stack can be larger than RAM while the method is 2D. Reading
+follows the file's layout (uncompressed contiguous pixels: one positioned read per plane; otherwise
+one TIFF page decoded at a time). Outputs are uncompressed float32 files created up front with their
+final shape and metadata, so that any process can write any plane at its byte offset (``os.pwrite``)
+and nothing but the plane being processed is ever held in memory.
+"""
+
+import logging
+import math
+import os
+import warnings
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from .io import SUPPORTED_DTYPES, DataError, is_tiff
+
+KNOWN_AXES = "TZCYX"  # time, depth, channel and the plane; ImageJ's order
+_UNIT_ALIASES = {"micron": "µm", "microns": "µm", "um": "µm", "\\u00B5m": "µm", "μm": "µm", "nanometer": "nm"}
+_INCH_UM, _CM_UM = 25400.0, 10000.0
+
+
+@dataclass(frozen=True)
+class PixelSizes:
+    """Physical calibration carried from input to output (None: not recorded in the input)."""
+
+    x: float | None = None
+    y: float | None = None
+    z: float | None = None
+    unit: str | None = None  # of x, y, z, e.g. "µm"
+    time_interval: float | None = None
+    time_unit: str | None = None
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """Where the planes of one input are and what the outputs look like."""
+
+    path: Path
+    kind: str  # "imagej", "ome" or "plain": the output is written in the same kind where it can be
+    axes: str  # of the stored series, singleton axes dropped, e.g. "TZCYX"
+    shape: tuple[int, ...]
+    dtype: np.dtype  # including the file's byte order
+    channel: int | None  # the dehazed index along C; None when there is no C axis
+    pixel_sizes: PixelSizes = field(default_factory=PixelSizes)
+    offset: int | None = None  # start of contiguous uncompressed pixel data, else None
+    per_page: int = 1  # planes stored in one TIFF page
+
+    @property
+    def out_axes(self) -> str:
+        return self.axes.replace("C", "")
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(n for a, n in zip(self.axes, self.shape) if a != "C")
+
+    @property
+    def planes(self) -> int:
+        return math.prod(self.out_shape[:-2])
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        return self.shape[-2], self.shape[-1]
+
+    def stored_index(self, plane: int) -> int:
+        """Index among all stored planes (C order over the non-YX axes) of output plane ``plane``."""
+        index = [int(i) for i in np.unravel_index(plane, self.out_shape[:-2])]
+        if self.channel is not None:
+            index.insert(self.axes.index("C"), self.channel)
+        return int(np.ravel_multi_index(index, self.shape[:-2])) if index else 0
+
+
+def _normalize_unit(unit) -> str | None:
+    if not unit:
+        return None
+    unit = str(unit).strip()
+    return _UNIT_ALIASES.get(unit.lower(), _UNIT_ALIASES.get(unit, unit))
+
+
+def _resolution(page) -> tuple[float | None, float | None]:
+    """Pixel sizes (1 / resolution) from the X/YResolution tags, None when absent or zero."""
+    sizes = []
+    for name in ("XResolution", "YResolution"):
+        tag = page.tags.get(name)
+        num, den = tag.value if tag is not None else (0, 1)
+        sizes.append(den / num if num and den else None)
+    return sizes[0], sizes[1]
+
+
+def _ome_pixel_sizes(xml: str) -> PixelSizes:
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return PixelSizes()
+    pixels = next((e for e in root.iter() if e.tag.endswith("}Pixels") or e.tag == "Pixels"), None)
+    if pixels is None:
+        return PixelSizes()
+    get = lambda key: float(pixels.get(key)) if pixels.get(key) else None  # noqa: E731
+    unit = pixels.get("PhysicalSizeXUnit", "µm") if pixels.get("PhysicalSizeX") else None
+    t = get("TimeIncrement")
+    return PixelSizes(get("PhysicalSizeX"), get("PhysicalSizeY"), get("PhysicalSizeZ"), _normalize_unit(unit),
+                      t, pixels.get("TimeIncrementUnit", "s") if t is not None else None)
+
+
+def _pixel_sizes(tif: tifffile.TiffFile, kind: str) -> PixelSizes:
+    page = tif.pages.first
+    x, y = _resolution(page)
+    if kind == "ome":
+        return _ome_pixel_sizes(tif.ome_metadata or "")
+    if kind == "imagej":
+        meta = tif.imagej_metadata or {}
+        unit = _normalize_unit(meta.get("unit")) if x is not None else None
+        t = meta.get("finterval")
+        return PixelSizes(x, y, meta.get("spacing"), unit, t, meta.get("tunit", "s") if t else None)
+    res_unit = page.tags.get("ResolutionUnit")
+    res_unit = int(res_unit.value) if res_unit is not None else 2
+    if x is None or res_unit not in (2, 3):  # no calibration, or unitless
+        return PixelSizes(x, y)
+    scale = _INCH_UM if res_unit == 2 else _CM_UM
+    return PixelSizes(x * scale, y * scale if y else None, unit="µm")
+
+
+def parse_axes(axes: str) -> str:
+    """Check an ``--axes`` string such as TZYX."""
+    axes = axes.strip().upper()
+    bad = sorted(set(axes) - set(KNOWN_AXES))
+    if bad or len(set(axes)) != len(axes) or not axes.endswith("YX"):
+        raise DataError(f"--axes {axes!r}: expected distinct letters from {KNOWN_AXES} ending in YX, e.g. TZYX or ZCYX"
+                        + (f" (unknown: {''.join(bad)})" if bad else ""))
+    return axes
+
+
+def open_stack(path: Path, axes: str | None = None, channel: int | None = None, min_size: int = 16) -> StackInfo:
+    """Read the layout of one TIFF (no pixels) and check everything that can be checked up front:
+    readable, known axes, the channel present, planes at least ``min_size`` wide, no truncation."""
+    path = Path(path)
+    if not is_tiff(path):
+        raise DataError(f"{path}: not a TIFF file (expected suffix .tif/.tiff)")
+    if not path.is_file():
+        raise DataError(f"{path}: file does not exist")
+    quiet = logging.getLogger("tifffile")
+    level, quiet.level = quiet.level, logging.CRITICAL  # its log lines would repeat the error reported below
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            kind = "ome" if tif.is_ome else "imagej" if tif.is_imagej else "plain"
+            stored_axes, shape = series.axes, tuple(series.shape)
+            dtype = np.dtype(series.dtype).newbyteorder(tif.byteorder)
+            keyframe = series.keyframe
+            pages = series.pages
+            num_pages = len(pages)
+            ends = [max((o + n for o, n in zip(p.dataoffsets, p.databytecounts)), default=0)
+                    for p in pages if p is not None]
+            offset = series.dataoffset
+            pixel_sizes = _pixel_sizes(tif, kind)
+            page_shape = tuple(keyframe.shape)
+    except Exception as exc:  # tifffile raises many types for corrupt files
+        raise DataError(f"{path}: cannot be read as TIFF ({type(exc).__name__}: {exc})") from exc
+    finally:
+        quiet.level = level
+    if dtype.type not in SUPPORTED_DTYPES:
+        raise DataError(f"{path}: unsupported pixel type {dtype}; expected uint8, uint16 or float")
+    if stored_axes.endswith("S") and shape[-1] in (3, 4):
+        raise DataError(f"{path}: shape {shape} (axes {stored_axes}) is an RGB image; expected grayscale planes")
+    size = path.stat().st_size
+    nbytes = math.prod(shape) * dtype.itemsize
+    if (offset is not None and offset + nbytes > size) or any(end > size for end in ends):
+        raise DataError(f"{path}: truncated: the file has {size} bytes but its pixel data need "
+                        f"{(offset or 0) + nbytes if offset is not None else max(ends)}; copy the file again")
+    if axes is not None:
+        given = parse_axes(axes)
+        if len(given) != len(shape):
+            raise DataError(f"{path}: --axes {given} has {len(given)} axes but the image has shape {shape} "
+                            f"({len(shape)} axes, stored as {stored_axes!r})")
+        file_axes = given
+    else:
+        file_axes = stored_axes.replace("S", "C") if "C" not in stored_axes else stored_axes
+        unknown = sorted(set(file_axes) - set(KNOWN_AXES))
+        if unknown or not file_axes.endswith("YX"):
+            raise DataError(f"{path}: unknown axes {stored_axes!r} for shape {shape}: the file does not say which "
+                            f"axis is time, depth or channel; pass --axes, e.g. --axes {'TZYX'[-len(shape):] if len(shape) <= 4 else 'TZCYX'}")
+    if min(shape[-2:]) < min_size:
+        raise DataError(f"{path}: YX planes of {shape[-2]} x {shape[-1]} are smaller than the minimum {min_size} x {min_size}")
+    if "C" in file_axes:
+        channels = shape[file_axes.index("C")]
+        if channel is None and channels > 1:
+            raise DataError(f"{path}: has {channels} channels (axes {file_axes}); pick the one the model was trained "
+                            "for with --channel C (e.g. --channel 1 for the widefield channel of paired files)")
+        if channel is not None and not 0 <= channel < channels:
+            raise DataError(f"{path}: --channel {channel} requested but the image (axes {file_axes}, shape {shape}) has "
+                            f"{channels} channel(s)")
+        channel = channel or 0
+    elif channel not in (None, 0):
+        raise DataError(f"{path}: --channel {channel} requested but the image (axes {file_axes}, shape {shape}) has one channel")
+    else:
+        channel = None
+    per_page = math.prod(page_shape) // (shape[-2] * shape[-1])
+    if page_shape[-2:] != shape[-2:] or per_page * num_pages != math.prod(shape[:-2]):
+        raise DataError(f"{path}: pages of shape {page_shape} do not hold whole YX planes of the series {shape}; "
+                        "save the stack as an ImageJ hyperstack or OME-TIFF")
+    return StackInfo(path, kind, file_axes, shape, dtype, channel, pixel_sizes, offset, per_page)
+
+
+class PlaneReader:
+    """Reads single planes of one stack as float32; keep it open while reading many planes."""
+
+    def __init__(self, info: StackInfo):
+        self.info = info
+        self._tif = None
+        self._fd = None
+
+    def __enter__(self):
+        if self.info.offset is not None:
+            self._fd = os.open(self.info.path, os.O_RDONLY)
+        else:
+            self._tif = tifffile.TiffFile(self.info.path)
+        return self
+
+    def __exit__(self, *exc):
+        if self._fd is not None:
+            os.close(self._fd)
+        if self._tif is not None:
+            self._tif.close()
+
+    def read(self, plane: int) -> np.ndarray:
+        info = self.info
+        index = info.stored_index(plane)
+        height, width = info.plane_shape
+        try:
+            if self._fd is not None:
+                nbytes = height * width * info.dtype.itemsize
+                data = os.pread(self._fd, nbytes, info.offset + index * nbytes)
+                if len(data) != nbytes:
+                    raise DataError(f"{info.path}: truncated at plane {plane}")
+                array = np.frombuffer(data, info.dtype).reshape(height, width)
+            else:
+                page, within = divmod(index, info.per_page)
+                array = self._tif.series[0].pages[page].asarray().reshape(info.per_page, height, width)[within]
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"{info.path}: plane {plane} cannot be read ({type(exc).__name__}: {exc})") from exc
+        array = array.astype(np.float32)
+        if not np.isfinite(array).all():
+            raise DataError(f"{info.path}: plane {plane} contains NaN/Inf pixels; clean or mask the image first")
+        return array
+
+
+def output_kind(info: StackInfo, axes: str) -> str:
+    """ImageJ hyperstacks need axes in TZCYX order; anything else (and OME input) stays OME-TIFF."""
+    if info.kind == "ome":
+        return "ome"
+    order = [KNOWN_AXES.index(a) for a in axes]
+    return "imagej" if order == sorted(order) else "ome"
+
+
+def _metadata(kind: str, axes: str, sizes: PixelSizes, description: str) -> dict:
+    if kind == "ome":
+        meta = {"axes": axes, "Description": description}
+        for key, value in (("X", sizes.x), ("Y", sizes.y), ("Z", sizes.z)):
+            if value is not None and (key != "Z" or "Z" in axes):
+                meta[f"PhysicalSize{key}"] = value
+                if sizes.unit:
+                    meta[f"PhysicalSize{key}Unit"] = sizes.unit
+        if sizes.time_interval is not None and "T" in axes:
+            meta["TimeIncrement"] = sizes.time_interval
+            meta["TimeIncrementUnit"] = sizes.time_unit or "s"
+        return meta
+    meta = {"axes": axes, "Info": description}
+    if sizes.unit:
+        meta["unit"] = "micron" if sizes.unit == "µm" else sizes.unit
+    if sizes.z is not None and "Z" in axes:
+        meta["spacing"] = sizes.z
+    if sizes.time_interval is not None and "T" in axes:
+        meta["finterval"] = sizes.time_interval
+    return meta
+
+
+def create_output(path: Path, info: StackInfo, axes: str, shape: tuple[int, ...], description: str = "") -> int:
+    """An all-zero float32 TIFF of ``shape`` with the input's calibration; returns the byte offset of
+    its (contiguous, little-endian) pixel data for ``PlaneWriter``."""
+    kind = output_kind(info, axes)
+    sizes = info.pixel_sizes
+    resolution = None
+    if sizes.x and sizes.y:
+        resolution = (1.0 / sizes.x, 1.0 / sizes.y)
+    options = dict(shape=shape, dtype="<f4", byteorder="<", returnoffset=True,
+                   metadata=_metadata(kind, axes, sizes, description))
+    if kind == "imagej":
+        options.update(imagej=True, resolution=resolution)
+    else:
+        options.update(ome=True, bigtiff=math.prod(shape) * 4 > 2**31)
+        if resolution is not None and sizes.unit == "µm":
+            options.update(resolution=tuple(r * _CM_UM for r in resolution), resolutionunit="CENTIMETER")
+    with warnings.catch_warnings():  # "truncating ImageJ file": ImageJ's own layout above 4 GB
+        warnings.filterwarnings("ignore", message=".*truncating ImageJ file")
+        offset, _ = tifffile.imwrite(path, **options)
+    return int(offset)
+
+
+class PlaneWriter:
+    """Writes planes into a file made by ``create_output``, at their offsets (several processes may
+    write different planes of one file at the same time)."""
+
+    def __init__(self, path: Path, offset: int, plane_shape: tuple[int, int]):
+        self.offset = offset
+        self.nbytes = plane_shape[0] * plane_shape[1] * 4
+        self._fd = os.open(path, os.O_WRONLY)
+
+    def write(self, index: int, planes: np.ndarray) -> None:
+        """``planes``: one plane or consecutive planes starting at plane ``index``."""
+        data = np.ascontiguousarray(planes, dtype="<f4").tobytes()
+        if os.pwrite(self._fd, data, self.offset + index * self.nbytes) != len(data):
+            raise OSError(f"short write at plane {index}")
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def describe(info: StackInfo) -> str:
+    return f"{info.path.name}: axes {info.axes}, shape {info.shape}, {info.planes} plane(s)" + (
+        f", channel {info.channel}" if info.channel is not None else "")
+
