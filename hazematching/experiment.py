@@ -93,7 +93,7 @@ def file_sha256(path: Path) -> str:
 
 def result_settings(run: LoadedRun, model_dir: Path, device: torch.device, options: dict, channel, axes,
                     keep_samples: bool, calibrated: bool) -> dict:
-    """Everything that changes the output numbers; a folder never mixes results of different settings."""
+    """Everything that changes the output numbers: outputs made with other settings are never mixed in."""
     defaults = run.config["sampler"]
     settings = {key: options.get(key) for key in RESULT_OPTIONS}
     for key in ("samples", "steps", "seed"):
@@ -134,10 +134,11 @@ class Manifest:
         return (entry.get("status") == "complete" and entry.get("settings") == settings
                 and entry.get("input_stat") == input_stat(job.input) and all(p.is_file() for p in job.outputs.values()))
 
-    def conflicts(self, settings: dict) -> list[str]:
-        """Complete entries made with other settings, as 'file: key a -> b' lines."""
+    def conflicts(self, settings: dict, keys: list[str]) -> list[str]:
+        """Complete outputs among ``keys`` made with other settings, as 'file: key a -> b' lines."""
         lines = []
-        for key, entry in self.files.items():
+        for key in keys:
+            entry = self.files.get(key, {})
             old = entry.get("settings") or {}
             if entry.get("status") == "complete" and old != settings:
                 diff = [f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
@@ -350,15 +351,18 @@ def predict_experiment(
     if monitor is None:
         return {"rank": mine_stats}
     try:
-        return monitor.finish(state.num_processes, plan, started)
+        result = monitor.finish(state.num_processes, plan, started)
     finally:
         lock.close()
+    if single_file and result["failed"]:  # one file asked for: its problem is the caller's error
+        raise DataError(next(iter(result["failed"].values())))
+    return result
 
 
 def _plan(jobs, manifest: Manifest, work: WorkFolder, settings: dict, overwrite: bool, channel, axes,
           keep_samples: bool, single_file: bool) -> dict:
     """Main process: check inputs, refuse to mix settings, prepare work copies, list pending planes."""
-    conflicts = manifest.conflicts(settings)
+    conflicts = manifest.conflicts(settings, [job.key for job in jobs])
     if conflicts and not overwrite:
         raise JobError(f"{manifest.path} lists results made with other settings:\n  " + "\n  ".join(conflicts[:10])
                        + "\nuse another --output, or --overwrite to recompute these files with the new settings")

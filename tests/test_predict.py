@@ -9,7 +9,8 @@ from hazematching.cli import main as cli_main
 from hazematching.data.io import DataError, read_split
 from hazematching.data.simulate import ground_truth, render_pair
 from hazematching.metrics import psnr
-from hazematching.predict import predict_array, predict_files
+from hazematching.experiment import predict_experiment as predict_files
+from hazematching.predict import predict_array
 from hazematching.run import RunError, load_model
 
 
@@ -81,7 +82,8 @@ def test_cli_file_and_folder(trained_run, sim_data, tmp_path):
     with tifffile.TiffFile(tmp_path / "one_std.tif") as tif:
         assert tif.is_imagej and tif.series[0].axes == "YX"
     cli_main(["predict", "--model", str(trained_run), "--input", str(src), "--output", str(tmp_path / "out"), "--samples", "1", "--steps", "1"])
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "a_std.tif", "b.tif", "b_std.tif"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "a_std.tif", "b.tif", "b_std.tif",
+                                                                    "hazematching_manifest.json"]
 
 
 def test_channel_picks_the_widefield_of_paired_files(trained_run, sim_data, tmp_path):
@@ -89,14 +91,14 @@ def test_channel_picks_the_widefield_of_paired_files(trained_run, sim_data, tmp_
     widefield image alone; a missing channel is a clear error."""
     paired = sorted((sim_data / "test").glob("*.tif"))[0]
     pair = read_split(sim_data / "test")[0]
-    tifffile.imwrite(tmp_path / "wf.tif", pair.input)
+    tifffile.imwrite(_write(tmp_path / "alone" / paired.name, pair.input), pair.input)  # same name: same noise
     options = dict(samples=1, steps=2, progress=False)
     predict_files(trained_run, paired, tmp_path / "from_pair.tif", channel=1, **options)
-    predict_files(trained_run, tmp_path / "wf.tif", tmp_path / "from_wf.tif", **options)
+    predict_files(trained_run, tmp_path / "alone" / paired.name, tmp_path / "from_wf.tif", **options)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "from_pair.tif"), tifffile.imread(tmp_path / "from_wf.tif"))
     with pytest.raises(DataError, match="--channel 2 requested"):
         predict_files(trained_run, paired, tmp_path / "x.tif", channel=2, **options)
-    with pytest.raises(DataError, match="pick one with --channel"):
+    with pytest.raises(DataError, match="pick the one the model was trained for with --channel"):
         predict_files(trained_run, paired, tmp_path / "x.tif", **options)
 
 
@@ -120,22 +122,21 @@ def _write(path, array):
     "make, message",
     [
         (lambda d: (d / "x.png").write_bytes(b"\x89PNG"), "not a TIFF"),
-        (lambda d: _write(d / "x.tif", np.zeros((5, 64, 64), np.uint16)), "not a stack"),
+        (lambda d: _write(d / "x.tif", np.zeros((5, 64, 64), np.uint16)), "unknown axes"),
         (lambda d: _write(d / "x.tif", np.zeros((64, 64, 3), np.uint8)), "RGB"),
         (lambda d: _write(d / "x.tif", np.full((64, 64), np.nan, np.float32)), "NaN"),
         (lambda d: _write(d / "x.tif", np.zeros((8, 64), np.uint16)), "smaller than the minimum"),
     ],
 )
-def test_bad_inputs_leave_no_output(trained_run, tmp_path, make, message):
+def test_a_bad_single_file_is_an_error_and_leaves_no_output(trained_run, tmp_path, make, message):
     src = tmp_path / "in"
     src.mkdir()
-    _write(src / "good.tif", np.ones((64, 64), np.uint16))
     make(src)
-    bad = next(p for p in src.iterdir() if p.name != "good.tif")
-    out = tmp_path / "out"
+    bad = next(src.iterdir())
+    out = tmp_path / "out" / "x.tif"
     with pytest.raises(DataError, match=message):
-        predict_files(trained_run, src if bad.suffix == ".tif" else bad, out, samples=1, steps=1, progress=False)
-    assert not out.exists() or not any(out.iterdir())
+        predict_files(trained_run, bad, out, samples=1, steps=1, progress=False)
+    assert not out.exists() and not out.with_name("x_std.tif").exists()
 
 
 def test_bad_run_directories(trained_run, tmp_path):

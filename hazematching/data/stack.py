@@ -172,11 +172,16 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
     if (offset is not None and offset + nbytes > size) or any(end > size for end in ends):
         raise DataError(f"{path}: truncated: the file has {size} bytes but its pixel data need "
                         f"{(offset or 0) + nbytes if offset is not None else max(ends)}; copy the file again")
+    full_shape = shape
+    keep = [i for i, n in enumerate(shape) if n > 1 or i >= len(shape) - 2]  # singleton axes carry nothing
+    stored_axes, shape = "".join(stored_axes[i] for i in keep), tuple(shape[i] for i in keep)
     if axes is not None:
         given = parse_axes(axes)
+        if len(given) == len(full_shape) and len(full_shape) != len(shape):
+            given = "".join(given[i] for i in keep)
         if len(given) != len(shape):
-            raise DataError(f"{path}: --axes {given} has {len(given)} axes but the image has shape {shape} "
-                            f"({len(shape)} axes, stored as {stored_axes!r})")
+            raise DataError(f"{path}: --axes {given} has {len(given)} axes but the image has shape {full_shape} "
+                            f"({len(shape)} non-singleton axes, stored as {stored_axes!r})")
         file_axes = given
     else:
         file_axes = stored_axes.replace("S", "C") if "C" not in stored_axes else stored_axes
