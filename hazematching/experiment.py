@@ -56,12 +56,22 @@ class FileJob:
     offsets: dict[str, int] = field(default_factory=dict)  # byte offsets of the work copies
 
 
+def split_name(name: str) -> tuple[str, str]:
+    """('cell', '.ome.tif') for cell.ome.tiff, ('cell', '.tif') for cell.TIF: outputs keep the OME mark."""
+    lower = name.lower()
+    for suffix, kept in ((".ome.tiff", ".ome.tif"), (".ome.tif", ".ome.tif"), (".tiff", ".tif"), (".tif", ".tif")):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)], kept
+    return Path(name).stem, ".tif"
+
+
 def output_names(main: Path, keep_samples: bool, point_predictor: bool) -> dict[str, Path]:
+    base, ext = split_name(main.name)
     names = {"mean": main}
     if not point_predictor:
-        names["std"] = main.with_name(main.stem + "_std" + main.suffix)
+        names["std"] = main.with_name(f"{base}_std{ext}")
     if keep_samples:
-        names["samples"] = main.with_name(main.stem + "_samples" + main.suffix)
+        names["samples"] = main.with_name(f"{base}_samples{ext}")
     return names
 
 
@@ -163,7 +173,7 @@ def _check_writable(folder: Path) -> None:
 def _jobs(inputs: list[Path], output: Path, single_file: bool, keep_samples: bool, point_predictor: bool) -> list[FileJob]:
     jobs = []
     for path in inputs:
-        main = output if single_file else output / (path.stem + ".tif")
+        main = output if single_file else output / "".join(split_name(path.name))
         jobs.append(FileJob(main.name, path, output_names(main, keep_samples, point_predictor)))
     seen = {}
     for job in jobs:

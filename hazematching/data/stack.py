@@ -159,10 +159,17 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
             offset = series.dataoffset
             pixel_sizes = _pixel_sizes(tif, kind)
             page_shape = tuple(keyframe.shape)
+            # a cut-off file loses its last pages silently: compare with what the metadata promise
+            promised = (tif.imagej_metadata or {}).get("images", 1) if tif.is_imagej else None
+            damaged = (tif.is_ome and series.kind != "ome") or (
+                promised is not None and promised != math.prod(shape[:-2]) // (shape[-1] if stored_axes.endswith("S") else 1))
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise DataError(f"{path}: cannot be read as TIFF ({type(exc).__name__}: {exc})") from exc
     finally:
         quiet.level = level
+    if damaged:
+        raise DataError(f"{path}: truncated or damaged: its {kind} metadata describe more planes than the file holds; "
+                        "copy the file again")
     if dtype.type not in SUPPORTED_DTYPES:
         raise DataError(f"{path}: unsupported pixel type {dtype}; expected uint8, uint16 or float")
     if stored_axes.endswith("S") and shape[-1] in (3, 4):
