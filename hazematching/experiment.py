@@ -280,8 +280,7 @@ def predict_experiment(
     work = WorkFolder(folder / WORK_NAME)
     axes = parse_axes(axes) if axes else None
 
-    plan = None
-    lock = None
+    plan, lock, failure = None, None, None
     if state.is_main_process:
         try:
             run = load_model(model_dir, device="cpu")
@@ -300,40 +299,47 @@ def predict_experiment(
                 raise JobError(f"another hazematching predict is writing to {folder}; wait for it or use another --output") from exc
             manifest = Manifest(folder / MANIFEST_NAME)
             plan = _plan(jobs, manifest, work, settings, overwrite, channel, axes, keep_samples, single_file)
-        except (DataError, RunError, JobError) as exc:
-            plan = {"error": f"{type(exc).__name__}:{exc}"}
+        except Exception as exc:  # every process must hear of it, or the others wait forever
+            failure, plan = exc, {"error": f"{type(exc).__name__}: {exc}"}
     plan = broadcast_object_list([plan])[0]
     if "error" in plan:
         if lock is not None:
             lock.close()
-        kind, message = plan["error"].split(":", 1)
-        raise {"DataError": DataError, "RunError": RunError}.get(kind, JobError)(message)
+        raise failure or JobError(f"the main process failed to start the job: {plan['error']}")
 
     jobs = plan["jobs"]
     costs = [int(np.prod(j.info.plane_shape)) if j.info is not None else 0 for j in jobs]
-    shares = _balanced(plan["units"], costs, state.num_processes)
-    mine = shares[state.process_index]
-    monitor = _Monitor(jobs, work, plan, state.is_main_process, progress) if state.is_main_process else None
+    mine = _balanced(plan["units"], costs, state.num_processes)[state.process_index]
+    monitor = _Monitor(jobs, work, plan, progress) if state.is_main_process else None
     run = load_model(model_dir, device=run_device)
-    readers, writers, broken = {}, {}, set()
+    current, reader, writers, broken = None, None, {}, set()
     busy, computed, started = 0.0, 0, time.time()
     inner_progress = progress and state.is_main_process and len(plan["units"]) == 1
+
+    def close_current():
+        if reader is not None:
+            reader.close()
+        for writer in writers.values():
+            writer.close()
+
     try:
-        for index, plane in mine:
+        for index, plane in mine:  # in file order: one input and its outputs open at a time
             job = jobs[index]
             if index in broken:
                 continue
             tic = time.time()
             try:
-                if index not in readers:
-                    readers[index] = PlaneReader(job.info).__enter__()
-                    writers[index] = {name: PlaneWriter(work.partial(job, name), job.offsets[name], job.info.plane_shape)
-                                      for name in job.outputs}
-                image = readers[index].read(plane)
+                if index != current:
+                    close_current()
+                    current, reader, writers = index, None, {}
+                    reader = PlaneReader(job.info)
+                    writers = {name: PlaneWriter(work.partial(job, name), job.offsets[name], job.info.plane_shape)
+                               for name in job.outputs}
+                image = reader.read(plane)
                 seed = derive_seed(plan["settings"].get("seed", 0), job.input.name, plane)
                 result = predict_array(run, image, keep_samples=keep_samples, calibrated=calibrated,
                                        progress=inner_progress, **{**options, "seed": seed})
-                for name, writer in writers[index].items():
+                for name, writer in writers.items():
                     if name == "samples":
                         writer.write(plane * result.samples.shape[0], result.samples)
                     else:
@@ -348,11 +354,7 @@ def predict_experiment(
             if monitor is not None:
                 monitor.poll()
     finally:
-        for reader in readers.values():
-            reader.__exit__(None, None, None)
-        for group in writers.values():
-            for writer in group.values():
-                writer.close()
+        close_current()
     mine_stats = {"rank": state.process_index, "planes": computed, "busy_s": round(busy, 3),
                   "wall_s": round(time.time() - started, 3), "device": str(run_device)}
     marker = work.root / f"launch-{plan['launch']}" / f"rank{state.process_index}.json"
@@ -413,7 +415,7 @@ def _plan(jobs, manifest: Manifest, work: WorkFolder, settings: dict, overwrite:
 class _Monitor:
     """Main process: one progress bar over all processes (read from the plane logs), finishing files."""
 
-    def __init__(self, jobs: list[FileJob], work: WorkFolder, plan: dict, is_main: bool, progress: bool):
+    def __init__(self, jobs: list[FileJob], work: WorkFolder, plan: dict, progress: bool):
         self.jobs, self.work = jobs, work
         self.manifest = Manifest(work.root.parent / MANIFEST_NAME)
         self.open = {i for i, j in enumerate(jobs) if j.info is not None and j.key not in plan["skipped"]}

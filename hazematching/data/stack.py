@@ -219,25 +219,26 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
 
 
 class PlaneReader:
-    """Reads single planes of one stack as float32; keep it open while reading many planes."""
+    """Reads single planes of one stack as float32; keeps the file open until ``close``."""
 
     def __init__(self, info: StackInfo):
         self.info = info
-        self._tif = None
-        self._fd = None
+        self._fd = os.open(info.path, os.O_RDONLY) if info.offset is not None else None
+        self._tif = tifffile.TiffFile(info.path) if info.offset is None else None
 
     def __enter__(self):
-        if self.info.offset is not None:
-            self._fd = os.open(self.info.path, os.O_RDONLY)
-        else:
-            self._tif = tifffile.TiffFile(self.info.path)
         return self
 
     def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
+            self._fd = None
         if self._tif is not None:
             self._tif.close()
+            self._tif = None
 
     def read(self, plane: int) -> np.ndarray:
         info = self.info
