@@ -29,7 +29,6 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .core import derive_seed
 from .data.io import TIFF_SUFFIXES, DataError
 from .data.stack import PlaneReader, PlaneWriter, StackInfo, create_output, open_stack, parse_axes
 from .run import WEIGHTS_NAME, LoadedRun, RunError, atomic_write_bytes, load_model
@@ -239,6 +238,13 @@ class WorkFolder:
         with open(self.folder(job) / f"rank{rank}.log", "a") as f:
             f.write(line.replace("\n", " ") + "\n")
             f.flush()
+
+
+def derive_seed(seed: int, *keys: str | int) -> int:
+    """A 31-bit seed from ``seed`` and keys (input file name, plane index): the noise of a plane then
+    depends on what it is, not on which process computes it or in which order."""
+    digest = hashlib.blake2b("/".join(map(str, (seed, *keys))).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
 
 
 def _balanced(units: list[tuple[int, int]], costs: list[int], world: int) -> list[list[tuple[int, int]]]:

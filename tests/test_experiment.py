@@ -13,10 +13,9 @@ import tifffile
 
 from conftest import REPO, accelerate_launcher
 from hazematching.cli import main as cli_main
-from hazematching.core import derive_seed
 from hazematching.data.io import DataError, read_split
 from hazematching.data.stack import open_stack
-from hazematching.experiment import MANIFEST_NAME, WORK_NAME, JobError, predict_experiment
+from hazematching.experiment import MANIFEST_NAME, WORK_NAME, JobError, derive_seed, predict_experiment
 from hazematching.predict import predict_array
 from hazematching.run import load_model
 

@@ -1,7 +1,7 @@
 """The HazeMatching method with torch as its only dependency (shippable inside a model package)."""
 
 from .dehazer import Dehazer
-from .noise import derive_seed, hash_normal
+from .noise import hash_normal
 from .path import cfm_loss, interpolate, mse_loss, sample_time, target_velocity
 from .sampler import SOLVERS, ODESampler, Posterior, evaluations_per_step, sample_posterior, update_moments
 from .unet import UNet
@@ -14,7 +14,6 @@ __all__ = [
     "UNet",
     "cfm_loss",
     "evaluations_per_step",
-    "derive_seed",
     "hash_normal",
     "interpolate",
     "mse_loss",

@@ -9,7 +9,6 @@ All integer arithmetic stays in int64 below 2**50, so nothing overflows and the 
 on every backend.
 """
 
-import hashlib
 import math
 
 import torch
@@ -71,9 +70,3 @@ def hash_normal(
     z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
     return z.float()
 
-
-def derive_seed(seed: int, *keys: str | int) -> int:
-    """A 31-bit seed from ``seed`` and keys (e.g. file name and plane index): the noise of one plane
-    of an experiment then depends on what it is, not on which process computes it or in what order."""
-    digest = hashlib.blake2b("/".join(map(str, (seed, *keys))).encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "little") & 0x7FFFFFFF
