@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +49,32 @@ def _launch(args, launcher=None, **kwargs):
     cmd = (launcher or [sys.executable]) + ["-m", "hazematching.predict", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO, **kwargs)
+
+
+def _descendants(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return children + [d for c in children for d in _descendants(c)]
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a launcher and every process it started (torchrun's workers run in their own sessions),
+    then wait until none of them runs any more."""
+    pids = [pid, *_descendants(pid)]
+    for p in pids:
+        os.kill(p, signal.SIGKILL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        states = []
+        for p in pids[1:]:
+            try:
+                states.append(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                pass
+        if all(state == "Z" for state in states):
+            return
+        time.sleep(0.05)
 
 
 def _flags(run, src, out, **options):
@@ -95,7 +122,11 @@ def test_two_processes_write_exactly_the_outputs_of_one(trained_run, sim_data, t
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_without_recomputing(trained_run, sim_data, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_killed_run_resumes_without_recomputing(trained_run, sim_data, tmp_path, processes):
+    """Killed (all processes at once, as a job scheduler does) and relaunched on one process."""
+    from test_train import free_port
+
     src = tmp_path / "in"
     src.mkdir()
     planes = _widefield_planes(sim_data, 12)
@@ -106,7 +137,8 @@ def test_killed_run_resumes_without_recomputing(trained_run, sim_data, tmp_path)
     assert reference["planes"] == 12
 
     out = tmp_path / "out"
-    proc = _launch(_flags(trained_run, src, out, **options))
+    launcher = accelerate_launcher("cpu_2proc.yaml", "--main_process_port", free_port()) if processes == 2 else None
+    proc = _launch(_flags(trained_run, src, out, **options), launcher, start_new_session=True)
     manifest = out / MANIFEST_NAME
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -114,7 +146,7 @@ def test_killed_run_resumes_without_recomputing(trained_run, sim_data, tmp_path)
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the job ended before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
+    _kill_tree(proc.pid)
     proc.wait()
 
     status = {k: v["status"] for k, v in json.loads(manifest.read_text())["files"].items()}
