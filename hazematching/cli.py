@@ -23,7 +23,7 @@ def _predict(args) -> None:
     try:
         result = predict_experiment(
             Path(args.model), Path(args.input), Path(args.output), device=args.device, channel=args.channel,
-            axes=args.axes, overwrite=args.overwrite, keep_samples=args.save_samples, calibrated=args.calibrated,
+            axes=args.axes, overwrite=args.overwrite, recursive=args.recursive, keep_samples=args.save_samples, calibrated=args.calibrated,
             progress=not args.quiet, **_sampler_options(args),
         )
     except (DataError, RunError, JobError) as exc:
@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="axes of files that do not record them, letters of TZCYX ending in YX, e.g. TZYX or ZCYX")
     pred.add_argument("--overwrite", action="store_true",
                       help="recompute outputs that are complete, or were made with other settings")
+    pred.add_argument("--recursive", action="store_true",
+                      help="also dehaze the TIFFs in sub-folders of --input; the output mirrors the folder tree")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
     pred.add_argument("--save-samples", action="store_true", help="also write all samples")
     pred.add_argument("--calibrated", action="store_true", help="write the calibrated std a*std+b (see calibrate)")

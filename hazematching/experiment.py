@@ -50,6 +50,7 @@ class FileJob:
     key: str  # output file name, the manifest key
     input: Path
     outputs: dict[str, Path]  # "mean", "std", "samples" -> final path
+    name: str = ""  # input path relative to the input folder: keys the noise
     info: StackInfo | None = None
     error: str | None = None
     offsets: dict[str, int] = field(default_factory=dict)  # byte offsets of the work copies
@@ -74,17 +75,26 @@ def output_names(main: Path, keep_samples: bool, point_predictor: bool) -> dict[
     return names
 
 
-def list_inputs(input_path: Path) -> list[Path]:
+def list_inputs(input_path: Path, recursive: bool = False, exclude: Path | None = None) -> list[Path]:
+    """The TIFFs of a folder (with ``recursive`` also of its sub-folders), hidden ones and anything
+    under ``exclude`` (the output folder, when it lies inside the input) left out."""
     input_path = Path(input_path)
-    if input_path.is_dir():
-        files = sorted(p for p in input_path.iterdir()
-                       if p.suffix.lower() in TIFF_SUFFIXES and p.is_file() and not p.name.startswith("."))
-        if not files:
-            raise DataError(f"{input_path}: no .tif/.tiff files to predict")
-        return files
-    if not input_path.exists():
-        raise DataError(f"{input_path}: does not exist")
-    return [input_path]
+    if not input_path.is_dir():
+        if not input_path.exists():
+            raise DataError(f"{input_path}: does not exist")
+        return [input_path]
+    skip = exclude.resolve() if exclude is not None else None
+    candidates = input_path.rglob("*") if recursive else input_path.iterdir()
+    files = sorted(
+        p for p in candidates
+        if p.suffix.lower() in TIFF_SUFFIXES and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(input_path).parts)
+        and not (skip is not None and p.resolve().is_relative_to(skip))
+    )
+    if not files:
+        raise DataError(f"{input_path}: no .tif/.tiff files to predict"
+                        + ("" if recursive else " (--recursive also looks in sub-folders)"))
+    return files
 
 
 def input_stat(path: Path) -> list[int]:
@@ -169,19 +179,24 @@ def _check_writable(folder: Path) -> None:
                        "choose a writable --output") from exc
 
 
-def _jobs(inputs: list[Path], output: Path, single_file: bool, keep_samples: bool, point_predictor: bool) -> list[FileJob]:
+def _jobs(inputs: list[Path], input_root: Path, output: Path, single_file: bool, keep_samples: bool,
+          point_predictor: bool) -> list[FileJob]:
+    """One job per input; sub-folders of the input are mirrored in the output."""
     jobs = []
     for path in inputs:
-        main = output if single_file else output / "".join(split_name(path.name))
-        jobs.append(FileJob(main.name, path, output_names(main, keep_samples, point_predictor)))
+        relative = path.relative_to(input_root) if input_root.is_dir() else Path(path.name)
+        main = output if single_file else output / relative.parent / "".join(split_name(path.name))
+        key = main.name if single_file else main.relative_to(output).as_posix()
+        jobs.append(FileJob(key, path, output_names(main, keep_samples, point_predictor), relative.as_posix()))
+    inputs_resolved = {j.input.resolve() for j in jobs}
     seen = {}
     for job in jobs:
         for target in job.outputs.values():
-            if target.resolve() in {j.input.resolve() for j in jobs}:
+            if target.resolve() in inputs_resolved:
                 raise JobError(f"{target} would overwrite an input; choose another --output")
-            if target.name in seen:
-                raise JobError(f"{job.input.name} and {seen[target.name]} would both write {target}; rename one of them")
-            seen[target.name] = job.input.name
+            if target in seen:
+                raise JobError(f"{job.input} and {seen[target]} would both write {target}; rename one of them")
+            seen[target] = job.input
     return jobs
 
 
@@ -193,6 +208,18 @@ class WorkFolder:
 
     def folder(self, job: FileJob) -> Path:
         return self.root / job.key
+
+    def remove(self, job: FileJob) -> None:
+        """Delete a file's work folder and the sub-folders it leaves empty."""
+        folder = self.folder(job)
+        shutil.rmtree(folder, ignore_errors=True)
+        for parent in folder.parents:
+            if parent == self.root or not parent.is_relative_to(self.root):
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
 
     def partial(self, job: FileJob, name: str) -> Path:
         return self.folder(job) / f"{name}.tif"
@@ -265,6 +292,7 @@ def predict_experiment(
     channel: int | None = None,
     axes: str | None = None,
     overwrite: bool = False,
+    recursive: bool = False,
     keep_samples: bool = False,
     calibrated: bool = False,
     progress: bool = True,
@@ -295,7 +323,10 @@ def predict_experiment(
                 raise RunError("a U-Net baseline run predicts one image: it has no samples and no std to calibrate")
             if calibrated and run.config.get("calibration") is None:
                 raise RunError("this run is not calibrated: run `hazematching calibrate --model RUN --data VAL_DIR` first")
-            jobs = _jobs(list_inputs(input_path), output_path, single_file, keep_samples, run.objective == "mse")
+            if input_path.is_dir() and folder.resolve() == input_path.resolve():
+                raise JobError(f"--output {output_path} is the input folder: outputs would mix with the inputs; choose another --output")
+            inputs = list_inputs(input_path, recursive, exclude=None if single_file else output_path)
+            jobs = _jobs(inputs, input_path, output_path, single_file, keep_samples, run.objective == "mse")
             _check_writable(folder)
             work.root.mkdir(exist_ok=True)
             lock = open(work.root / "lock", "w")
@@ -342,7 +373,7 @@ def predict_experiment(
                     writers = {name: PlaneWriter(work.partial(job, name), job.offsets[name], job.info.plane_shape)
                                for name in job.outputs}
                 image = reader.read(plane)
-                seed = derive_seed(plan["settings"].get("seed", 0), job.input.name, plane)
+                seed = derive_seed(plan["settings"].get("seed", 0), job.name, plane)
                 result = predict_array(run, image, keep_samples=keep_samples, calibrated=calibrated,
                                        progress=inner_progress, **{**options, "seed": seed})
                 for name, writer in writers.items():
@@ -463,11 +494,12 @@ class _Monitor:
         """Sync and rename the work copies into place (the MMSE last)."""
         for name in sorted(job.outputs, key=lambda n: n == "mean"):
             partial = self.work.partial(job, name)
+            job.outputs[name].parent.mkdir(parents=True, exist_ok=True)
             if partial.exists():
                 with open(partial, "rb+") as f:
                     os.fsync(f.fileno())
                 os.replace(partial, job.outputs[name])
-        shutil.rmtree(self.work.folder(job), ignore_errors=True)
+        self.work.remove(job)
         self.finished.append(job.key)
         self._set(job, status="complete", error=None, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
@@ -484,7 +516,7 @@ class _Monitor:
         self.manifest.save()
         for job in self.jobs:  # failed files leave nothing behind
             if job.key in self.failed:
-                shutil.rmtree(self.work.folder(job), ignore_errors=True)
+                self.work.remove(job)
         shutil.rmtree(marker_dir, ignore_errors=True)
         if not any(p.name != "lock" for p in self.work.root.iterdir()):
             shutil.rmtree(self.work.root, ignore_errors=True)

@@ -223,8 +223,10 @@ def test_settings_are_never_mixed_and_foreign_files_never_overwritten(trained_ru
     with pytest.raises(JobError, match="a_std.tif exists but was not written by this tool"):
         predict_experiment(trained_run, src, foreign, progress=False, samples=1, steps=2)
     assert (foreign / "a_std.tif").read_bytes() == b"someone's work"
-    with pytest.raises(JobError, match="would overwrite an input"):
+    with pytest.raises(JobError, match="is the input folder"):
         predict_experiment(trained_run, src, src, progress=False, samples=1, steps=2)
+    with pytest.raises(JobError, match="would overwrite an input"):
+        predict_experiment(trained_run, src / "a.tif", src / "a.tif", progress=False, samples=1, steps=2)
     with pytest.raises(DataError, match="--axes"):
         predict_experiment(trained_run, src, out, progress=False, axes="XY")
 
@@ -253,3 +255,22 @@ def test_read_only_output_folder_is_a_clear_error(trained_run, sim_data, tmp_pat
         predict_experiment(trained_run, src, read_only_folder, progress=False, samples=1, steps=1)
     with pytest.raises(JobError, match="cannot write to the output folder"):
         predict_experiment(trained_run, src, read_only_folder / "sub", progress=False, samples=1, steps=1)
+
+
+def test_recursive_mirrors_the_folder_tree_and_keys_noise_on_the_path(trained_run, sim_data, tmp_path):
+    src = tmp_path / "experiment"
+    plane = _widefield_planes(sim_data, 1)[0]
+    for well in ("plateA/well1", "plateB/well1"):  # the same image under the same file name twice
+        (src / well).mkdir(parents=True)
+        tifffile.imwrite(src / well / "field.tif", plane)
+    tifffile.imwrite(src / "top.tif", plane)
+    out = src / "dehazed"  # inside the input: its files must not become inputs on a rerun
+    with pytest.raises(SystemExit, match="--recursive also looks in sub-folders"):  # plateA holds only a folder
+        cli_main(["predict", *_flags(trained_run, src / "plateA", out, samples=1, steps=2)])
+    result = predict_experiment(trained_run, src, out, recursive=True, progress=False, samples=2, steps=2)
+    assert sorted(result["complete"]) == ["plateA/well1/field.tif", "plateB/well1/field.tif", "top.tif"]
+    a, b = (tifffile.imread(out / w / "field.tif") for w in ("plateA/well1", "plateB/well1"))
+    assert a.shape == plane.shape and not np.allclose(a, b)  # independent noise per file
+    again = predict_experiment(trained_run, src, out, recursive=True, progress=False, samples=2, steps=2)
+    assert len(again["skipped"]) == 3 and not again["complete"]  # outputs were not picked up as inputs
+    assert not (out / WORK_NAME).exists()
