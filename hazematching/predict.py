@@ -89,7 +89,7 @@ def predict_array(
     batch_size = batch_size or (1 if device.type == "cpu" else 8)  # on a CPU bigger batches are slower per tile
     norm = run.normalization
     height, width = image.shape
-    all_tiles, th, tw = tiles(height, width, tile_size, overlap)
+    all_tiles, th, tw = tiles(height, width, tile_size, overlap, stride)
     mean = np.zeros((height, width), np.float32)
     std = None if point_predictor else np.zeros((height, width), np.float32)
     kept = np.zeros((samples, height, width), np.float32) if keep_samples else None

@@ -9,7 +9,7 @@ receptive field, stitched tiles then equal the whole-image result up to what lie
 
 from dataclasses import dataclass
 
-from .core.tiles import tile_spans
+from .core.tiles import fitted_tile, tile_spans
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,9 @@ class Tile:
         )
 
 
-def tiles(height: int, width: int, tile: int, overlap: int) -> tuple[list[Tile], int, int]:
-    """All tiles of an image and the (common) tile height and width."""
-    ys, xs = spans(height, tile, overlap), spans(width, tile, overlap)
-    return [Tile(y, x) for y in ys for x in xs], min(tile, height), min(tile, width)
+def tiles(height: int, width: int, tile: int, overlap: int, multiple: int = 1) -> tuple[list[Tile], int, int]:
+    """All tiles of an image and the (common) tile height and width; per axis the tile size is
+    ``fitted_tile``'s (at least ``tile``, a multiple of ``multiple``), as in the exported model."""
+    tile_y, tile_x = fitted_tile(height, tile, overlap, multiple), fitted_tile(width, tile, overlap, multiple)
+    ys, xs = spans(height, tile_y, overlap), spans(width, tile_x, overlap)
+    return [Tile(y, x) for y in ys for x in xs], min(tile_y, height), min(tile_x, width)

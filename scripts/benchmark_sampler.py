@@ -48,7 +48,7 @@ def naive(run, image, samples, steps, seed, tile_size, overlap) -> np.ndarray:
     net, norm = run.model.eval(), run.normalization
     height, width = image.shape
     cond_full = norm.normalize_input(image).astype(np.float32)
-    all_tiles, th, tw = tiles(height, width, tile_size, overlap)
+    all_tiles, th, tw = tiles(height, width, tile_size, overlap, run.model.stride)
     mean = np.zeros_like(image)
     for tile in all_tiles:
         cond = torch.from_numpy(np.ascontiguousarray(cond_full[tile.window(th, tw)]))[None, None]

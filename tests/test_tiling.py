@@ -27,3 +27,37 @@ def test_tiles_grid_and_errors():
     assert len(all_tiles) == len(spans(100, 32, 8)) * len(spans(50, 32, 8))
     with pytest.raises(ValueError, match="larger than the overlap"):
         spans(100, 16, 16)
+
+
+@pytest.mark.parametrize("length", [100, 257, 512, 1024, 1104, 2128, 4096])
+def test_fitted_tile_never_costs_more_and_stays_in_range(length):
+    from hazematching.core.tiles import fitted_tile, tile_spans
+
+    size = fitted_tile(length, 256, 64, 8)
+    assert 256 <= size <= 256 + 192 // 4 and size % 8 == 0
+    assert len(tile_spans(length, size, 64)) * size <= len(tile_spans(length, 256, 64)) * 256
+    if length == 1104:  # 1024 padded by bioimageio.core's 40 px halo: 5 tiles instead of 6
+        assert (size, len(tile_spans(length, size, 64))) == (272, 5)
+
+
+def test_exported_model_tiles_exactly_like_predict(trained_run):
+    """Same fitted tiles, same noise: the Dehazer module equals predict_array to float rounding."""
+    import numpy as np
+    import torch
+
+    from hazematching.core import Dehazer
+    from hazematching.predict import predict_array
+    from hazematching.run import load_model
+
+    run = load_model(trained_run)
+    image = (np.random.default_rng(0).gamma(2.0, 60.0, (150, 136)) + 100).astype(np.float32)
+    tiled = tiles(150, 136, 64, 16, run.model.stride)
+    assert tiled[1:] != (64, 64)  # the fitted size is not the requested one here
+    dehazer = Dehazer(run.config["architecture"], **run.normalization.to_dict(), samples=2, steps=2, seed=4,
+                      tile_size=64, overlap=16).eval()
+    dehazer.sampler.net.load_state_dict(run.model.state_dict())
+    with torch.no_grad():
+        out = dehazer(torch.from_numpy(image)[None, None])[0].numpy()
+    ours = predict_array(run, image, samples=2, steps=2, seed=4, tile_size=64, overlap=16, progress=False)
+    np.testing.assert_allclose(out[0], ours.mean, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(out[1], ours.std, rtol=1e-4, atol=1e-3)

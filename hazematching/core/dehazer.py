@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .sampler import ODESampler, update_moments
-from .tiles import tile_spans
+from .tiles import fitted_tile, tile_spans
 from .unet import UNet
 
 
@@ -42,6 +42,7 @@ class Dehazer(nn.Module):
         self.samples, self.steps, self.seed = int(samples), int(steps), int(seed)
         self.std_scale, self.std_offset = float(std_scale), float(std_offset)
         stride = self.sampler.net.stride
+        self.stride = int(stride)
         self.tile_size = max(stride, int(tile_size) - int(tile_size) % stride)
         self.overlap = min(int(overlap), self.tile_size // 2)
         # channels_last weights: ~15 % faster CPU convolutions; load_state_dict and TorchScript keep it
@@ -64,11 +65,13 @@ class Dehazer(nn.Module):
         sends whole images."""
         cond = (image.float() - self.input_mean) / self.input_std
         b, h, w = cond.shape[0], cond.shape[2], cond.shape[3]
-        th, tw = min(self.tile_size, h), min(self.tile_size, w)
+        tile_y = fitted_tile(h, self.tile_size, self.overlap, self.stride)
+        tile_x = fitted_tile(w, self.tile_size, self.overlap, self.stride)
+        th, tw = min(tile_y, h), min(tile_x, w)
         mean = torch.zeros_like(cond)
         std = torch.zeros_like(cond)
-        for y0, ky0, ky1 in tile_spans(h, self.tile_size, self.overlap):
-            for x0, kx0, kx1 in tile_spans(w, self.tile_size, self.overlap):
+        for y0, ky0, ky1 in tile_spans(h, tile_y, self.overlap):
+            for x0, kx0, kx1 in tile_spans(w, tile_x, self.overlap):
                 # noise keyed on positions relative to the image centre: a consumer that pads the
                 # image symmetrically by the halo (bioimageio.core does) gets the same noise
                 origin_y = torch.full([b], y0 - h // 2, dtype=torch.int64, device=cond.device)
