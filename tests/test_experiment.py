@@ -274,3 +274,16 @@ def test_recursive_mirrors_the_folder_tree_and_keys_noise_on_the_path(trained_ru
     again = predict_experiment(trained_run, src, out, recursive=True, progress=False, samples=2, steps=2)
     assert len(again["skipped"]) == 3 and not again["complete"]  # outputs were not picked up as inputs
     assert not (out / WORK_NAME).exists()
+
+
+def test_samples_of_a_stack_get_a_channel_axis(trained_run, sim_data, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "t.tif", _widefield_planes(sim_data, 4).reshape(2, 2, 64, 64), imagej=True,
+                     metadata={"axes": "TZYX"})
+    predict_experiment(trained_run, src, tmp_path / "out", keep_samples=True, progress=False, samples=3, steps=2)
+    samples = open_stack(tmp_path / "out" / "t_samples.tif", channel=0)
+    assert (samples.axes, samples.shape) == ("TZCYX", (2, 2, 3, 64, 64))
+    values, mean = tifffile.imread(tmp_path / "out" / "t_samples.tif"), tifffile.imread(tmp_path / "out" / "t.tif")
+    np.testing.assert_allclose(values.mean(axis=2), mean, rtol=1e-4, atol=1e-2)
+    np.testing.assert_allclose(values.std(axis=2), tifffile.imread(tmp_path / "out" / "t_std.tif"), rtol=1e-3, atol=1e-2)
