@@ -104,7 +104,7 @@ def _add_sampler_flags(parser) -> None:
     parser.add_argument("--sample-batch", type=int, default=None,
                         help="samples per network call (default: 1 on CPU; on GPU enough for ~32 images per call)")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                        help="torch.compile the network (auto: on GPU, and on CPU for jobs of >= 400 network calls)")
+                        help="torch.compile the network (auto: on GPU, and on CPU for jobs of >= 3000 network calls)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="network precision (auto: bf16 autocast on GPUs that support it, else fp32)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

@@ -174,3 +174,37 @@ def test_upsample_nearest2x_equals_interpolate():
 
     x = torch.randn(2, 3, 5, 7)
     torch.testing.assert_close(upsample_nearest2x(x), torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"), rtol=0, atol=0)
+
+
+def test_upsample_nearest2x_keeps_channels_last():
+    from hazematching.core.unet import upsample_nearest2x
+
+    x = torch.randn(2, 3, 5, 7).to(memory_format=torch.channels_last)
+    up = upsample_nearest2x(x)
+    torch.testing.assert_close(up, torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"), rtol=0, atol=0)
+    assert up.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channel_norm_fused_channels_last_path_equals_the_formula():
+    """The layer_norm path (channels_last) and the explicit formula (NCHW) agree in value and gradient."""
+    from hazematching.core.unet import ChannelNorm
+
+    torch.manual_seed(0)
+    norm = ChannelNorm(8)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = (torch.randn(2, 8, 6, 5) * 3 + 1).requires_grad_()
+    x_cl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    assert x_cl.is_contiguous(memory_format=torch.channels_last) and not x_cl.is_contiguous()
+    plain, fused = norm(x), norm(x_cl)
+    assert fused.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)
+    # per pixel: zero mean, unit variance over channels before the affine map
+    unit = (plain - norm.bias) / norm.weight
+    torch.testing.assert_close(unit.mean(dim=1), torch.zeros(2, 6, 5), rtol=0, atol=1e-5)
+    grad = torch.randn_like(plain)
+    g_plain = torch.autograd.grad(plain, [x, norm.weight, norm.bias], grad)
+    g_fused = torch.autograd.grad(fused, [x_cl, norm.weight, norm.bias], grad)
+    for a, b in zip(g_fused, g_plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
