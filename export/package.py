@@ -174,6 +174,9 @@ def export_model(
     solver = solver or sampler.get("solver", "euler")
     evaluations_per_step(solver)
     calibration = config.get("calibration") or {}
+    stride = run.model.stride
+    halo = receptive_radius(run.model)
+    halo = -(-halo // stride) * stride
     kwargs = {
         "architecture": config["architecture"],
         **run.normalization.to_dict(),
@@ -185,12 +188,10 @@ def export_model(
         "solver": solver,
         "tile_size": tile_size,
         "overlap": overlap,
+        "halo": halo,  # consumer padding by the halo is recognised and not computed on
     }
     model = Dehazer(**kwargs).eval()
     model.sampler.net.load_state_dict(run.model.state_dict())
-    stride = run.model.stride
-    halo = receptive_radius(run.model)
-    halo = -(-halo // stride) * stride
     step = stride  # consumers only accept min + k * step; the network itself takes any size
     min_size = (2 * halo // step + 1) * step  # a multiple of step with a non-empty centre
     test_size = max(min_size, test_size - (test_size - min_size) % step)

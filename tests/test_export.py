@@ -65,8 +65,9 @@ def test_bioimageio_test_passes_for_every_format(package):
 
 
 def test_bioimageio_predict_matches_hazematching_predict(package, trained_run, sim_data, tmp_path):
-    """An odd-sized image (not a multiple of 16): bioimageio.core pads it by the halo; the MMSE must
-    still agree with `hazematching predict` (same seed, steps, samples)."""
+    """An odd-sized image (not a multiple of 16): bioimageio.core pads it by the halo, the model
+    recognises that padding, so mean and std equal `hazematching predict` with the package's settings
+    (tiles of 256 with 64 px overlap, same seed, steps, samples) to float rounding."""
     image = np.tile(read_split(sim_data / "test")[0].input, (2, 3))[:212, :300]
     tifffile.imwrite(tmp_path / "img.tif", image)
     result = bioimageio("predict", "--inputs", str(tmp_path / "img.tif"), "--outputs", str(tmp_path / "out" / "{output_id}.tif"),
@@ -74,9 +75,9 @@ def test_bioimageio_predict_matches_hazematching_predict(package, trained_run, s
     assert result.returncode == 0, result.stderr[-3000:]
     out = np.squeeze(tifffile.imread(tmp_path / "out" / "dehazed.tif"))
     assert out.shape == (2, 212, 300)
-    ours = predict_array(load_model(trained_run), image, samples=2, steps=2, tile_size=128, overlap=64, progress=False)
-    assert psnr(torch.from_numpy(out[0]), torch.from_numpy(ours.mean)) >= 40
-    assert psnr(torch.from_numpy(out[1]), torch.from_numpy(ours.std)) >= 30
+    ours = predict_array(load_model(trained_run), image, samples=2, steps=2, tile_size=256, overlap=64, progress=False)
+    for got, expected in ((out[0], ours.mean), (out[1], ours.std)):
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
 def test_torchscript_runs_without_the_project(package, tmp_path):

@@ -61,3 +61,60 @@ def test_exported_model_tiles_exactly_like_predict(trained_run):
     ours = predict_array(run, image, samples=2, steps=2, seed=4, tile_size=64, overlap=16, progress=False)
     np.testing.assert_allclose(out[0], ours.mean, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(out[1], ours.std, rtol=1e-4, atol=1e-3)
+
+
+def _dehazer(run, halo):
+    from hazematching.core import Dehazer
+
+    dehazer = Dehazer(run.config["architecture"], **run.normalization.to_dict(), samples=2, steps=2, seed=4,
+                      tile_size=64, overlap=16, halo=halo).eval()
+    dehazer.sampler.net.load_state_dict(run.model.state_dict())
+    return dehazer
+
+
+@pytest.mark.parametrize("mode", ["symmetric", "reflect"])
+def test_exported_model_does_not_compute_on_consumer_padding(trained_run, mode):
+    """A whole image padded by the halo (bioimageio.core: symmetric; deepImageJ/ilastik: mirror) gives
+    the unpadded result exactly, with the same network pixels; the scripted model agrees."""
+    import torch
+
+    from hazematching.run import load_model
+
+    run = load_model(trained_run)
+    dehazer = _dehazer(run, halo=24)
+    scripted_model = torch.jit.script(dehazer)  # before the hook, which TorchScript cannot compile
+    pixels = []
+    dehazer.sampler.net.register_forward_hook(lambda m, args, out: pixels.append(args[0].shape[-1] * args[0].shape[-2]))
+    image = (np.random.default_rng(1).gamma(2.0, 60.0, (150, 136)) + 100).astype(np.float32)
+    padded = np.pad(image, 24, mode=mode)
+    with torch.no_grad():
+        plain = dehazer(torch.from_numpy(image)[None, None])
+        plain_pixels, pixels[:] = sum(pixels), []
+        out = dehazer(torch.from_numpy(padded)[None, None])
+        scripted = scripted_model(torch.from_numpy(padded)[None, None])
+    assert dehazer.consumer_padding(torch.from_numpy(padded)[None, None]) == [24, 24, 24, 24]
+    assert sum(pixels) == plain_pixels
+    assert out.shape == (1, 2, 198, 184)
+    assert torch.equal(out[..., 24:-24, 24:-24], plain)
+    torch.testing.assert_close(scripted, out, rtol=1e-5, atol=1e-4)
+
+
+def test_exported_model_uses_real_context_of_a_block(trained_run):
+    """A block cut from a larger image has real context on top/left (used) and mirror padding at the
+    image border bottom/right (skipped): its result is the larger image's result."""
+    import torch
+
+    from hazematching.run import load_model
+
+    run = load_model(trained_run)
+    dehazer = _dehazer(run, halo=24)
+    big = (np.random.default_rng(2).gamma(2.0, 60.0, (174, 160)) + 100).astype(np.float32)
+    block = torch.from_numpy(np.pad(big, ((0, 24), (0, 24)), mode="symmetric"))[None, None]
+    assert dehazer.consumer_padding(block) == [0, 24, 0, 24]
+    with torch.no_grad():
+        out = dehazer(block)
+        whole = dehazer(torch.from_numpy(big)[None, None])
+        inner_only = dehazer(torch.from_numpy(big[24:, 24:])[None, None])
+    assert torch.equal(out[..., :174, :160], whole)
+    # without the context the block's top-left pixels would come out differently
+    assert (out[0, 0, 24:40, 24:40] - inner_only[0, 0, :16, :16]).abs().max() > 1e-2 * whole.abs().max()

@@ -6,11 +6,20 @@ every call and every device gives the same result), mean and std over the sample
 to target intensities, and the std calibrated (a * std + b) when the run was calibrated. Doing the
 normalisation inside keeps the result identical in every consumer, whatever pre/post-processing
 ops it implements and however it tiles.
+
+Consumers pad a whole image by the declared halo before the call (bioimageio.core: symmetric;
+deepImageJ and ilastik mirror at image borders). A side whose ``halo`` outer pixels mirror the
+pixels next to them exactly is taken for such padding and not computed on: that side is an image
+border, as in ``hazematching predict``, so a padded whole image costs no more than the image and
+gives ``hazematching predict``'s result (same tiles, same noise). Real context from a neighbouring
+block never mirrors exactly and is used as context; the output's ring is cropped by the consumer
+(here it repeats the nearest computed pixel).
 """
 
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .sampler import ODESampler, update_moments
@@ -34,6 +43,7 @@ class Dehazer(nn.Module):
         solver: str = "euler",
         tile_size: int = 256,
         overlap: int = 64,
+        halo: int = 0,
     ):
         super().__init__()
         self.sampler = ODESampler(UNet(**architecture), architecture.get("out_channels", 1), solver)
@@ -45,6 +55,7 @@ class Dehazer(nn.Module):
         self.stride = int(stride)
         self.tile_size = max(stride, int(tile_size) - int(tile_size) % stride)
         self.overlap = min(int(overlap), self.tile_size // 2)
+        self.halo = int(halo)
         # channels_last weights: ~15 % faster CPU convolutions; load_state_dict and TorchScript keep it
         self.to(memory_format=torch.channels_last)
 
@@ -57,13 +68,40 @@ class Dehazer(nn.Module):
             mean, m2 = update_moments(mean, m2, x, k + 1)
         return mean, torch.sqrt(m2 / self.samples)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) float32 widefield -> (B, 2, H, W): channel 0 MMSE, channel 1 std.
+    def consumer_padding(self, image: torch.Tensor) -> List[int]:
+        """[top, bottom, left, right]: ``halo`` for each side whose ``halo`` outer rows/columns are
+        the symmetric or reflected copy of the ones inside them, else 0."""
+        m = self.halo
+        h, w = image.shape[2], image.shape[3]
+        if m == 0 or h < 2 * m + 2 or w < 2 * m + 2:
+            return [0, 0, 0, 0]
+        sides: List[int] = []
+        for dim, n in ((2, h), (3, w)):
+            outer_first, outer_last = image.narrow(dim, 0, m), image.narrow(dim, n - m, m)
+            first = torch.equal(outer_first, image.narrow(dim, m, m).flip(dim)) or torch.equal(
+                outer_first, image.narrow(dim, m + 1, m).flip(dim))  # symmetric or reflect
+            last = torch.equal(outer_last, image.narrow(dim, n - 2 * m, m).flip(dim)) or torch.equal(
+                outer_last, image.narrow(dim, n - 2 * m - 1, m).flip(dim))
+            sides.append(m if first else 0)
+            sides.append(m if last else 0)
+        return sides
 
-        Images larger than ``tile_size`` are processed in the overlapping tiles of ``hazematching
-        predict`` (same spans, same noise): big activations thrash the CPU caches, and deepImageJ
-        sends whole images."""
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) float32 widefield -> (B, 2, H, W): channel 0 MMSE, channel 1 std."""
         cond = (image.float() - self.input_mean) / self.input_std
+        top, bottom, left, right = self.consumer_padding(image)
+        h, w = cond.shape[2], cond.shape[3]
+        mean, std = self.dehaze(cond[:, :, top : h - bottom, left : w - right])
+        std = self.std_scale * (std * self.target_std) + self.std_offset
+        out = torch.cat([mean * self.target_std + self.target_mean, std], dim=1)
+        if top + bottom + left + right > 0:
+            out = F.pad(out, [left, right, top, bottom], mode="replicate")
+        return out
+
+    def dehaze(self, cond: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std (normalised units) of a normalised image. Images larger than
+        ``tile_size`` are processed in the overlapping tiles of ``hazematching predict`` (same spans,
+        same noise): big activations thrash the CPU caches, and deepImageJ sends whole images."""
         b, h, w = cond.shape[0], cond.shape[2], cond.shape[3]
         tile_y = fitted_tile(h, self.tile_size, self.overlap, self.stride)
         tile_x = fitted_tile(w, self.tile_size, self.overlap, self.stride)
@@ -72,12 +110,10 @@ class Dehazer(nn.Module):
         std = torch.zeros_like(cond)
         for y0, ky0, ky1 in tile_spans(h, tile_y, self.overlap):
             for x0, kx0, kx1 in tile_spans(w, tile_x, self.overlap):
-                # noise keyed on positions relative to the image centre: a consumer that pads the
-                # image symmetrically by the halo (bioimageio.core does) gets the same noise
+                # noise keyed on positions relative to the image centre, as in ``hazematching predict``
                 origin_y = torch.full([b], y0 - h // 2, dtype=torch.int64, device=cond.device)
                 origin_x = torch.full([b], x0 - w // 2, dtype=torch.int64, device=cond.device)
                 tile_mean, tile_std = self.posterior(cond[:, :, y0 : y0 + th, x0 : x0 + tw], origin_y, origin_x)
                 mean[:, :, ky0:ky1, kx0:kx1] = tile_mean[:, :, ky0 - y0 : ky1 - y0, kx0 - x0 : kx1 - x0]
                 std[:, :, ky0:ky1, kx0:kx1] = tile_std[:, :, ky0 - y0 : ky1 - y0, kx0 - x0 : kx1 - x0]
-        std = self.std_scale * (std * self.target_std) + self.std_offset
-        return torch.cat([mean * self.target_std + self.target_mean, std], dim=1)
+        return mean, std
