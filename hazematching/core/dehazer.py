@@ -12,8 +12,9 @@ deepImageJ and ilastik mirror at image borders). A side whose ``halo`` outer pix
 pixels next to them exactly is taken for such padding and not computed on: that side is an image
 border, as in ``hazematching predict``, so a padded whole image costs no more than the image and
 gives ``hazematching predict``'s result (same tiles, same noise). Real context from a neighbouring
-block never mirrors exactly and is used as context; the output's ring is cropped by the consumer
-(here it repeats the nearest computed pixel).
+block mirrors exactly only where it is constant (then that side is treated as an image border) and
+is otherwise used as context; the output's ring is cropped by the consumer (here it repeats the
+nearest computed pixel).
 """
 
 from typing import List, Tuple
