@@ -31,8 +31,8 @@ def tile_spans(length: int, tile: int, overlap: int) -> List[Tuple[int, int, int
 
 def fitted_tile(length: int, tile: int, overlap: int, multiple: int) -> int:
     """The tile size in [tile, tile + (tile - overlap) // 4], a multiple of ``multiple``, that covers
-    ``length`` with the fewest network pixels (ties: the smallest). E.g. 1104 px (a 1024 px image
-    padded by a 40 px halo on both sides, as bioimageio.core does) takes 6 tiles of 256 but 5 of 272."""
+    ``length`` with the fewest network pixels (ties: the smallest). E.g. 1024 px takes 5 tiles of
+    256 but 4 of 304, and 1104 px 6 tiles of 256 but 5 of 272."""
     if length <= tile:
         return tile
     best = tile
