@@ -78,6 +78,9 @@ class TrainConfig(BaseModel):
     num_workers: int | None = Field(
         None, ge=0, description="data-loading worker processes per training process (None: 4 on a GPU, 0 on a CPU, where workers compete with the model for cores)"
     )
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the network for training: auto = on when training on a CUDA GPU without DeepSpeed"
+    )
     log_steps: int = Field(10, ge=1)
     model: ModelConfig = Field(default_factory=ModelConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)

@@ -21,6 +21,17 @@ MODES = ("auto", "on", "off")
 CPU_COMPILE_MIN_EVALUATIONS = 3000
 
 
+def compile_problem(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot run on ``device`` (None if it can). A missing compiler (no C++
+    compiler for the CPU, no triton for a GPU) only shows at the first compiled call, so this
+    compiles and runs a tiny function."""
+    try:
+        torch.compile(lambda x: torch.sin(x) * 2 + 1, dynamic=False)(torch.ones(8, device=device))
+    except Exception as exc:  # any backend failure means: train eagerly
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+    return None
+
+
 def bf16_supported(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
 

@@ -23,7 +23,6 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,8 @@ from hazematching.predict import predict_array
 from hazematching.run import load_model
 from hazematching.speed import bf16_supported
 from hazematching.tiling import tiles
-from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarking import flops_per_pixel, matmul_peak, timed
 
 
 def test_image(run, size: int) -> np.ndarray:
@@ -91,37 +91,6 @@ def reference_scheme(run, image, samples, steps, seed) -> np.ndarray:
             block = (acc / samples)[0, 0, 32:96, 32:96].cpu().numpy()
             mean[y : y + 64, x0 : x0 + 64] = block[: min(64, height - y), : min(64, width - x0)]
     return norm.denormalize_target(mean)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device=torch.device("cpu")):
-    synchronize(device)
-    start = time.perf_counter()
-    result = fn()
-    synchronize(device)
-    return result, time.perf_counter() - start
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048) -> float:
-    """Best FLOP/s of an n x n matrix product: the practical peak that convolutions (lowered to
-    matrix products by oneDNN/cuDNN) can reach on this device."""
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    best = float("inf")
-    for _ in range(6):
-        best = min(best, timed(lambda: a @ b, device)[1])
-    return 2 * n**3 / best
-
-
-def flops_per_pixel(net, device: torch.device, size: int = 128) -> float:
-    """Network FLOPs per input pixel and call (the U-Net's cost is linear in the pixels)."""
-    x = torch.zeros(1, 1, size, size, device=device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        net(x, x, torch.zeros(1, device=device))
-    return counter.get_total_flops() / size**2
 
 
 def convolution_seconds(net, th: int, tw: int) -> float:

@@ -1,16 +1,22 @@
 """Training throughput (samples/s), measured side by side in one run at the same model and batch.
 
 (r)  a reference-style loop: fp32 eager, torch.optim.Adam, random crops from in-memory images,
-     t on the reference's 20-point grid; no EMA, no checkpoints, no logging.
+     t on the reference's 20-point grid, noise drawn with torch.randn; no EMA, no checkpoints.
 (1)  ``trainer/train.py`` in one process.
 (2)  ``trainer/train.py`` in two processes forming one gloo group (accelerate_configs/cpu_2proc.yaml,
-     ranks checked to hold identical weights), each with the same per-process batch.
+     ranks checked to hold identical weights), each with the same per-process batch (CPU only).
 
 On a CPU every process gets the same number of threads (``--threads``, default 1), so the
 1 -> 2 process factor measures what distribution adds and costs, not how well one process uses
-several cores. On a GPU run it with ``--device cuda`` to add bf16 and DeepSpeed ZeRO-2 rows.
+several cores. With ``--device cuda`` the rows are, at every batch size of ``--batch-sizes``: the
+reference loop, the trainer in fp32, bf16 eager and bf16 compiled (``single_gpu.yaml``), and the
+shipped ``deepspeed_zero2.yaml`` / ``deepspeed_zero3.yaml`` (bf16, one process). Each row gets its
+model FLOP utilisation: 3 x forward FLOPs per sample (forward + backward) x samples/s over the
+measured matrix-product peak (bf16 on a GPU, fp32 on a CPU). A row that fails is reported and the
+next one still runs.
 
-    python scripts/benchmark_training.py --data demo/data [--steps 60 --batch-size 8 --crop-size 64]
+    python scripts/benchmark_training.py --data demo/data [--steps 60 --batch-sizes 8 --crop-size 64]
+    python scripts/benchmark_training.py --data DATA --device cuda --batch-sizes 32,256 --crop-size 128
 """
 
 import argparse
@@ -29,6 +35,8 @@ import torch.nn.functional as F
 from hazematching.core import UNet
 from hazematching.data.io import load_splits
 from hazematching.data.normalization import Normalization
+
+from benchmarking import flops_per_pixel, matmul_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +82,8 @@ def reference_loop(data: Path, steps: int, warmup: int, batch: int, crop: int, d
 
 def trainer(data: Path, steps: int, warmup: int, batch: int, crop: int, processes: int, threads: int,
             extra: list[str], config: str | None = None) -> tuple[float, dict]:
-    """Samples/s of trainer/train.py from its own log (windows after ``warmup`` steps)."""
+    """Samples/s of trainer/train.py from its own log (windows after ``warmup`` steps, so compilation
+    is not counted). Raises RuntimeError with the trainer's last output if it fails."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         args = [str(ROOT / "trainer" / "train.py"), "--data", str(data), "--output-dir", str(out),
@@ -89,50 +98,80 @@ def trainer(data: Path, steps: int, warmup: int, batch: int, crop: int, processe
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         result = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if result.returncode != 0:
-            sys.exit(f"trainer failed:\n{result.stderr[-3000:]}")
+            raise RuntimeError(result.stderr[-3000:])
         records = [json.loads(line) for line in (out / "logs" / "train.jsonl").read_text().splitlines()]
         run_config = json.loads((out / "config.json").read_text())
     timed = [r["train/samples_per_s"] for r in records if r["step"] > warmup]
     return float(np.mean(timed)), run_config
 
 
+def training_flops_per_sample(crop: int, device: torch.device) -> float:
+    """Forward + backward FLOPs of the default U-Net per crop (backward ~ 2x forward)."""
+    return 3 * flops_per_pixel(UNet().to(device), device, crop) * crop**2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("demo/data"))
     parser.add_argument("--steps", type=int, default=60, help="timed steps (after the warm-up)")
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=8, help="per process")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation happens there)")
+    parser.add_argument("--batch-sizes", default="8", help="comma-separated batch sizes per process")
     parser.add_argument("--crop-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per process")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
 
-    common = (args.data, args.steps, args.warmup, args.batch_size, args.crop_size)
-    print(f"batch {args.batch_size} per process, {args.crop_size}^2 crops, default U-Net, {args.steps} timed steps "
-          f"after {args.warmup}, device {args.device}, {args.threads} thread(s) per process, torch {torch.__version__}")
-    rows = []
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    rows.append(("(r) reference-style fp32 eager Adam loop, 1 process", reference_loop(*common, args.device)))
-    one, _ = trainer(*common, processes=1, threads=args.threads, extra=["--mixed-precision", "no"])
-    rows.append(("(1) trainer/train.py, 1 process", one))
-    if args.device == "cpu":
-        two, run_config = trainer(*common, processes=2, threads=args.threads, extra=["--mixed-precision", "no"])
-        checksums = run_config.get("rank_weight_checksums", [])
-        rows.append(("(2) trainer/train.py, 2 processes (gloo)", two))
-        if len(checksums) != 2 or checksums[0] != checksums[1]:
-            sys.exit(f"FAILED: the two ranks did not train one model (weight checksums {checksums})")
-    else:
-        rows.append(("trainer/train.py, 1 GPU, bf16", trainer(*common, processes=1, threads=args.threads,
-                                                            extra=["--mixed-precision", "bf16"], config="single_gpu.yaml")[0]))
-        rows.append(("trainer/train.py, 1 GPU, DeepSpeed ZeRO-2", trainer(*common, processes=1, threads=args.threads,
-                                                                          extra=[], config="deepspeed_zero2.yaml")[0]))
+    peak_dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    peak = matmul_peak(device, peak_dtype)
+    flops = training_flops_per_sample(args.crop_size, device)
+    print(f"{args.crop_size}^2 crops, default U-Net ({flops / 1e9:.2f} GFLOP per sample, forward + backward), "
+          f"{args.steps} timed steps after {args.warmup}, device {args.device}, {args.threads} thread(s) per process, "
+          f"torch {torch.__version__}; measured {str(peak_dtype).split('.')[-1]} matrix-product peak {peak / 1e12:.3g} TFLOP/s")
+    print("\n| batch | setting | samples/s | MFU % |\n|---|---|---|---|", flush=True)
+    results: dict[tuple[int, str], float] = {}
 
-    print("\n| setting | samples/s |\n|---|---|")
-    for name, value in rows:
-        print(f"| {name} | {value:.2f} |")
-    print(f"\ntrainer / reference loop (1 process): {one / rows[0][1]:.2f}x")
-    if args.device == "cpu":
-        print(f"2 processes / 1 process: {two / one:.2f}x (ranks' weight checksums equal: {checksums[0]:.6f})")
+    def row(batch: int, name: str, measure) -> None:
+        try:
+            value = measure()
+        except Exception as exc:  # report and go on: one broken setting must not hide the others
+            print(f"| {batch} | {name} | FAILED: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__} | |", flush=True)
+            return
+        results[(batch, name)] = value
+        print(f"| {batch} | {name} | {value:.1f} | {100 * value * flops / peak:.1f} |", flush=True)
+
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        common = (args.data, args.steps, args.warmup, batch, args.crop_size)
+        run = lambda extra, config=None, processes=1: trainer(*common, processes=processes, threads=args.threads,  # noqa: E731
+                                                              extra=extra, config=config)[0]
+        row(batch, "reference", lambda: reference_loop(*common, args.device))
+        if args.device == "cpu":
+            row(batch, "trainer", lambda: run(["--mixed-precision", "no"]))
+
+            def two_processes() -> float:
+                value, run_config = trainer(*common, processes=2, threads=args.threads, extra=["--mixed-precision", "no"])
+                checksums = run_config.get("rank_weight_checksums", [])
+                if len(checksums) != 2 or checksums[0] != checksums[1]:
+                    raise RuntimeError(f"the two ranks did not train one model (weight checksums {checksums})")
+                return value
+
+            row(batch, "trainer, 2 processes (gloo)", two_processes)
+            continue
+        row(batch, "trainer fp32", lambda: run(["--mixed-precision", "no", "--compile", "off"], "single_gpu.yaml"))
+        row(batch, "trainer bf16 eager", lambda: run(["--compile", "off"], "single_gpu.yaml"))
+        row(batch, "trainer bf16 compiled", lambda: run(["--compile", "on"], "single_gpu.yaml"))
+        for stage in (2, 3):
+            row(batch, f"DeepSpeed ZeRO-{stage} bf16", lambda stage=stage: run([], f"deepspeed_zero{stage}.yaml"))
+
+    print()
+    for (batch, name), value in results.items():
+        reference = results.get((batch, "reference"))
+        if reference and name != "reference":
+            print(f"batch {batch}: {name} / reference = {value / reference:.2f}x", flush=True)
+        plain = results.get((batch, "trainer bf16 eager"))  # DeepSpeed trains eagerly unless --compile on
+        if plain and name.startswith("DeepSpeed"):
+            print(f"batch {batch}: {name} / trainer bf16 eager = {value / plain:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

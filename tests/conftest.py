@@ -32,7 +32,7 @@ def write_pair(path: Path, shape=(64, 64), dtype=np.uint16, seed=0) -> Path:
 def run_trainer(args: list[str], launcher: list[str] | None = None, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
     """Run trainer/train.py in a subprocess (optionally under `accelerate launch`)."""
     cmd = (launcher or [sys.executable]) + [str(REPO / "trainer" / "train.py"), *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = kwargs.pop("env", None) or {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, **kwargs)
 
 

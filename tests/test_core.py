@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hazematching.core import UNet, cfm_loss, interpolate, sample_posterior, sample_time, target_velocity
+from hazematching.core import UNet, cfm_loss, interpolate, sample_posterior, target_velocity
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +74,6 @@ def test_cfm_loss_is_zero_for_the_oracle_velocity():
     assert cfm_loss(oracle, x1, cond, x0, torch.rand(2)) == 0
     wrong = lambda xt, c, t: torch.zeros_like(xt)  # noqa: E731
     assert torch.isclose(cfm_loss(wrong, x1, cond, x0, torch.rand(2)), ((x1 - x0) ** 2).mean())
-
-
-def test_sample_time_grid_and_uniform():
-    g = torch.Generator().manual_seed(0)
-    grid = sample_time(1000, g, grid_points=20)
-    assert set((grid * 19).round().int().tolist()) == set(range(20))
-    uniform = sample_time(1000, g)
-    assert 0 <= float(uniform.min()) and float(uniform.max()) < 1 and len(uniform.unique()) == 1000
 
 
 def test_euler_sampler_solves_a_known_flow():

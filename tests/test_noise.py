@@ -47,3 +47,35 @@ def test_tile_noise_equals_crop_of_whole_image_noise():
     for i in range(3):
         y, x = int(origins_y[i]), int(origins_x[i])
         assert torch.equal(tiles[i, :, : 100 - y, : 120 - x][..., :64, :64], whole[0, :, y : y + 64, x : x + 64])
+
+
+def test_keyed_normal_depends_only_on_seed_and_key():
+    from hazematching.core import keyed_normal
+
+    both = keyed_normal(torch.tensor([3, 11]), seed=4, channels=2, height=16, width=24)
+    assert both.shape == (2, 2, 16, 24) and both.dtype == torch.float32
+    # an item's noise does not depend on its batch neighbours or position in the batch (resume, N processes)
+    assert torch.equal(both[1], keyed_normal(torch.tensor([11]), 4, 2, 16, 24)[0])
+    assert torch.equal(both[0], keyed_normal(torch.tensor([5, 3]), 4, 2, 16, 24)[1])
+    assert not torch.allclose(both[0], both[1])
+    assert not torch.allclose(both[0], keyed_normal(torch.tensor([3]), 5, 2, 16, 24)[0])
+    assert not torch.allclose(both[0, 0], both[0, 1])
+    # keys beyond 32 bits stay distinct
+    assert not torch.allclose(keyed_normal(torch.tensor([3]), 4, 1, 8, 8), keyed_normal(torch.tensor([3 + 2**32]), 4, 1, 8, 8))
+    z = keyed_normal(torch.arange(64), 0, 1, 32, 32)
+    assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01
+    across_items = torch.corrcoef(z.flatten(1)[:2])[0, 1]
+    assert abs(float(across_items)) < 0.1
+
+
+def test_keyed_time_grid_and_uniform():
+    from hazematching.core import keyed_time
+
+    keys = torch.arange(2000)
+    grid = keyed_time(keys, seed=0, grid_points=20)
+    assert set((grid * 19).round().int().tolist()) == set(range(20))
+    uniform = keyed_time(keys, seed=0)
+    assert 0 <= float(uniform.min()) and float(uniform.max()) < 1 and len(uniform.unique()) == 2000
+    assert abs(float(uniform.mean()) - 0.5) < 0.02
+    assert torch.equal(keyed_time(keys[5:6], 0), uniform[5:6])
+    assert not torch.equal(keyed_time(keys, 1), uniform)

@@ -1,6 +1,7 @@
 """End-to-end training: multi-process agreement, kill + resume, learning, DeepSpeed code path."""
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -123,22 +124,36 @@ def test_training_learns_to_dehaze(sim_data, tmp_path):
     assert np.mean(gains) > 2.0, gains
 
 
+@pytest.mark.parametrize("precision", ["as shipped", "no"])
 @pytest.mark.parametrize("config", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
-def test_deepspeed_configs_run_and_resume(sim_data, tmp_path, config):
-    """On CPU DeepSpeed runs one process per launch: this checks the configs load and the DeepSpeed
-    code path (engine checkpoints, ZeRO-3 parameter gathering for the EMA) works, not distribution."""
+def test_deepspeed_configs_run_and_resume(sim_data, tmp_path, config, precision):
+    """The DeepSpeed configs as shipped (bf16, on DeepSpeed's CPU accelerator) and in fp32: train,
+    resume from ``latest`` and save fp32 weights that load and are finite. On CPU DeepSpeed runs one
+    process per launch, so this checks the configs and the DeepSpeed code path (engine checkpoints,
+    bf16 engine weights fed bf16 inputs, ZeRO-3 parameter gathering for the EMA), not distribution."""
     pytest.importorskip("deepspeed")
     run = tmp_path / "run"
-    common = ["--data", str(sim_data), "--output-dir", str(run), "--batch-size", "2", "--checkpointing-steps", "2",
-              "--mixed-precision", "no", *SMALL]
+    common = ["--data", str(sim_data), "--output-dir", str(run), "--batch-size", "2", "--checkpointing-steps", "2", *SMALL]
+    if precision != "as shipped":
+        common += ["--mixed-precision", precision]
     launcher = accelerate_launcher(config, "--num_processes", "1", "--main_process_port", free_port())
     check(run_trainer([*common, "--max-steps", "2"], launcher=launcher))
     assert (run / "checkpoints" / "checkpoint-2" / "pytorch_model").is_dir()  # DeepSpeed engine state
+    first = weights(run)
     result = run_trainer([*common, "--max-steps", "4", "--resume-from-checkpoint", "latest"], launcher=launcher)
     check(result)
     assert "at step 2" in result.stderr
-    assert json.loads((run / "config.json").read_text())["step"] == 4
-    assert load_model(run).model is not None
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["step"] == 4
+    assert saved["mixed_precision"] == ("bf16" if precision == "as shipped" else precision)
+    final = weights(run)
+    assert all(v.dtype == torch.float32 and bool(torch.isfinite(v).all()) for v in final.values())
+    assert max_difference(first, final) > 0  # the resumed steps trained
+    ema = load_file(run / "checkpoints" / "checkpoint-4" / "ema.safetensors")
+    assert all(v.dtype == torch.float32 for v in ema.values())
+    loaded = load_model(run).model
+    cond = torch.zeros(1, 1, 32, 32)
+    assert torch.isfinite(loaded(cond, cond, torch.tensor([0.5]))).all()
 
 
 def test_resume_with_other_model_flags_is_refused(sim_data, tmp_path):
@@ -150,3 +165,43 @@ def test_resume_with_other_model_flags_is_refused(sim_data, tmp_path):
     assert result.returncode != 0
     assert "resume with the same model flags" in result.stderr
     assert max_difference(weights(run), before) == 0  # the saved model is untouched
+
+
+def test_compiled_training_equals_eager_and_resumes(sim_data, tmp_path):
+    """--compile on (torch.compile through accelerate) trains the numbers eager training does, its
+    checkpoints hold the plain module's names, and a compiled run resumes from them."""
+    common = ["--data", str(sim_data), "--batch-size", "2", "--checkpointing-steps", "2", "--lr", "1e-3", *SMALL]
+    eager = tmp_path / "eager"
+    check(run_trainer([*common, "--output-dir", str(eager), "--max-steps", "4", "--compile", "off"]))
+    assert json.loads((eager / "config.json").read_text())["compiled"] is False
+
+    compiled = tmp_path / "compiled"
+    check(run_trainer([*common, "--output-dir", str(compiled), "--max-steps", "2", "--compile", "on"]))
+    checkpoint = load_file(compiled / "checkpoints" / "checkpoint-2" / "model.safetensors")
+    assert checkpoint.keys() == weights(eager).keys()  # no "_orig_mod." prefixes
+    result = run_trainer([*common, "--output-dir", str(compiled), "--max-steps", "4", "--compile", "on",
+                          "--resume-from-checkpoint", "latest"])
+    check(result)
+    assert "at step 2" in result.stderr
+    assert json.loads((compiled / "config.json").read_text())["compiled"] is True
+    trained = max_difference(weights(eager), load_file(eager / "checkpoints" / "checkpoint-2" / "ema.safetensors"))
+    assert trained > 1e-3  # steps 3-4 moved the weights far more than the tolerance below
+    assert max_difference(weights(compiled), weights(eager)) < 1e-5
+    for name in ("model.safetensors", "ema.safetensors"):
+        a = load_file(compiled / "checkpoints" / "checkpoint-4" / name)
+        assert max_difference(a, load_file(eager / "checkpoints" / "checkpoint-4" / name)) < 1e-5
+
+
+def test_compile_without_a_compiler_warns_and_trains_eagerly(sim_data, tmp_path):
+    common = ["--data", str(sim_data), "--batch-size", "2", "--checkpointing-steps", "2", "--max-steps", "2", *SMALL]
+    eager = tmp_path / "eager"
+    check(run_trainer([*common, "--output-dir", str(eager), "--compile", "off"]))
+    fallback = tmp_path / "fallback"
+    env = {**os.environ, "CXX": "/nonexistent/g++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    result = run_trainer([*common, "--output-dir", str(fallback), "--compile", "on"], env=env)
+    check(result)
+    assert result.stderr.count("torch.compile does not work here") == 1
+    assert "training eagerly" in result.stderr
+    assert json.loads((fallback / "config.json").read_text())["compiled"] is False
+    assert max_difference(weights(fallback), weights(eager)) == 0

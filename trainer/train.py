@@ -29,26 +29,61 @@ from tqdm.auto import tqdm
 from hazematching import checkpoints
 from hazematching.cli_args import parse_train_config
 from hazematching.config import TrainConfig
-from hazematching.core import UNet, cfm_loss, mse_loss, sample_posterior, sample_time
+from hazematching.core import UNet, cfm_loss, keyed_normal, keyed_time, mse_loss, sample_posterior
 from hazematching.data.dataset import FixedCropDataset, RandomCropDataset
 from hazematching.data.io import DataError, load_splits
 from hazematching.data.normalization import Normalization
 from hazematching.data.sampling import StepBatchSampler
 from hazematching.ema import EMA
 from hazematching.run import FORMAT_VERSION, architecture_kwargs, atomic_save_safetensors, atomic_write_bytes, save_run, versions
+from hazematching.speed import compile_problem
 from hazematching.visualize import sample_grid, save_png
 
 EMA_NAME = "ema.safetensors"
 
 
 def flow_inputs(keys: torch.Tensor, seed: int, shape: tuple[int, ...], grid_points: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise x0 and time t of each item, drawn from a generator keyed on (seed, item key)."""
-    noise, times = [], []
-    for key in keys.tolist():
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + int(key) + 1)
-        noise.append(torch.randn(shape, generator=generator))
-        times.append(sample_time(1, generator, grid_points))
-    return torch.stack(noise), torch.cat(times)
+    """Noise x0 and time t of each item, computed on ``keys.device`` from (seed, item key) alone."""
+    return keyed_normal(keys, seed, *shape), keyed_time(keys, seed, grid_points)
+
+
+def engine_forward(model, dtype: torch.dtype | None):
+    """DeepSpeed's bf16/fp16 engines hold half-precision weights and do not autocast, so they are fed
+    images of that dtype (as transformers' Trainer does); t stays fp32 for the time embedding and the
+    loss is computed in fp32 from the output."""
+    if dtype is None:
+        return model
+
+    def forward(x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        return model(x.to(dtype), cond.to(dtype), t)
+
+    return forward
+
+
+def engine_dtype(accelerator: Accelerator) -> torch.dtype | None:
+    """The dtype a DeepSpeed engine keeps its weights in (None without DeepSpeed or in fp32)."""
+    if accelerator.state.deepspeed_plugin is None:
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
+
+
+def resolve_compile(mode: str, use_deepspeed: bool) -> bool:
+    """--compile auto/on/off -> whether to compile; warns and trains eagerly where it cannot compile."""
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    main_process = int(os.environ.get("RANK", 0)) == 0
+    if mode == "auto" and use_deepspeed and device.type == "cuda":
+        # DeepSpeed's engine.compile has not been measured on a GPU by this project yet: opt in with --compile on
+        if main_process:
+            print("note: --compile auto trains DeepSpeed eagerly; --compile on compiles the DeepSpeed engine", file=sys.stderr)
+        return False
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return False
+    problem = compile_problem(device)
+    if problem is not None:
+        if main_process:
+            print(f"warning: --compile {mode}: torch.compile does not work here ({problem}); training eagerly", file=sys.stderr)
+        return False
+    return True
 
 
 def fused_or_foreach(device: torch.device) -> dict:
@@ -87,6 +122,7 @@ def run_config(config: TrainConfig, normalization: Normalization, step: int, acc
         "step": step,
         "num_processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
+        "compiled": accelerator.state.dynamo_plugin.backend.value != "NO",
         "versions": versions(),
         **(extra or {}),
     }
@@ -107,9 +143,9 @@ def validation_loss(model, items: FixedCropDataset, config: TrainConfig, device,
                 continue
             for j, t in enumerate(times):
                 keys = torch.arange(start, start + len(batch)) * 10 + j
-                noise, _ = flow_inputs(keys, config.seed + 7, tuple(target.shape[1:]), 0)
+                noise, _ = flow_inputs(keys.to(device), config.seed + 7, tuple(target.shape[1:]), 0)
                 t_batch = torch.full((len(batch),), float(t), device=device)
-                losses.append(float(cfm_loss(model, target, cond, noise.to(device), t_batch)) * len(batch) / len(times))
+                losses.append(float(cfm_loss(model, target, cond, noise, t_batch)) * len(batch) / len(times))
     return sum(losses) / len(items)
 
 
@@ -149,12 +185,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {exc}")
 
     use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    compiled = resolve_compile(config.compile, use_deepspeed)
     accelerator = Accelerator(
         # On CPU, cpu=True makes torchrun's processes one gloo group; it would also silently drop a
         # DeepSpeed plugin, so DeepSpeed keeps cpu=False (DeepSpeed then uses its CPU accelerator).
         cpu=not torch.cuda.is_available() and not use_deepspeed,
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
+        dynamo_backend="inductor" if compiled else "no",  # compiled in prepare(), after DDP/DeepSpeed wrapping
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
@@ -186,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         ds_config["gradient_clipping"] = config.max_grad_norm
         ds_config["gradient_accumulation_steps"] = config.gradient_accumulation_steps
     model, optimizer = accelerator.prepare(model, optimizer)
+    forward = engine_forward(model, engine_dtype(accelerator))
 
     global_step = 0
     if resume_path is not None:
@@ -256,10 +295,11 @@ def main(argv: list[str] | None = None) -> None:
         cond = batch["input"].to(accelerator.device, non_blocking=True)
         with accelerator.accumulate(model):
             if config.objective == "cfm":
-                noise, t = flow_inputs(batch["key"], config.seed, tuple(target.shape[1:]), config.time_grid_points)
-                loss = cfm_loss(model, target, cond, noise.to(accelerator.device), t.to(accelerator.device))
+                keys = batch["key"].to(accelerator.device, non_blocking=True)
+                noise, t = flow_inputs(keys, config.seed, tuple(target.shape[1:]), config.time_grid_points)
+                loss = cfm_loss(forward, target, cond, noise, t)
             else:
-                loss = mse_loss(model, target, cond)
+                loss = mse_loss(forward, target, cond)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)

@@ -1,8 +1,8 @@
 """The HazeMatching method with torch as its only dependency (shippable inside a model package)."""
 
 from .dehazer import Dehazer
-from .noise import hash_normal
-from .path import cfm_loss, interpolate, mse_loss, sample_time, target_velocity
+from .noise import hash_normal, keyed_normal, keyed_time
+from .path import cfm_loss, interpolate, mse_loss, target_velocity
 from .sampler import SOLVERS, ODESampler, Posterior, evaluations_per_step, sample_posterior, update_moments
 from .unet import UNet
 
@@ -15,10 +15,11 @@ __all__ = [
     "cfm_loss",
     "evaluations_per_step",
     "hash_normal",
+    "keyed_normal",
+    "keyed_time",
     "interpolate",
     "mse_loss",
     "sample_posterior",
-    "sample_time",
     "target_velocity",
     "update_moments",
 ]

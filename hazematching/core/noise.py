@@ -64,9 +64,42 @@ def hash_normal(
     h = hash32(cs + key)
     h = hash32(ys + h)
     h = hash32(xs + h)
-    h = h.expand(batch, channels, height, width)
+    return _box_muller(h.expand(batch, channels, height, width))
+
+
+def _box_muller(h: torch.Tensor) -> torch.Tensor:
+    """Standard-normal float32 values from per-element uint32 hashes (two derived uniforms each)."""
     u1 = (hash32(h ^ 0x5BD1E995).double() + 1.0) / 4294967296.0  # (0, 1]
     u2 = hash32(h ^ 0x27D4EB2F).double() / 4294967296.0  # [0, 1)
     z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
     return z.float()
+
+
+def _item_hash(keys: torch.Tensor, seed: int) -> torch.Tensor:
+    """One uint32 per item from (seed, key); keys are int64 (bits above 32 are hashed in too)."""
+    keys = keys.to(torch.int64)
+    return hash32(hash32((keys & 0xFFFFFFFF) + _scalar_hash(seed)) + (keys >> 32))
+
+
+def keyed_normal(keys: torch.Tensor, seed: int, channels: int, height: int, width: int) -> torch.Tensor:
+    """Training noise x0 of shape (len(keys), channels, height, width) on ``keys.device``: item i
+    depends only on (seed, keys[i]), so a resumed or multi-process run draws exactly the noise of
+    an uninterrupted single-process run, and it is drawn where it is used (no host-side generator)."""
+    device = keys.device
+    ys = torch.arange(height, dtype=torch.int64, device=device).view(1, 1, height, 1)
+    xs = torch.arange(width, dtype=torch.int64, device=device).view(1, 1, 1, width)
+    cs = torch.arange(channels, dtype=torch.int64, device=device).view(1, channels, 1, 1)
+    h = hash32(cs + _item_hash(keys, seed).view(-1, 1, 1, 1))
+    h = hash32(ys + h)
+    return _box_muller(hash32(xs + h))
+
+
+def keyed_time(keys: torch.Tensor, seed: int, grid_points: int = 0) -> torch.Tensor:
+    """Training time of each item, a function of (seed, key) on ``keys.device``: U[0, 1) for
+    ``grid_points=0`` (the paper's choice; any step count can be used at inference) or uniform over
+    the reference code's fixed grid linspace(0, 1, grid_points)."""
+    u = hash32(_item_hash(keys, seed) ^ 0x2C1B3C6D).double() / 4294967296.0  # [0, 1)
+    if grid_points:
+        return (torch.floor(u * grid_points) / (grid_points - 1)).float()
+    return u.float()
 

@@ -19,15 +19,6 @@ def target_velocity(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     return x1 - x0
 
 
-def sample_time(batch: int, generator: torch.Generator | None, grid_points: int = 0, device=None) -> torch.Tensor:
-    """Training times: U[0, 1) (grid_points=0, the paper's choice, lets any step count be used at
-    inference) or uniform over the reference code's fixed grid linspace(0, 1, grid_points)."""
-    if grid_points:
-        idx = torch.randint(0, grid_points, (batch,), generator=generator)
-        return (idx.float() / (grid_points - 1)).to(device)
-    return torch.rand(batch, generator=generator).to(device)
-
-
 def cfm_loss(model, x1: torch.Tensor, cond: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """MSE between the predicted and the conditional target velocity."""
     xt = interpolate(x0, x1, t)

@@ -188,7 +188,9 @@ class UNet(nn.Module):
         if self.time_mlp is not None:
             if t is None:
                 raise ValueError("this network is time-conditioned: pass t")
-            t = t.to(h.dtype).reshape(-1).expand(h.shape[0])
+            # t stays fp32 (bf16 would round 1000 t by up to 2); the embedding follows the input's dtype,
+            # which is the weights' dtype when DeepSpeed runs the network in bf16/fp16
+            t = t.float().reshape(-1).expand(h.shape[0])
             emb = self.time_mlp(sinusoidal_embedding(t, self.base_channels).to(h.dtype))
         h = self.stem(h)
         skips: list[torch.Tensor] = []
