@@ -106,7 +106,7 @@ def evaluate(
     (output_dir / "figures").mkdir(parents=True, exist_ok=True)
     per_image, fid_patches = {}, {}
     for pair in tqdm(pairs, desc="evaluating", disable=not progress):
-        pred = predict_array(run, pair.input, keep_samples=True, progress=False, **predict_options)
+        pred = predict_array(run, pair.input, keep_samples=True, progress=False, job_planes=len(pairs), **predict_options)
         candidates = {"widefield input": [pair.input]}
         if baseline is not None:
             tile = predict_options.get("tile_size", 256)
@@ -163,8 +163,9 @@ def markdown_table(mean: dict) -> str:
 
 def _errors_and_stds(run: LoadedRun, directory: Path, progress: bool, **predict_options) -> tuple[np.ndarray, np.ndarray]:
     stds, errors = [], []
-    for pair in tqdm(read_split(directory), desc=f"predicting {Path(directory).name}", disable=not progress):
-        pred = predict_array(run, pair.input, progress=False, **predict_options)
+    pairs = read_split(directory)
+    for pair in tqdm(pairs, desc=f"predicting {Path(directory).name}", disable=not progress):
+        pred = predict_array(run, pair.input, progress=False, job_planes=len(pairs), **predict_options)
         stds.append(pred.std.ravel())
         errors.append((pred.mean - pair.target).ravel())
     return np.concatenate(stds), np.concatenate(errors)

@@ -375,7 +375,7 @@ def predict_experiment(
                 image = reader.read(plane)
                 seed = derive_seed(plan["settings"].get("seed", 0), job.name, plane)
                 result = predict_array(run, image, keep_samples=keep_samples, calibrated=calibrated,
-                                       progress=inner_progress, **{**options, "seed": seed})
+                                       progress=inner_progress, job_planes=len(mine), **{**options, "seed": seed})
                 for name, writer in writers.items():
                     if name == "samples":
                         writer.write(plane * result.samples.shape[0], result.samples)

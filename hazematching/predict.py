@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .core import evaluations_per_step, sample_posterior
 from .data.io import DataError
 from .run import LoadedRun, RunError
-from .speed import fast_network, samples_per_batch
+from .speed import fast_network, images_per_call, samples_per_batch, tiles_per_batch
 from .tiling import tiles
 
 MIN_SIZE = 16
@@ -62,11 +62,13 @@ def predict_array(
     compile: str = "auto",
     precision: str = "auto",
     sample_batch: int | None = None,
+    job_planes: int = 1,
 ) -> Prediction:
     """Dehaze one 2D image (raw intensities). Sampler settings default to the run's stored ones.
 
     ``compile``/``precision`` (see ``speed.fast_network``) and ``sample_batch`` (samples per network
-    call, default by device) change speed, not results beyond floating-point rounding."""
+    call, default by device) change speed, not results beyond floating-point rounding. ``job_planes``:
+    how many images of this size the caller will predict, so that ``compile="auto"`` judges the job."""
     if image.ndim != 2 or min(image.shape) < MIN_SIZE:
         raise DataError(f"image of shape {image.shape}: expected a 2D image of at least {MIN_SIZE} x {MIN_SIZE}")
     if not np.isfinite(image).all():
@@ -86,7 +88,7 @@ def predict_array(
     overlap = min(overlap, tile_size // 2)
 
     device = next(run.model.parameters()).device
-    batch_size = batch_size or (1 if device.type == "cpu" else 8)  # on a CPU bigger batches are slower per tile
+    batch_size = batch_size or tiles_per_batch(device)
     norm = run.normalization
     height, width = image.shape
     all_tiles, th, tw = tiles(height, width, tile_size, overlap, stride)
@@ -96,12 +98,12 @@ def predict_array(
     normalized = norm.normalize_input(image).astype(np.float32)
     batches = [all_tiles[i : i + batch_size] for i in range(0, len(all_tiles), batch_size)]
     total = len(batches) * (1 if point_predictor else samples)
-    evaluations = len(batches) * (1 if point_predictor else samples * steps * per_step)
+    evaluations = len(batches) * (1 if point_predictor else samples * steps * per_step) * job_planes
     key = (device.type, compile, precision)
     net = run.fast.get(key) or fast_network(run.model, device, compile, precision, evaluations)
     if net.compiled is not None or compile == "off":  # an uncompiled "auto" may compile for a bigger job
         run.fast[key] = net
-    per_call = sample_batch or samples_per_batch(device, samples, min(batch_size, len(all_tiles)))
+    per_call = sample_batch or samples_per_batch(device, samples, min(batch_size, len(all_tiles)), images_per_call(device))
     full = len(batches[0])
     with tqdm(total=total, desc="predicting", unit="sample", disable=not progress, leave=False) as bar:
         for batch in batches:

@@ -91,3 +91,36 @@ def test_bf16_autocast_path_returns_float32_close_to_fp32():
     assert fast.bf16 and out.dtype == torch.float32
     assert not torch.equal(out, ref)  # it really ran in bf16
     assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
+def test_auto_compiles_only_jobs_that_pay_back():
+    from hazematching.speed import CPU_COMPILE_MIN_EVALUATIONS, GPU_COMPILE_MIN_EVALUATIONS, should_compile
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    # one 1024^2 image at K = 8, N = 20 on a GPU: 2 tile batches x 8 x 20 = 320 evaluations, eager
+    assert not should_compile("auto", gpu, 320)
+    assert should_compile("auto", gpu, 20 * 320)  # a folder of 20 such images compiles
+    assert GPU_COMPILE_MIN_EVALUATIONS < 20 * 320 and CPU_COMPILE_MIN_EVALUATIONS > 320
+    assert not should_compile("auto", cpu, 20 * 320 // 4) and should_compile("auto", cpu, CPU_COMPILE_MIN_EVALUATIONS)
+    assert should_compile("on", cpu, 1) and not should_compile("off", gpu, 10**9)
+
+
+def test_compiled_prediction_of_several_sizes_equals_eager_without_a_compile_per_size(trained_run):
+    """Images of three sizes through one compiled network: eager results, and at most two graphs
+    (the first size static, then one with symbolic sizes that serves every later size). Tiles are
+    >= 96^2 here: on a CPU, tiles below ~72^2 cross a size guard of the convolution and compile once more."""
+    from torch._dynamo.utils import counters
+
+    run = load_model(trained_run)
+    rng = np.random.default_rng(0)
+    options = dict(samples=2, steps=2, seed=3, progress=False, tile_size=96, overlap=16)
+    torch._dynamo.reset()
+    counters.clear()
+    for shape in [(120, 136), (150, 110), (200, 176)]:
+        image = (rng.random(shape) * 500).astype(np.float32)
+        eager = predict_array(run, image, compile="off", **options)
+        compiled = predict_array(run, image, compile="on", **options)
+        np.testing.assert_allclose(compiled.mean, eager.mean, rtol=1e-4, atol=1e-3 * float(np.abs(eager.mean).max()))
+        np.testing.assert_allclose(compiled.std, eager.std, rtol=1e-3, atol=1e-3 * float(eager.std.max()))
+    assert run.fast[("cpu", "on", "auto")].compiled is not None, "compilation fell back to eager mode"
+    assert 1 <= counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
