@@ -79,7 +79,7 @@ def _validation_text(run_dir: Path, config: dict) -> str:
     lines = []
     metrics_path = run_dir / "evaluation" / "metrics.json"
     if metrics_path.is_file():
-        from hazematching.evaluate import markdown_table
+        from hazematching.evaluation.evaluate import markdown_table
 
         result = json.loads(metrics_path.read_text())
         lines += [

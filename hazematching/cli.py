@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def _simulate(args) -> None:
-    from .data.simulate import simulate_dataset
+    from hazematching.data.simulate import simulate_dataset
 
     try:
         counts = simulate_dataset(Path(args.out), args.num_images, args.size, args.seed, depth=args.depth)
@@ -16,9 +16,9 @@ def _simulate(args) -> None:
 
 
 def _predict(args) -> None:
-    from .data.io import DataError
-    from .experiment import JobError, predict_experiment, summary_lines
-    from .run import RunError
+    from hazematching.data.io import DataError
+    from hazematching.inference.experiment import JobError, predict_experiment, summary_lines
+    from hazematching.run import RunError
 
     try:
         result = predict_experiment(
@@ -42,10 +42,10 @@ def _sampler_options(args) -> dict:
 
 
 def _evaluate(args) -> None:
-    from .data.io import DataError
-    from .evaluate import evaluate, markdown_table
-    from .perceptual import BackboneError
-    from .run import RunError
+    from hazematching.data.io import DataError
+    from hazematching.evaluation.evaluate import evaluate, markdown_table
+    from hazematching.evaluation.perceptual import BackboneError
+    from hazematching.run import RunError
 
     output = Path(args.output) if args.output else Path(args.model) / "evaluation"
     try:
@@ -59,9 +59,9 @@ def _evaluate(args) -> None:
 
 
 def _calibrate(args) -> None:
-    from .data.io import DataError
-    from .evaluate import calibrate
-    from .run import RunError
+    from hazematching.data.io import DataError
+    from hazematching.evaluation.evaluate import calibrate
+    from hazematching.run import RunError
 
     try:
         result = calibrate(Path(args.model), Path(args.data), eval_dir=args.eval_data and Path(args.eval_data),
@@ -74,9 +74,9 @@ def _calibrate(args) -> None:
 
 
 def _export(args) -> None:
-    from .data.io import DataError
-    from .export import export_model
-    from .run import RunError
+    from hazematching.data.io import DataError
+    from hazematching.export import export_model
+    from hazematching.run import RunError
 
     try:
         path = export_model(
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "OME-TIFF), plane by plane. Writes float32 TIFFs with the input's axes and pixel sizes: NAME.tif (MMSE), "
         "NAME_std.tif (per-pixel std over samples) and with --save-samples NAME_samples.tif, plus "
         "hazematching_manifest.json. Interrupted runs continue where they stopped when relaunched. On several "
-        "processes/GPUs/nodes: accelerate launch [--config_file ...] -m hazematching.predict --model ... ",
+        "processes/GPUs/nodes: accelerate launch [--config_file ...] -m hazematching predict --model ... ",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     pred.add_argument("--model", required=True, help="run directory (model.safetensors + config.json)")

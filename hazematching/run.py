@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from .core import UNet
-from .data.normalization import Normalization
+from hazematching.version import __version__
+from hazematching.core import UNet
+from hazematching.data.normalization import Normalization
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"

@@ -1,6 +1,6 @@
 """Planes/s of a whole-experiment prediction on 1 process vs N processes, side by side in one run.
 
-Writes --files ImageJ ZYX stacks of --planes planes each, runs `python -m hazematching.predict` on
+Writes --files ImageJ ZYX stacks of --planes planes each, runs `python -m hazematching predict` on
 them once in one process and once under `accelerate launch` with --config (N processes), checks that
 both wrote identical files and prints planes/s of each, the ratio and the per-process balance.
 
@@ -50,9 +50,9 @@ def main() -> None:
             stack = (rng.gamma(2.0, 60.0, (args.planes, args.size, args.size)) + 100).astype(np.uint16)
             tifffile.imwrite(src / f"field{i}.tif", stack, imagej=True, metadata={"axes": "ZYX"})
         flags = ["--model", args.model, "--input", str(src), "--samples", str(args.samples), "--steps", str(args.steps), "--quiet"]
-        one_s, one_log = run([sys.executable, "-m", "hazematching.predict", *flags, "--output", f"{tmp}/one"], None)
+        one_s, one_log = run([sys.executable, "-m", "hazematching", "predict", *flags, "--output", f"{tmp}/one"], None)
         many_s, many_log = run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", args.config,
-                                "-m", "hazematching.predict", *flags, "--output", f"{tmp}/many"], None)
+                                "-m", "hazematching", "predict", *flags, "--output", f"{tmp}/many"], None)
         for path in sorted(Path(tmp, "one").glob("*.tif")):
             a, b = tifffile.imread(path), tifffile.imread(Path(tmp, "many", path.name))
             if not np.allclose(a, b, rtol=1e-5, atol=1e-4 * float(np.abs(a).max())):

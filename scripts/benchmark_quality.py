@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from hazematching.data.simulate import simulate_dataset
-from hazematching.evaluate import evaluate, markdown_table
+from hazematching.evaluation.evaluate import evaluate, markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 

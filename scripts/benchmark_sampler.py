@@ -31,10 +31,10 @@ import torch
 
 from hazematching.core import hash_normal
 from hazematching.data.io import read_split
-from hazematching.predict import predict_array
+from hazematching.inference.predict import predict_array
 from hazematching.run import load_model
-from hazematching.speed import bf16_supported
-from hazematching.tiling import tiles
+from hazematching.inference.speed import bf16_supported
+from hazematching.inference.tiling import tiles
 
 from benchmarking import flops_per_pixel, matmul_peak, timed
 

@@ -21,8 +21,8 @@ from benchmark_quality import add_arguments, prepare_data, train  # noqa: E402
 
 from hazematching.core import evaluations_per_step  # noqa: E402
 from hazematching.data.io import read_split  # noqa: E402
-from hazematching.metrics import micro_ms3im, range_invariant_psnr  # noqa: E402
-from hazematching.predict import predict_array  # noqa: E402
+from hazematching.evaluation.metrics import micro_ms3im, range_invariant_psnr  # noqa: E402
+from hazematching.inference.predict import predict_array  # noqa: E402
 from hazematching.run import load_model  # noqa: E402
 
 SETTINGS = [("euler", 20), ("euler", 10), ("euler", 5), ("euler", 3), ("euler", 2),

@@ -83,7 +83,7 @@ def main() -> None:
             planes = max(1, round(gib * 2**30 / (2 * args.plane**2)))
             src = tmp / f"{label}.tif"
             write_stack(src, planes, args.plane)
-            cmd = [sys.executable, "-m", "hazematching.predict", "--model", str(model), "--input", str(src),
+            cmd = [sys.executable, "-m", "hazematching", "predict", "--model", str(model), "--input", str(src),
                    "--output", str(tmp / f"{label}_out.tif"), "--samples", str(args.samples), "--steps", str(args.steps),
                    "--device", "cpu", "--quiet"]
             seconds, peak = peak_rss_gib(cmd)

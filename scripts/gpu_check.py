@@ -191,7 +191,7 @@ def main() -> None:
                 with tempfile.TemporaryDirectory() as cache:  # cold compile cache, as a first-time user
                     output = logdir / "predictions" / f"{label.replace(' ', '_')}_{mode}"
                     target = output / "one.tif" if source.suffix else output
-                    _, seconds = check.command(name, [sys.executable, "-m", "hazematching.predict", "--model", str(run),
+                    _, seconds = check.command(name, [sys.executable, "-m", "hazematching", "predict", "--model", str(run),
                                                       "--input", str(source), "--output", str(target), "--overwrite",
                                                       "--compile", mode, "--device", args.device],
                                                env={"TORCHINDUCTOR_CACHE_DIR": cache})
@@ -200,7 +200,7 @@ def main() -> None:
             check.say(f"predict {label}: auto / off time = {results[(label, 'auto')] / results[(label, 'off')]:.2f}x")
         script = (
             "import time, numpy as np, torch\n"
-            "from hazematching.run import load_model\nfrom hazematching.predict import predict_array\n"
+            "from hazematching.run import load_model\nfrom hazematching.inference.predict import predict_array\n"
             f"run = load_model({str(run)!r}, device={args.device!r})\n"
             f"for size in ({image_size}, {image_size}, {2 * image_size}, {2 * image_size}, {3 * image_size // 2}):\n"
             "    image = np.random.default_rng(size).random((size, size)).astype(np.float32)\n"

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .io import ImagePair
-from .normalization import Normalization
+from hazematching.data.io import ImagePair
+from hazematching.data.normalization import Normalization
 
 
 def dihedral(array: np.ndarray, k: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .io import SUPPORTED_DTYPES, DataError, is_tiff
+from hazematching.data.io import SUPPORTED_DTYPES, DataError, is_tiff
 
 KNOWN_AXES = "TZCYX"  # time, depth, channel and the plane; ImageJ's order
 _UNIT_ALIASES = {"micron": "µm", "microns": "µm", "um": "µm", "\\u00B5m": "µm", "μm": "µm", "nanometer": "nm"}

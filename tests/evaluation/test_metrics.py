@@ -3,7 +3,7 @@ import pytest
 import torch
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure, peak_signal_noise_ratio
 
-from hazematching import metrics
+from hazematching.evaluation import metrics
 
 
 @pytest.fixture(scope="module")

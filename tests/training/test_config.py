@@ -3,7 +3,7 @@ import json
 import pytest
 
 from conftest import run_trainer, write_pair
-from hazematching.cli_args import parse_train_config
+from hazematching.training.args import parse_train_config
 
 
 def test_flags_mirror_the_config(tmp_path):

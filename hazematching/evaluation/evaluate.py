@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import metrics
-from .calibration import calibration_curve, fit_calibration, plot_calibration
-from .data.io import read_split
-from .perceptual import FID, LPIPS, patches
-from .predict import predict_array, resolve_device
-from .run import CONFIG_NAME, LoadedRun, RunError, atomic_write_bytes, load_model
+from hazematching.evaluation import metrics
+from hazematching.evaluation.calibration import calibration_curve, fit_calibration, plot_calibration
+from hazematching.data.io import read_split
+from hazematching.evaluation.perceptual import FID, LPIPS, patches
+from hazematching.inference.predict import predict_array, resolve_device
+from hazematching.run import CONFIG_NAME, LoadedRun, RunError, atomic_write_bytes, load_model
 
 MS3IM_MIN_SIZE = 161  # microssim's 5-scale MS-SSIM needs more than 160 pixels per side
 

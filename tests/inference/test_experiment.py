@@ -16,8 +16,8 @@ from conftest import REPO, accelerate_launcher
 from hazematching.cli import main as cli_main
 from hazematching.data.io import DataError, read_split
 from hazematching.data.stack import open_stack
-from hazematching.experiment import MANIFEST_NAME, WORK_NAME, JobError, derive_seed, predict_experiment
-from hazematching.predict import predict_array
+from hazematching.inference.experiment import MANIFEST_NAME, WORK_NAME, JobError, derive_seed, predict_experiment
+from hazematching.inference.predict import predict_array
 from hazematching.run import load_model
 
 OPTIONS = dict(samples=2, steps=3, seed=5)
@@ -46,7 +46,7 @@ def _outputs(folder):
 
 
 def _launch(args, launcher=None, **kwargs):
-    cmd = (launcher or [sys.executable]) + ["-m", "hazematching.predict", *args]
+    cmd = (launcher or [sys.executable]) + ["-m", "hazematching", "predict", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO, **kwargs)
 

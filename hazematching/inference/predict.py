@@ -4,8 +4,8 @@
 several processes are handled by ``experiment.predict_experiment`` plane by plane. The same function
 serves the U-Net baseline run, which gives a single deterministic prediction.
 
-``python -m hazematching.predict`` is ``hazematching predict``, so that it can be started by
-``accelerate launch -m hazematching.predict ...`` on several processes, GPUs and nodes.
+``python -m hazematching predict`` is ``hazematching predict``, so that it can be started by
+``accelerate launch -m hazematching predict ...`` on several processes, GPUs and nodes.
 """
 
 from dataclasses import dataclass
@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .core import evaluations_per_step, sample_posterior
-from .data.io import DataError
-from .run import LoadedRun, RunError
-from .speed import fast_network, images_per_call, samples_per_batch, tiles_per_batch
-from .tiling import tiles
+from hazematching.core import evaluations_per_step, sample_posterior
+from hazematching.data.io import DataError
+from hazematching.run import LoadedRun, RunError
+from hazematching.inference.speed import fast_network, images_per_call, samples_per_batch, tiles_per_batch
+from hazematching.inference.tiling import tiles
 
 MIN_SIZE = 16
 
@@ -140,10 +140,3 @@ def predict_array(
         kept = norm.denormalize_target(kept).astype(np.float32)
     return Prediction(mean, std, kept)
 
-
-if __name__ == "__main__":
-    import sys
-
-    from .cli import main
-
-    main(["predict", *sys.argv[1:]])

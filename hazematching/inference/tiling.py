@@ -9,7 +9,7 @@ receptive field, stitched tiles then equal the whole-image result up to what lie
 
 from dataclasses import dataclass
 
-from .core.tiles import fitted_tile, tile_spans
+from hazematching.core.tiles import fitted_tile, tile_spans
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from hazematching import checkpoints
+from hazematching.training import checkpoints
 
 
 def make(dirpath, step, complete=True):

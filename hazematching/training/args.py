@@ -12,7 +12,7 @@ import typing
 
 from pydantic import BaseModel, ValidationError
 
-from .config import ModelConfig, SamplerConfig, TrainConfig, format_validation_error, read_config_file
+from hazematching.config import ModelConfig, SamplerConfig, TrainConfig, format_validation_error, read_config_file
 
 _NESTED = {"model": (ModelConfig, ""), "sampler": (SamplerConfig, "sampler-")}
 

@@ -16,8 +16,8 @@ import yaml
 from hazematching.cli import main as cli_main
 from hazematching.data.io import read_split
 from hazematching.export import architecture_source, receptive_radius
-from hazematching.metrics import psnr
-from hazematching.predict import predict_array
+from hazematching.evaluation.metrics import psnr
+from hazematching.inference.predict import predict_array
 from hazematching.run import load_model
 
 pytestmark = pytest.mark.slow

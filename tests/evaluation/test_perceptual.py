@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hazematching.perceptual import FID, LPIPS, BackboneError, frechet_distance, patches
+from hazematching.evaluation.perceptual import FID, LPIPS, BackboneError, frechet_distance, patches
 
 
 class Identity(torch.nn.Module):

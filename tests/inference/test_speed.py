@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from hazematching.core import UNet, sample_posterior
-from hazematching.predict import predict_array
+from hazematching.inference.predict import predict_array
 from hazematching.run import load_model
-from hazematching.speed import FastNetwork, fast_network, samples_per_batch
+from hazematching.inference.speed import FastNetwork, fast_network, samples_per_batch
 
 
 def small_net() -> UNet:
@@ -94,7 +94,7 @@ def test_bf16_autocast_path_returns_float32_close_to_fp32():
 
 
 def test_auto_compiles_only_jobs_that_pay_back():
-    from hazematching.speed import CPU_COMPILE_MIN_EVALUATIONS, GPU_COMPILE_MIN_EVALUATIONS, should_compile
+    from hazematching.inference.speed import CPU_COMPILE_MIN_EVALUATIONS, GPU_COMPILE_MIN_EVALUATIONS, should_compile
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     # one 1024^2 image at K = 8, N = 20 on a GPU: 2 tile batches x 8 x 20 = 320 evaluations, eager

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from conftest import REPO, accelerate_launcher, run_trainer
 from hazematching.core import sample_posterior
 from hazematching.data.io import read_split
-from hazematching.metrics import range_invariant_psnr
+from hazematching.evaluation.metrics import range_invariant_psnr
 from hazematching.run import load_model
 
 pytestmark = pytest.mark.slow

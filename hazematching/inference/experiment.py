@@ -9,7 +9,7 @@ as done once its line is in that process's log, written after its pixels were sy
 to its final name, so every file under a final name is complete. Noise is keyed on (seed, input file
 name, plane index): results do not depend on how the work was split.
 
-Launch on several processes/GPUs/nodes with ``accelerate launch -m hazematching.predict ...``; the
+Launch on several processes/GPUs/nodes with ``accelerate launch -m hazematching predict ...``; the
 output folder must then be on a file system that all nodes share.
 """
 
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
-from .data.io import TIFF_SUFFIXES, DataError
-from .data.stack import PlaneReader, PlaneWriter, StackInfo, create_output, open_stack, parse_axes
-from .run import WEIGHTS_NAME, LoadedRun, RunError, atomic_write_bytes, load_model
-from .speed import bf16_supported
+from hazematching.version import __version__
+from hazematching.data.io import TIFF_SUFFIXES, DataError
+from hazematching.data.stack import PlaneReader, PlaneWriter, StackInfo, create_output, open_stack, parse_axes
+from hazematching.run import WEIGHTS_NAME, LoadedRun, RunError, atomic_write_bytes, load_model
+from hazematching.inference.speed import bf16_supported
 
 MANIFEST_NAME = "hazematching_manifest.json"
 WORK_NAME = ".hazematching-work"
@@ -303,7 +303,7 @@ def predict_experiment(
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    from .predict import predict_array, resolve_device
+    from hazematching.inference.predict import predict_array, resolve_device
 
     wanted = resolve_device(device) if device != "auto" else None
     state = PartialState(cpu=(wanted is not None and wanted.type == "cpu") or not torch.cuda.is_available())

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hazematching.calibration import calibration_curve, fit_calibration, plot_calibration
+from hazematching.evaluation.calibration import calibration_curve, fit_calibration, plot_calibration
 
 
 @pytest.mark.parametrize("scale, offset", [(1.8, 0.05), (0.6, 0.2), (1.0, 0.0)])

@@ -8,9 +8,9 @@ import torch
 from hazematching.cli import main as cli_main
 from hazematching.data.io import DataError, read_split
 from hazematching.data.simulate import ground_truth, render_pair
-from hazematching.metrics import psnr
-from hazematching.experiment import predict_experiment as predict_files
-from hazematching.predict import predict_array
+from hazematching.evaluation.metrics import psnr
+from hazematching.inference.experiment import predict_experiment as predict_files
+from hazematching.inference.predict import predict_array
 from hazematching.run import RunError, load_model
 
 
@@ -31,7 +31,7 @@ def test_tiled_prediction_matches_whole_image_and_has_no_seams(trained_run, big_
     assert psnr(torch.from_numpy(tiled.std), torch.from_numpy(whole.std)) >= 30
 
     # seams: gradient across the kept-region borders vs everywhere else
-    from hazematching.tiling import spans
+    from hazematching.inference.tiling import spans
 
     borders = [s.keep_start for s in spans(256, 64, 32)][1:]
     assert len(borders) >= 4

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hazematching.tiling import spans, tiles
+from hazematching.inference.tiling import spans, tiles
 
 
 @pytest.mark.parametrize("length, tile, overlap", [(100, 32, 8), (64, 64, 16), (30, 64, 16), (1000, 256, 64), (257, 128, 32)])
@@ -48,7 +48,7 @@ def test_exported_model_tiles_exactly_like_predict(trained_run):
     import torch
 
     from hazematching.core import Dehazer
-    from hazematching.predict import predict_array
+    from hazematching.inference.predict import predict_array
     from hazematching.run import load_model
 
     run = load_model(trained_run)

@@ -1,0 +1,3 @@
+from hazematching.training.trainer import main
+
+main()
