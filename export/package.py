@@ -20,9 +20,10 @@ import tifffile
 import torch
 
 import hazematching.core
-from hazematching.core import Dehazer, evaluations_per_step
+from hazematching.core import Dehazer
 from hazematching.data.io import read_split
-from hazematching.run import RunError, load_model
+from hazematching.run import RunDescription, RunError, load_model
+from hazematching.settings import resolve_settings
 
 CORE_DIR = Path(hazematching.core.__file__).parent
 TEMPLATE = importlib.resources.files("hazematching.rdf") / "model_README.md"
@@ -75,7 +76,7 @@ def _cover(image: np.ndarray, output: np.ndarray, path: Path) -> None:
     Image.fromarray(np.concatenate([scaled(image), scaled(output)], axis=1)).save(path, optimize=True)
 
 
-def _validation_text(run_dir: Path, config: dict) -> str:
+def _validation_text(run_dir: Path, config: RunDescription) -> str:
     lines = []
     metrics_path = run_dir / "evaluation" / "metrics.json"
     if metrics_path.is_file():
@@ -90,28 +91,28 @@ def _validation_text(run_dir: Path, config: dict) -> str:
         ]
     else:
         lines.append("No `hazematching evaluate` results were found in the run directory when this package was made.")
-    calibration = config.get("calibration")
+    calibration = config.calibration
     if calibration:
         lines.append(
-            f"Uncertainty calibration (`hazematching calibrate`): std' = {calibration['scale']:.4g} × std + "
-            f"{calibration['offset']:.4g}; mean |RMSE − RMV| over 15 std bins on `{calibration['plot_data']}`: "
-            f"{calibration['mean_abs_deviation_before']:.4g} before, {calibration['mean_abs_deviation_after']:.4g} after."
+            f"Uncertainty calibration (`hazematching calibrate`): std' = {calibration.scale:.4g} × std + "
+            f"{calibration.offset:.4g}; mean |RMSE − RMV| over {calibration.bins} std bins on `{calibration.plot_data}`: "
+            f"{calibration.mean_abs_deviation_before:.4g} before, {calibration.mean_abs_deviation_after:.4g} after."
         )
     lines.append(
-        f"\nTraining: {config['step']} steps, {config['num_processes']} process(es), objective guided CFM; "
+        f"\nTraining: {config.step} steps, {config.num_processes} process(es), objective guided CFM; "
         "the full training configuration is attached as `training_config.json`. The test tensors of this "
         "package are the genuine output of this model on a crop of a validation image."
     )
     return "\n".join(lines)
 
 
-def _test_image(config: dict, test_image: Path | None, size: int) -> np.ndarray:
+def _test_image(config: RunDescription, test_image: Path | None, size: int) -> np.ndarray:
     if test_image is not None:
         from hazematching.data.io import read_image_2d
 
         image = read_image_2d(Path(test_image), size)
     else:
-        data = Path(config["training"]["data"])
+        data = config.training.data
         val = data / "val" if (data / "val").is_dir() else data
         try:
             image = read_split(val)[0].input
@@ -134,8 +135,8 @@ def export_model(
     steps: int | None = None,
     seed: int | None = None,
     solver: str | None = None,
-    tile_size: int = 256,
-    overlap: int = 64,
+    tile_size: int | None = None,
+    overlap: int | None = None,
     name: str = "HazeMatching widefield dehazing",
     authors: list[str] | None = None,
     maintainers: list[str] | None = None,
@@ -167,27 +168,23 @@ def export_model(
     if run.objective != "cfm":
         raise RunError(f"{run_dir} is a U-Net baseline run; only HazeMatching runs can be exported")
     config = run.config
-    sampler = config["sampler"]
-    samples = sampler["samples"] if samples is None else samples
-    steps = sampler["steps"] if steps is None else steps
-    seed = sampler["seed"] if seed is None else seed
-    solver = solver or sampler.get("solver", "euler")
-    evaluations_per_step(solver)
-    calibration = config.get("calibration") or {}
+    settings = resolve_settings(config, samples, steps, seed, solver, tile_size, overlap)
+    samples, steps, seed, solver = settings.samples, settings.steps, settings.seed, settings.solver
+    calibration = config.calibration
     stride = run.model.stride
     halo = receptive_radius(run.model)
     halo = -(-halo // stride) * stride
     kwargs = {
-        "architecture": config["architecture"],
+        "architecture": config.architecture.model_dump(),
         **run.normalization.to_dict(),
         "samples": samples,
         "steps": steps,
         "seed": seed,
-        "std_scale": calibration.get("scale", 1.0),
-        "std_offset": calibration.get("offset", 0.0),
+        "std_scale": calibration.scale if calibration else 1.0,
+        "std_offset": calibration.offset if calibration else 0.0,
         "solver": solver,
-        "tile_size": tile_size,
-        "overlap": overlap,
+        "tile_size": settings.tile_size,
+        "overlap": settings.overlap,
         "halo": halo,  # consumer padding by the halo is recognised and not computed on
     }
     model = Dehazer(**kwargs).eval()
@@ -209,7 +206,7 @@ def export_model(
         tifffile.imwrite(tmp / "sample_input.tif", test_input[0, 0])
         tifffile.imwrite(tmp / "sample_output.tif", test_output[0], metadata={"axes": "CYX"})
         _cover(image, test_output[0, 0], tmp / "cover.png")
-        (tmp / "training_config.json").write_text(json.dumps(config, indent=2))
+        (tmp / "training_config.json").write_bytes(config.to_json())
         calibrated_note = ", calibrated" if calibration else ""
         calibrated_detail = (
             f", calibrated as {calibration['scale']:.4g} × std + {calibration['offset']:.4g} so that it matches "
@@ -219,7 +216,7 @@ def export_model(
             TEMPLATE.read_text().format(
                 name=name, samples=samples, steps=steps, seed=seed, solver=solver.capitalize(), tile_size=model.tile_size, overlap=model.overlap, halo=halo, min_size=min_size, step=step,
                 calibrated_note=calibrated_note, calibrated_detail=calibrated_detail,
-                training_data=config["training"]["data"], validation=_validation_text(run_dir, config),
+                training_data=config.training.data, validation=_validation_text(run_dir, config),
             )
         )
         weights = {}

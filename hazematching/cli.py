@@ -4,6 +4,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from hazematching.core.sampler import SOLVERS
+from hazematching.core.tiles import OVERLAP, TILE_SIZE
+
 
 def _simulate(args) -> None:
     from hazematching.data.simulate import simulate_dataset
@@ -95,11 +98,12 @@ def _export(args) -> None:
 def _add_sampler_flags(parser) -> None:
     parser.add_argument("--samples", type=int, default=None, help="posterior samples K (default: the run's)")
     parser.add_argument("--steps", type=int, default=None, help="ODE steps N (default: the run's)")
-    parser.add_argument("--solver", choices=["euler", "midpoint", "heun"], default=None,
+    parser.add_argument("--solver", choices=SOLVERS, default=None,
                         help="ODE solver; midpoint/heun use 2 network calls per step (default: the run's, euler)")
     parser.add_argument("--seed", type=int, default=None, help="noise seed (default: the run's)")
-    parser.add_argument("--tile-size", type=int, default=256, help="tile edge in pixels (memory ~ tile^2 x batch)")
-    parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
+    parser.add_argument("--tile-size", type=int, default=None,
+                        help=f"tile edge in pixels (memory ~ tile^2 x batch; default: {TILE_SIZE})")
+    parser.add_argument("--overlap", type=int, default=None, help=f"overlap of neighbouring tiles in pixels (default: {OVERLAP})")
     parser.add_argument("--batch-size", type=int, default=None, help="tiles per network call (default: 1 on CPU, 8 on a GPU, 16 on one with >= 40 GiB)")
     parser.add_argument("--sample-batch", type=int, default=None,
                         help="samples per network call (default: 1 on CPU; on GPU enough for ~32 images per call)")
@@ -200,10 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--samples", type=int, default=None, help="posterior samples K (default: the run's)")
     exp.add_argument("--steps", type=int, default=None, help="Euler steps N (default: the run's)")
     exp.add_argument("--seed", type=int, default=None, help="fixed noise seed inside the model (default: the run's)")
-    exp.add_argument("--solver", choices=["euler", "midpoint", "heun"], default=None, help="ODE solver inside the model (default: the run's)")
-    exp.add_argument("--tile-size", type=int, default=256,
-                     help="the model processes larger images in overlapping tiles of this size (as predict does)")
-    exp.add_argument("--overlap", type=int, default=64, help="overlap of those tiles in pixels")
+    exp.add_argument("--solver", choices=SOLVERS, default=None, help="ODE solver inside the model (default: the run's)")
+    exp.add_argument("--tile-size", type=int, default=None,
+                     help=f"the model processes larger images in overlapping tiles of this size, as predict does (default: {TILE_SIZE})")
+    exp.add_argument("--overlap", type=int, default=None, help=f"overlap of those tiles in pixels (default: {OVERLAP})")
     exp.add_argument("--name", default="HazeMatching widefield dehazing", help="model name (5-128 characters)")
     exp.add_argument("--authors", nargs="+", default=None, help="author names")
     exp.add_argument("--maintainers", nargs="+", default=None, help="maintainers' GitHub user names")

@@ -11,6 +11,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hazematching.core.sampler import SOLVERS
+
 
 class ModelConfig(BaseModel):
     """U-Net architecture (defaults sized like the paper's: width 32, one residual block per level)."""
@@ -46,7 +48,7 @@ class SamplerConfig(BaseModel):
     steps: int = Field(20, ge=1)
     samples: int = Field(8, ge=1)
     seed: int = Field(0, ge=0)
-    solver: Literal["euler", "midpoint", "heun"] = Field("euler", description="midpoint/heun: 2 network calls per step")
+    solver: Literal[SOLVERS] = Field("euler", description="midpoint/heun: 2 network calls per step")
 
 
 class TrainConfig(BaseModel):

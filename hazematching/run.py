@@ -1,6 +1,7 @@
 """A run directory: ``model.safetensors`` (EMA weights) + ``config.json``, no pickles anywhere.
 
-``load_model(run_dir)`` is the one call that predictors and exporters use to get a ready network.
+``config.json`` is a ``RunDescription`` (typed, validated when read); ``load_model(run_dir)`` is the
+one call that predictors and exporters use to get a ready network and its description.
 """
 
 import json
@@ -9,13 +10,16 @@ import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load_file, save_file
 
-from hazematching.version import __version__
+from hazematching.config import SamplerConfig, TrainConfig
 from hazematching.core import UNet
 from hazematching.data.normalization import Normalization
+from hazematching.version import __version__
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -79,6 +83,74 @@ def versions() -> dict:
     }
 
 
+class Architecture(BaseModel):
+    """``UNet(**architecture)``: the network's constructor arguments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    in_channels: int = 1
+    cond_channels: int = 1
+    out_channels: int = 1
+    base_channels: int
+    channel_mults: list[int]
+    num_res_blocks: int
+    attention_levels: list[int] = []
+    norm: Literal["channel", "group", "none"] = "channel"
+    dropout: float = 0.0
+    time_conditioning: bool = True
+
+
+class NormalizationStats(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_mean: float
+    input_std: float
+    target_mean: float
+    target_std: float
+
+
+class Calibration(BaseModel):
+    """Written by ``hazematching calibrate``: the calibrated std is ``scale * std + offset``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    scale: float
+    offset: float
+    bins: int = 15
+    fit_data: str | None = None
+    plot_data: str | None = None
+    settings: dict = {}
+    mean_abs_deviation_before: float | None = None
+    mean_abs_deviation_after: float | None = None
+
+
+class RunDescription(BaseModel):
+    """A run's ``config.json``: what was trained, how, and what the sampler defaults to."""
+
+    model_config = ConfigDict(extra="allow")  # fields of newer minor releases are kept, not lost
+
+    format_version: int
+    objective: Literal["cfm", "mse"]
+    architecture: Architecture
+    normalization: NormalizationStats
+    sampler: SamplerConfig
+    training: TrainConfig
+    step: int
+    num_processes: int = 1
+    mixed_precision: str | None = None
+    compiled: bool = False
+    versions: dict[str, str] = {}
+    rank_weight_checksums: list[float] | None = None
+    calibration: Calibration | None = None
+
+    def to_json(self) -> bytes:
+        data = self.model_dump(mode="json")
+        for key in ("rank_weight_checksums", "calibration"):  # absent, not null, until they exist
+            if data.get(key) is None:
+                data.pop(key, None)
+        return json.dumps(data, indent=2).encode()
+
+
 def architecture_kwargs(model_config, objective: str) -> dict:
     """UNet(**kwargs) for a ModelConfig; the point predictor has no time conditioning."""
     return {
@@ -95,46 +167,61 @@ def architecture_kwargs(model_config, objective: str) -> dict:
     }
 
 
-def save_run(run_dir: Path, state: dict[str, torch.Tensor], config: dict) -> None:
+def save_run(run_dir: Path, state: dict[str, torch.Tensor], description: RunDescription) -> None:
     """Weights first, then config: a config.json always describes weights that are complete."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_save_safetensors(state, run_dir / WEIGHTS_NAME, metadata={"format": "pt"})
-    atomic_write_bytes(run_dir / CONFIG_NAME, json.dumps(config, indent=2, default=str).encode())
+    write_description(run_dir, description)
+
+
+def write_description(run_dir: Path, description: RunDescription) -> None:
+    atomic_write_bytes(Path(run_dir) / CONFIG_NAME, description.to_json())
+
+
+def read_description(run_dir: Path) -> RunDescription:
+    """The run's config.json, validated, with a message that names the file and what is wrong."""
+    config_path = Path(run_dir) / CONFIG_NAME
+    if not config_path.is_file():
+        raise RunError(f"{run_dir}: no {CONFIG_NAME}; is this a HazeMatching run directory?")
+    try:
+        data = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{config_path}: not valid JSON ({exc})") from exc
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if version != FORMAT_VERSION:
+        raise RunError(
+            f"{config_path}: run format version {version!r}, this hazematching {__version__} reads version "
+            f"{FORMAT_VERSION}; use a matching hazematching release"
+        )
+    try:
+        return RunDescription.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise RunError(f"{config_path}: not a valid run description ({problems})") from exc
 
 
 @dataclass
 class LoadedRun:
     model: UNet
     normalization: Normalization
-    config: dict
+    config: RunDescription
     # networks prepared for fast inference, by (device, compile, precision): compiled once per process
     fast: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def objective(self) -> str:
-        return self.config["objective"]
+        return self.config.objective
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     """Build the network of a run and load its EMA weights (safetensors only), in eval mode."""
     run_dir = Path(run_dir)
-    config_path, weights_path = run_dir / CONFIG_NAME, run_dir / WEIGHTS_NAME
-    if not config_path.is_file():
-        raise RunError(f"{run_dir}: no {CONFIG_NAME}; is this a HazeMatching run directory?")
+    description = read_description(run_dir)
+    weights_path = run_dir / WEIGHTS_NAME
     if not weights_path.is_file():
         raise RunError(f"{run_dir}: no {WEIGHTS_NAME}; training did not finish or write a checkpoint yet")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{config_path}: not valid JSON ({exc})") from exc
-    version = config.get("format_version")
-    if version != FORMAT_VERSION:
-        raise RunError(
-            f"{config_path}: run format version {version!r}, this hazematching {__version__} reads version "
-            f"{FORMAT_VERSION}; use a matching hazematching release"
-        )
-    model = UNet(**config["architecture"])
+    model = UNet(**description.architecture.model_dump())
     model.load_state_dict(load_file(weights_path, device="cpu"))
     model.to(device).eval()
-    return LoadedRun(model, Normalization(**config["normalization"]), config)
+    return LoadedRun(model, Normalization(**description.normalization.model_dump()), description)

@@ -41,7 +41,7 @@ from benchmarking import flops_per_pixel, matmul_peak, timed
 
 def test_image(run, size: int) -> np.ndarray:
     """A size x size widefield image made of the run's validation images (tiled if needed)."""
-    data = Path(run.config["training"]["data"])
+    data = run.config.training.data
     split = data / "val" if (data / "val").is_dir() else data
     image = read_split(split)[0].input.astype(np.float32)
     reps = (-(-size // image.shape[0]), -(-size // image.shape[1]))

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .sampler import ODESampler, update_moments
-from .tiles import fitted_tile, tile_spans
+from .tiles import OVERLAP, TILE_SIZE, fitted_tile, tile_spans
 from .unet import UNet
 
 
@@ -36,14 +36,14 @@ class Dehazer(nn.Module):
         input_std: float,
         target_mean: float,
         target_std: float,
-        samples: int = 8,
-        steps: int = 20,
-        seed: int = 0,
+        samples: int,
+        steps: int,
+        seed: int,
         std_scale: float = 1.0,
         std_offset: float = 0.0,
         solver: str = "euler",
-        tile_size: int = 256,
-        overlap: int = 64,
+        tile_size: int = TILE_SIZE,
+        overlap: int = OVERLAP,
         halo: int = 0,
     ):
         super().__init__()

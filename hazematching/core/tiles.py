@@ -8,6 +8,12 @@ per axis, the size slightly above the requested one that covers the axis with th
 
 from typing import List, Tuple
 
+# Default tiling of every entry point (predict, experiments, evaluate, export, the exported model):
+# tiles of at least TILE_SIZE px overlapping by OVERLAP px (each keeps the half of the overlap nearer
+# its centre, so OVERLAP / 2 px of context lie beyond every kept pixel).
+TILE_SIZE = 256
+OVERLAP = 64
+
 
 def tile_spans(length: int, tile: int, overlap: int) -> List[Tuple[int, int, int]]:
     """(start, keep_start, keep_end) per tile: the tile covers [start, start + min(tile, length))

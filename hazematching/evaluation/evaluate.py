@@ -16,7 +16,8 @@ from hazematching.evaluation.calibration import calibration_curve, fit_calibrati
 from hazematching.data.io import read_split
 from hazematching.evaluation.perceptual import FID, LPIPS, patches
 from hazematching.inference.predict import predict_array, resolve_device
-from hazematching.run import CONFIG_NAME, LoadedRun, RunError, atomic_write_bytes, load_model
+from hazematching.run import Calibration, LoadedRun, RunError, atomic_write_bytes, load_model, write_description
+from hazematching.settings import resolve_options
 
 MS3IM_MIN_SIZE = 161  # microssim's 5-scale MS-SSIM needs more than 160 pixels per side
 
@@ -109,7 +110,7 @@ def evaluate(
         pred = predict_array(run, pair.input, keep_samples=True, progress=False, job_planes=len(pairs), **predict_options)
         candidates = {"widefield input": [pair.input]}
         if baseline is not None:
-            tile = predict_options.get("tile_size", 256)
+            tile = predict_options.get("tile_size")
             candidates["U-Net baseline"] = [predict_array(baseline, pair.input, progress=False, tile_size=tile).mean]
         candidates["HazeMatching MMSE"] = [pred.mean]
         candidates["HazeMatching sample"] = list(pred.samples[:metric_samples])
@@ -141,7 +142,7 @@ def evaluate(
         "baseline": str(baseline_dir) if baseline_dir else None,
         "data": str(data_dir),
         "images": len(pairs),
-        "settings": {k: v for k, v in predict_options.items()},
+        "settings": {**predict_options, **resolve_options(run.config, predict_options).model_dump()},
         "mean": mean,
         "per_image": per_image,
         "not_computed": not_computed,
@@ -201,10 +202,9 @@ def calibrate(
         "bins": bins,
         "fit_data": str(data_dir),
         "plot_data": str(eval_dir) if held_out else str(data_dir),
-        "settings": {k: v for k, v in predict_options.items()},
+        "settings": {**predict_options, **resolve_options(run.config, predict_options).model_dump()},
         "mean_abs_deviation_before": float(np.mean(np.abs(before.rmse - before.rmv))),
         "mean_abs_deviation_after": float(np.mean(np.abs(after.rmse - after.rmv))),
     }
-    config = dict(run.config, calibration=result)
-    atomic_write_bytes(model_dir / CONFIG_NAME, json.dumps(config, indent=2).encode())
+    write_description(model_dir, run.config.model_copy(update={"calibration": Calibration(**result)}))
     return result

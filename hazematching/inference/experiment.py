@@ -32,13 +32,12 @@ from hazematching.version import __version__
 from hazematching.data.io import TIFF_SUFFIXES, DataError
 from hazematching.data.stack import PlaneReader, PlaneWriter, StackInfo, create_output, open_stack, parse_axes
 from hazematching.run import WEIGHTS_NAME, LoadedRun, RunError, atomic_write_bytes, load_model
+from hazematching.settings import resolve_options
 from hazematching.inference.speed import bf16_supported
 
 MANIFEST_NAME = "hazematching_manifest.json"
 WORK_NAME = ".hazematching-work"
 MIN_SIZE = 16
-# options of predict_array that change the numbers (the others change only speed)
-RESULT_OPTIONS = ("samples", "steps", "solver", "seed", "tile_size", "overlap")
 
 
 class JobError(RuntimeError):
@@ -113,17 +112,13 @@ def file_sha256(path: Path) -> str:
 def result_settings(run: LoadedRun, model_dir: Path, device: torch.device, options: dict, channel, axes,
                     keep_samples: bool, calibrated: bool) -> dict:
     """Everything that changes the output numbers: outputs made with other settings are never mixed in."""
-    defaults = run.config["sampler"]
-    settings = {key: options.get(key) for key in RESULT_OPTIONS}
-    for key in ("samples", "steps", "seed"):
-        settings[key] = defaults[key] if settings[key] is None else settings[key]
-    settings["solver"] = settings["solver"] or defaults.get("solver", "euler")
-    settings["tile_size"] = settings["tile_size"] or 256
-    settings["overlap"] = 64 if settings["overlap"] is None else settings["overlap"]
+    # the options of predict_array that change the numbers (the others change only speed)
+    settings = resolve_options(run.config, options).model_dump()
     precision = options.get("precision", "auto")
     settings["precision"] = "bf16" if precision == "bf16" or (precision == "auto" and bf16_supported(device)) else "fp32"
     settings.update(model_sha256=file_sha256(Path(model_dir) / WEIGHTS_NAME), channel=channel, axes=axes,
-                    save_samples=keep_samples, calibration=run.config.get("calibration") if calibrated else None)
+                    save_samples=keep_samples,
+                    calibration=run.config.calibration.model_dump() if calibrated and run.config.calibration else None)
     if run.objective == "mse":  # one deterministic prediction: no sampler settings
         for key in ("samples", "steps", "solver", "seed", "save_samples", "calibration"):
             settings.pop(key)
@@ -321,7 +316,7 @@ def predict_experiment(
             settings = result_settings(run, model_dir, run_device, options, channel, axes, keep_samples, calibrated)
             if run.objective == "mse" and (keep_samples or calibrated):
                 raise RunError("a U-Net baseline run predicts one image: it has no samples and no std to calibrate")
-            if calibrated and run.config.get("calibration") is None:
+            if calibrated and run.config.calibration is None:
                 raise RunError("this run is not calibrated: run `hazematching calibrate --model RUN --data VAL_DIR` first")
             if input_path.is_dir() and folder.resolve() == input_path.resolve():
                 raise JobError(f"--output {output_path} is the input folder: outputs would mix with the inputs; choose another --output")

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from hazematching.core import evaluations_per_step, sample_posterior
 from hazematching.data.io import DataError
 from hazematching.run import LoadedRun, RunError
+from hazematching.settings import resolve_settings
 from hazematching.inference.speed import fast_network, images_per_call, samples_per_batch, tiles_per_batch
 from hazematching.inference.tiling import tiles
 
@@ -39,10 +40,10 @@ def resolve_device(device: str) -> torch.device:
 
 def calibration(run: LoadedRun) -> tuple[float, float]:
     """(scale a, offset b) from ``hazematching calibrate``; the calibrated std is a * std + b."""
-    cal = run.config.get("calibration")
+    cal = run.config.calibration
     if cal is None:
         raise RunError("this run is not calibrated: run `hazematching calibrate --model RUN --data VAL_DIR` first")
-    return float(cal["scale"]), float(cal["offset"])
+    return cal.scale, cal.offset
 
 
 @torch.inference_mode()
@@ -52,8 +53,8 @@ def predict_array(
     samples: int | None = None,
     steps: int | None = None,
     seed: int | None = None,
-    tile_size: int = 256,
-    overlap: int = 64,
+    tile_size: int | None = None,
+    overlap: int | None = None,
     batch_size: int | None = None,
     keep_samples: bool = False,
     calibrated: bool = False,
@@ -64,7 +65,8 @@ def predict_array(
     sample_batch: int | None = None,
     job_planes: int = 1,
 ) -> Prediction:
-    """Dehaze one 2D image (raw intensities). Sampler settings default to the run's stored ones.
+    """Dehaze one 2D image (raw intensities). Sampler and tiling settings not given are resolved by
+    ``settings.resolve_settings`` (the run's stored defaults, then the package's).
 
     ``compile``/``precision`` (see ``speed.fast_network``) and ``sample_batch`` (samples per network
     call, default by device) change speed, not results beyond floating-point rounding. ``job_planes``:
@@ -77,15 +79,12 @@ def predict_array(
     if point_predictor and (keep_samples or calibrated):
         raise RunError("a U-Net baseline run predicts one image: it has no samples and no std to calibrate")
     cal = calibration(run) if calibrated else None
-    defaults = run.config["sampler"]
-    samples = defaults["samples"] if samples is None else samples
-    steps = defaults["steps"] if steps is None else steps
-    seed = defaults["seed"] if seed is None else seed
-    solver = solver or defaults.get("solver", "euler")
+    settings = resolve_settings(run.config, samples, steps, seed, solver, tile_size, overlap)
+    samples, steps, seed, solver = settings.samples, settings.steps, settings.seed, settings.solver
     per_step = evaluations_per_step(solver)
     stride = getattr(run.model, "stride", 1)
-    tile_size = max(stride, tile_size - tile_size % stride)
-    overlap = min(overlap, tile_size // 2)
+    tile_size = max(stride, settings.tile_size - settings.tile_size % stride)
+    overlap = min(settings.overlap, tile_size // 2)
 
     device = next(run.model.parameters()).device
     batch_size = batch_size or tiles_per_batch(device)

@@ -30,7 +30,7 @@ from hazematching.data.dataset import FixedCropDataset, RandomCropDataset
 from hazematching.data.io import DataError, load_splits
 from hazematching.data.normalization import Normalization
 from hazematching.data.sampling import StepBatchSampler
-from hazematching.run import FORMAT_VERSION, architecture_kwargs, atomic_save_safetensors, atomic_write_bytes, save_run, versions
+from hazematching.run import FORMAT_VERSION, RunDescription, architecture_kwargs, atomic_save_safetensors, atomic_write_bytes, save_run, versions
 from hazematching.training import checkpoints
 from hazematching.training.accelerated import engine_dtype, engine_forward, full_parameters, resolve_compile
 from hazematching.training.args import parse_train_config
@@ -155,21 +155,22 @@ class Trainer:
         return DataLoader(self.train_set, batch_sampler=batch_sampler, num_workers=workers, pin_memory=on_gpu,
                           persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
 
-    def run_config(self, extra: dict | None = None) -> dict:
+    def description(self, extra: dict | None = None) -> RunDescription:
+        """The run's config.json: read back by ``load_model`` as the same typed description."""
         config, accelerator = self.config, self.accelerator
-        return {
-            "format_version": FORMAT_VERSION,
+        return RunDescription(
+            format_version=FORMAT_VERSION,
             **self._architecture(),
-            "normalization": self.normalization.to_dict(),
-            "sampler": config.sampler.model_dump(),
-            "training": json.loads(config.model_dump_json()),
-            "step": self.global_step,
-            "num_processes": accelerator.num_processes,
-            "mixed_precision": accelerator.mixed_precision,
-            "compiled": accelerator.state.dynamo_plugin.backend.value != "NO",
-            "versions": versions(),
+            normalization=self.normalization.to_dict(),
+            sampler=config.sampler,
+            training=config,
+            step=self.global_step,
+            num_processes=accelerator.num_processes,
+            mixed_precision=accelerator.mixed_precision,
+            compiled=accelerator.state.dynamo_plugin.backend.value != "NO",
+            versions=versions(),
             **(extra or {}),
-        }
+        )
 
     def loss(self, batch: dict) -> torch.Tensor:
         """The objective on one batch; noise x0 and time t come from the items' keys, on the device."""
@@ -243,7 +244,7 @@ class Trainer:
             atomic_write_bytes(tmp / checkpoints.COMPLETE_MARKER, json.dumps(state).encode())
             checkpoints.publish(tmp, step)
             checkpoints.rotate(self.checkpoint_dir, self.config.checkpoints_total_limit)
-            save_run(self.output_dir, self.ema.state_dict(), self.run_config())
+            save_run(self.output_dir, self.ema.state_dict(), self.description())
         accelerator.wait_for_everyone()
 
     def validate(self) -> None:
@@ -267,7 +268,7 @@ class Trainer:
             checksum = torch.stack([sum(p.detach().double().sum() for p in unwrapped.parameters())]).to(accelerator.device)
         rank_checksums = accelerator.gather(checksum).cpu().tolist()
         if self.main_process:
-            save_run(self.output_dir, self.ema.state_dict(), self.run_config({"rank_weight_checksums": rank_checksums}))
+            save_run(self.output_dir, self.ema.state_dict(), self.description({"rank_weight_checksums": rank_checksums}))
             print(f"saved {self.output_dir / 'model.safetensors'} (step {self.global_step}, "
                   f"{accelerator.num_processes} process(es))", file=sys.stderr)
         accelerator.wait_for_everyone()

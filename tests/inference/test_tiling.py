@@ -55,7 +55,7 @@ def test_exported_model_tiles_exactly_like_predict(trained_run):
     image = (np.random.default_rng(0).gamma(2.0, 60.0, (150, 136)) + 100).astype(np.float32)
     tiled = tiles(150, 136, 64, 16, run.model.stride)
     assert tiled[1:] != (64, 64)  # the fitted size is not the requested one here
-    dehazer = Dehazer(run.config["architecture"], **run.normalization.to_dict(), samples=2, steps=2, seed=4,
+    dehazer = Dehazer(run.config.architecture.model_dump(), **run.normalization.to_dict(), samples=2, steps=2, seed=4,
                       tile_size=64, overlap=16).eval()
     dehazer.sampler.net.load_state_dict(run.model.state_dict())
     with torch.no_grad():
@@ -68,7 +68,7 @@ def test_exported_model_tiles_exactly_like_predict(trained_run):
 def _dehazer(run, halo):
     from hazematching.core import Dehazer
 
-    dehazer = Dehazer(run.config["architecture"], **run.normalization.to_dict(), samples=2, steps=2, seed=4,
+    dehazer = Dehazer(run.config.architecture.model_dump(), **run.normalization.to_dict(), samples=2, steps=2, seed=4,
                       tile_size=64, overlap=16, halo=halo).eval()
     dehazer.sampler.net.load_state_dict(run.model.state_dict())
     return dehazer

@@ -1,0 +1,56 @@
+"""Inference settings, resolved in one place for every entry point (predict, the experiment runner,
+evaluate, calibrate, export): explicit options win over the run's stored sampler defaults, which
+win over the package defaults (``SamplerConfig`` for the sampler, ``core.tiles`` for tiling)."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hazematching.core.sampler import SOLVERS, evaluations_per_step
+from hazematching.core.tiles import OVERLAP, TILE_SIZE
+from hazematching.run import RunDescription
+
+
+class InferenceSettings(BaseModel):
+    """What changes the numbers of a prediction: K samples of an N-step solve from a seed, tiled."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    samples: int = Field(ge=1)
+    steps: int = Field(ge=1)
+    seed: int = Field(ge=0)
+    solver: Literal[SOLVERS]
+    tile_size: int = Field(ge=1)
+    overlap: int = Field(ge=0)
+
+
+def resolve_settings(
+    description: RunDescription,
+    samples: int | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    solver: str | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+) -> InferenceSettings:
+    """Explicit values (None: not given) over the run's sampler defaults over the package defaults."""
+    stored = description.sampler
+    solver = solver or stored.solver
+    evaluations_per_step(solver)  # "unknown solver ...: expected one of ..."
+    try:
+        return InferenceSettings(
+            samples=stored.samples if samples is None else samples,
+            steps=stored.steps if steps is None else steps,
+            seed=stored.seed if seed is None else seed,
+            solver=solver,
+            tile_size=tile_size or TILE_SIZE,
+            overlap=OVERLAP if overlap is None else overlap,
+        )
+    except ValidationError as exc:
+        problems = [f"--{str(e['loc'][0]).replace('_', '-')} {e['input']!r}: {e['msg']}" for e in exc.errors()]
+        raise ValueError("; ".join(problems)) from None
+
+
+def resolve_options(description: RunDescription, options: dict) -> InferenceSettings:
+    """``resolve_settings`` for a dict of predict options (the speed-only ones are ignored)."""
+    return resolve_settings(description, **{key: options.get(key) for key in InferenceSettings.model_fields})
