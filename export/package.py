@@ -61,7 +61,9 @@ def receptive_radius(net: torch.nn.Module, size: int = 257) -> int:
     ys, xs = torch.nonzero(grad > 0, as_tuple=True)
     radius = int(max((ys - centre).abs().max(), (xs - centre).abs().max()))
     if radius >= centre:
-        raise RunError(f"receptive field ({radius} px) reaches the probe border: attention or non-local layers cannot be tiled")
+        raise RunError(
+            f"receptive field ({radius} px) reaches the probe border: attention or non-local layers cannot be tiled"
+        )
     return radius
 
 
@@ -95,7 +97,8 @@ def _validation_text(run_dir: Path, config: RunDescription) -> str:
     if calibration:
         lines.append(
             f"Uncertainty calibration (`hazematching calibrate`): std' = {calibration.scale:.4g} × std + "
-            f"{calibration.offset:.4g}; mean |RMSE − RMV| over {calibration.bins} std bins on `{calibration.plot_data}`: "
+            f"{calibration.offset:.4g}; mean |RMSE − RMV| over {calibration.bins} std bins on "
+            f"`{calibration.plot_data}`: "
             f"{calibration.mean_abs_deviation_before:.4g} before, {calibration.mean_abs_deviation_after:.4g} after."
         )
     lines.append(
@@ -210,13 +213,26 @@ def export_model(
         calibrated_note = ", calibrated" if calibration else ""
         calibrated_detail = (
             f", calibrated as {calibration['scale']:.4g} × std + {calibration['offset']:.4g} so that it matches "
-            "the observed error (see Validation)" if calibration else " (not calibrated: run `hazematching calibrate` before exporting to calibrate it)"
+            "the observed error (see Validation)"
+            if calibration
+            else " (not calibrated: run `hazematching calibrate` before exporting to calibrate it)"
         )
         (tmp / "README.md").write_text(
             TEMPLATE.read_text().format(
-                name=name, samples=samples, steps=steps, seed=seed, solver=solver.capitalize(), tile_size=model.tile_size, overlap=model.overlap, halo=halo, min_size=min_size, step=step,
-                calibrated_note=calibrated_note, calibrated_detail=calibrated_detail,
-                training_data=config.training.data, validation=_validation_text(run_dir, config),
+                name=name,
+                samples=samples,
+                steps=steps,
+                seed=seed,
+                solver=solver.capitalize(),
+                tile_size=model.tile_size,
+                overlap=model.overlap,
+                halo=halo,
+                min_size=min_size,
+                step=step,
+                calibrated_note=calibrated_note,
+                calibrated_detail=calibrated_detail,
+                training_data=config.training.data,
+                validation=_validation_text(run_dir, config),
             )
         )
         weights = {}
@@ -224,7 +240,8 @@ def export_model(
         if "torchscript" in formats:
             scripted.save(str(tmp / "hazematching_torchscript.pt"))
             weights["torchscript"] = bmz.TorchscriptWeightsDescr(
-                source=tmp / "hazematching_torchscript.pt", sha256=_sha256(tmp / "hazematching_torchscript.pt"),
+                source=tmp / "hazematching_torchscript.pt",
+                sha256=_sha256(tmp / "hazematching_torchscript.pt"),
                 pytorch_version=pytorch_version,
                 parent="pytorch_state_dict" if "pytorch_state_dict" in formats else None,
             )
@@ -235,18 +252,23 @@ def export_model(
                 source=tmp / "hazematching_state_dict.pt",
                 sha256=_sha256(tmp / "hazematching_state_dict.pt"),
                 architecture=bmz.ArchitectureFromFileDescr(
-                    source=tmp / "hazematching_architecture.py", sha256=_sha256(tmp / "hazematching_architecture.py"),
-                    callable=bmz.Identifier("Dehazer"), kwargs=kwargs,
+                    source=tmp / "hazematching_architecture.py",
+                    sha256=_sha256(tmp / "hazematching_architecture.py"),
+                    callable=bmz.Identifier("Dehazer"),
+                    kwargs=kwargs,
                 ),
                 pytorch_version=pytorch_version,
             )
 
         space_in = [
-            bmz.SpaceInputAxis(id=bmz.AxisId(a), size=bmz.ParameterizedSize(min=min_size, step=step)) for a in ("y", "x")
+            bmz.SpaceInputAxis(id=bmz.AxisId(a), size=bmz.ParameterizedSize(min=min_size, step=step))
+            for a in ("y", "x")
         ]
         space_out = [
             bmz.SpaceOutputAxisWithHalo(
-                id=bmz.AxisId(a), size=bmz.SizeReference(tensor_id=bmz.TensorId("widefield"), axis_id=bmz.AxisId(a)), halo=halo
+                id=bmz.AxisId(a),
+                size=bmz.SizeReference(tensor_id=bmz.TensorId("widefield"), axis_id=bmz.AxisId(a)),
+                halo=halo,
             )
             for a in ("y", "x")
         ]
@@ -270,20 +292,37 @@ def export_model(
                     )
                 ],
                 license=bmz.LicenseId(license),
-                tags=["dehazing", "widefield", "confocal", "fluorescence-light-microscopy", "flow-matching",
-                      "uncertainty", "2d", "pytorch", "image-restoration"],
+                tags=[
+                    "dehazing",
+                    "widefield",
+                    "confocal",
+                    "fluorescence-light-microscopy",
+                    "flow-matching",
+                    "uncertainty",
+                    "2d",
+                    "pytorch",
+                    "image-restoration",
+                ],
                 documentation=bmz.FileDescr(source=tmp / "README.md", sha256=_sha256(tmp / "README.md")),
                 covers=[bmz.FileDescr(source=tmp / "cover.png", sha256=_sha256(tmp / "cover.png"))],
-                attachments=[bmz.FileDescr(source=tmp / "training_config.json", sha256=_sha256(tmp / "training_config.json"))],
+                attachments=[
+                    bmz.FileDescr(source=tmp / "training_config.json", sha256=_sha256(tmp / "training_config.json"))
+                ],
                 inputs=[
                     bmz.InputTensorDescr(
                         id=bmz.TensorId("widefield"),
                         description="raw widefield image (float32; normalised inside the model)",
-                        axes=[bmz.BatchAxis(id=bmz.AxisId("batch"), size=1),
-                              bmz.ChannelAxis(id=bmz.AxisId("channel"), channel_names=[bmz.Identifier("widefield")]),
-                              *space_in],
-                        test_tensor=bmz.FileDescr(source=tmp / "test_input.npy", sha256=_sha256(tmp / "test_input.npy")),
-                        sample_tensor=bmz.FileDescr(source=tmp / "sample_input.tif", sha256=_sha256(tmp / "sample_input.tif")),
+                        axes=[
+                            bmz.BatchAxis(id=bmz.AxisId("batch"), size=1),
+                            bmz.ChannelAxis(id=bmz.AxisId("channel"), channel_names=[bmz.Identifier("widefield")]),
+                            *space_in,
+                        ],
+                        test_tensor=bmz.FileDescr(
+                            source=tmp / "test_input.npy", sha256=_sha256(tmp / "test_input.npy")
+                        ),
+                        sample_tensor=bmz.FileDescr(
+                            source=tmp / "sample_input.tif", sha256=_sha256(tmp / "sample_input.tif")
+                        ),
                         data=bmz.IntervalOrRatioDataDescr(type="float32"),
                     )
                 ],
@@ -291,11 +330,19 @@ def export_model(
                     bmz.OutputTensorDescr(
                         id=bmz.TensorId("dehazed"),
                         description="channel 'mean': MMSE dehazed image; channel 'std': per-pixel std over the samples",
-                        axes=[bmz.BatchAxis(id=bmz.AxisId("batch"), size=1),
-                              bmz.ChannelAxis(id=bmz.AxisId("channel"), channel_names=[bmz.Identifier("mean"), bmz.Identifier("std")]),
-                              *space_out],
-                        test_tensor=bmz.FileDescr(source=tmp / "test_output.npy", sha256=_sha256(tmp / "test_output.npy")),
-                        sample_tensor=bmz.FileDescr(source=tmp / "sample_output.tif", sha256=_sha256(tmp / "sample_output.tif")),
+                        axes=[
+                            bmz.BatchAxis(id=bmz.AxisId("batch"), size=1),
+                            bmz.ChannelAxis(
+                                id=bmz.AxisId("channel"), channel_names=[bmz.Identifier("mean"), bmz.Identifier("std")]
+                            ),
+                            *space_out,
+                        ],
+                        test_tensor=bmz.FileDescr(
+                            source=tmp / "test_output.npy", sha256=_sha256(tmp / "test_output.npy")
+                        ),
+                        sample_tensor=bmz.FileDescr(
+                            source=tmp / "sample_output.tif", sha256=_sha256(tmp / "sample_output.tif")
+                        ),
                         data=bmz.IntervalOrRatioDataDescr(type="float32"),
                     )
                 ],

@@ -25,9 +25,18 @@ def _predict(args) -> None:
 
     try:
         result = predict_experiment(
-            Path(args.model), Path(args.input), Path(args.output), device=args.device, channel=args.channel,
-            axes=args.axes, overwrite=args.overwrite, recursive=args.recursive, keep_samples=args.save_samples, calibrated=args.calibrated,
-            progress=not args.quiet, **_sampler_options(args),
+            Path(args.model),
+            Path(args.input),
+            Path(args.output),
+            device=args.device,
+            channel=args.channel,
+            axes=args.axes,
+            overwrite=args.overwrite,
+            recursive=args.recursive,
+            keep_samples=args.save_samples,
+            calibrated=args.calibrated,
+            progress=not args.quiet,
+            **_sampler_options(args),
         )
     except (DataError, RunError, JobError) as exc:
         sys.exit(f"error: {exc}")
@@ -39,9 +48,18 @@ def _predict(args) -> None:
 
 
 def _sampler_options(args) -> dict:
-    return dict(samples=args.samples, steps=args.steps, seed=args.seed, tile_size=args.tile_size,
-                overlap=args.overlap, batch_size=args.batch_size, solver=args.solver, sample_batch=args.sample_batch,
-                compile=args.compile, precision=args.precision)
+    return dict(
+        samples=args.samples,
+        steps=args.steps,
+        seed=args.seed,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        solver=args.solver,
+        sample_batch=args.sample_batch,
+        compile=args.compile,
+        precision=args.precision,
+    )
 
 
 def _evaluate(args) -> None:
@@ -52,9 +70,18 @@ def _evaluate(args) -> None:
 
     output = Path(args.output) if args.output else Path(args.model) / "evaluation"
     try:
-        result = evaluate(Path(args.model), Path(args.data), output, baseline_dir=args.baseline and Path(args.baseline),
-                          metric_samples=args.metric_samples, device=args.device, lpips_backbone=args.lpips_backbone,
-                          lpips_linear=args.lpips_linear, fid_backbone=args.fid_backbone, **_sampler_options(args))
+        result = evaluate(
+            Path(args.model),
+            Path(args.data),
+            output,
+            baseline_dir=args.baseline and Path(args.baseline),
+            metric_samples=args.metric_samples,
+            device=args.device,
+            lpips_backbone=args.lpips_backbone,
+            lpips_linear=args.lpips_linear,
+            fid_backbone=args.fid_backbone,
+            **_sampler_options(args),
+        )
     except (DataError, RunError, RuntimeError, BackboneError) as exc:
         sys.exit(f"error: {exc}")
     print(markdown_table(result["mean"]), end="")
@@ -67,13 +94,21 @@ def _calibrate(args) -> None:
     from hazematching.run import RunError
 
     try:
-        result = calibrate(Path(args.model), Path(args.data), eval_dir=args.eval_data and Path(args.eval_data),
-                           bins=args.bins, device=args.device, **_sampler_options(args))
+        result = calibrate(
+            Path(args.model),
+            Path(args.data),
+            eval_dir=args.eval_data and Path(args.eval_data),
+            bins=args.bins,
+            device=args.device,
+            **_sampler_options(args),
+        )
     except (DataError, RunError, RuntimeError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     print(f"calibrated std = {result['scale']:.4g} * std + {result['offset']:.4g} (stored in {args.model}/config.json)")
-    print(f"|RMSE - RMV| on {result['plot_data']}: {result['mean_abs_deviation_before']:.4g} before, "
-          f"{result['mean_abs_deviation_after']:.4g} after; plot: {args.model}/calibration.png")
+    print(
+        f"|RMSE - RMV| on {result['plot_data']}: {result['mean_abs_deviation_before']:.4g} before, "
+        f"{result['mean_abs_deviation_after']:.4g} after; plot: {args.model}/calibration.png"
+    )
 
 
 def _export(args) -> None:
@@ -83,10 +118,21 @@ def _export(args) -> None:
 
     try:
         path = export_model(
-            Path(args.model), Path(args.output), samples=args.samples, steps=args.steps, seed=args.seed, solver=args.solver, tile_size=args.tile_size, overlap=args.overlap, name=args.name,
-            authors=args.authors, maintainers=args.maintainers, license=args.license,
+            Path(args.model),
+            Path(args.output),
+            samples=args.samples,
+            steps=args.steps,
+            seed=args.seed,
+            solver=args.solver,
+            tile_size=args.tile_size,
+            overlap=args.overlap,
+            name=args.name,
+            authors=args.authors,
+            maintainers=args.maintainers,
+            license=args.license,
             formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
-            test_image=args.test_image and Path(args.test_image), test_size=args.test_size,
+            test_image=args.test_image and Path(args.test_image),
+            test_size=args.test_size,
         )
     except (DataError, RunError, ValueError) as exc:
         sys.exit(f"error: {exc}")
@@ -98,20 +144,47 @@ def _export(args) -> None:
 def _add_sampler_flags(parser) -> None:
     parser.add_argument("--samples", type=int, default=None, help="posterior samples K (default: the run's)")
     parser.add_argument("--steps", type=int, default=None, help="ODE steps N (default: the run's)")
-    parser.add_argument("--solver", choices=SOLVERS, default=None,
-                        help="ODE solver; midpoint/heun use 2 network calls per step (default: the run's, euler)")
+    parser.add_argument(
+        "--solver",
+        choices=SOLVERS,
+        default=None,
+        help="ODE solver; midpoint/heun use 2 network calls per step (default: the run's, euler)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="noise seed (default: the run's)")
-    parser.add_argument("--tile-size", type=int, default=None,
-                        help=f"tile edge in pixels (memory ~ tile^2 x batch; default: {TILE_SIZE})")
-    parser.add_argument("--overlap", type=int, default=None, help=f"overlap of neighbouring tiles in pixels (default: {OVERLAP})")
-    parser.add_argument("--batch-size", type=int, default=None, help="tiles per network call (default: 1 on CPU, 8 on a GPU, 16 on one with >= 40 GiB)")
-    parser.add_argument("--sample-batch", type=int, default=None,
-                        help="samples per network call (default: 1 on CPU; on GPU enough for ~32 images per call)")
-    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                        help="torch.compile the network (auto: when the job is large enough to pay the compile time back: "
-                             "on a GPU from ~6 images of 1024^2 at K = 8, N = 20, on a CPU from ~3000 network calls)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                        help="network precision (auto: bf16 autocast on GPUs that support it, else fp32)")
+    parser.add_argument(
+        "--tile-size",
+        type=int,
+        default=None,
+        help=f"tile edge in pixels (memory ~ tile^2 x batch; default: {TILE_SIZE})",
+    )
+    parser.add_argument(
+        "--overlap", type=int, default=None, help=f"overlap of neighbouring tiles in pixels (default: {OVERLAP})"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="tiles per network call (default: 1 on CPU, 8 on a GPU, 16 on one with >= 40 GiB)",
+    )
+    parser.add_argument(
+        "--sample-batch",
+        type=int,
+        default=None,
+        help="samples per network call (default: 1 on CPU; on GPU enough for ~32 images per call)",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="torch.compile the network (auto: when the job is large enough to pay the compile time back: "
+        "on a GPU from ~6 images of 1024^2 at K = 8, N = 20, on a CPU from ~3000 network calls)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="network precision (auto: bf16 autocast on GPUs that support it, else fp32)",
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
@@ -146,14 +219,25 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--input", required=True, help="TIFF file or folder of TIFFs (2D or N-D)")
     pred.add_argument("--output", required=True, help="output .tif (for one input) or folder")
     _add_sampler_flags(pred)
-    pred.add_argument("--channel", type=int, default=None,
-                      help="channel to dehaze in multi-channel TIFFs (C axis), e.g. 1 for the widefield channel of paired files")
-    pred.add_argument("--axes", default=None,
-                      help="axes of files that do not record them, letters of TZCYX ending in YX, e.g. TZYX or ZCYX")
-    pred.add_argument("--overwrite", action="store_true",
-                      help="recompute outputs that are complete, or were made with other settings")
-    pred.add_argument("--recursive", action="store_true",
-                      help="also dehaze the TIFFs in sub-folders of --input; the output mirrors the folder tree")
+    pred.add_argument(
+        "--channel",
+        type=int,
+        default=None,
+        help="channel to dehaze in multi-channel TIFFs (C axis), e.g. 1 for the widefield channel of paired files",
+    )
+    pred.add_argument(
+        "--axes",
+        default=None,
+        help="axes of files that do not record them, letters of TZCYX ending in YX, e.g. TZYX or ZCYX",
+    )
+    pred.add_argument(
+        "--overwrite", action="store_true", help="recompute outputs that are complete, or were made with other settings"
+    )
+    pred.add_argument(
+        "--recursive",
+        action="store_true",
+        help="also dehaze the TIFFs in sub-folders of --input; the output mirrors the folder tree",
+    )
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
     pred.add_argument("--save-samples", action="store_true", help="also write all samples")
     pred.add_argument("--calibrated", action="store_true", help="write the calibrated std a*std+b (see calibrate)")
@@ -163,15 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="metrics of a run (and a baseline) on paired test data, with figures",
         description="Compare the widefield input, an optional U-Net baseline, the HazeMatching MMSE and single "
-        "samples with the confocal targets (range-invariant PSNR, MS-SSIM, MicroMS3IM, FSIM, GMSD; LPIPS and FID with local backbones).",
+        "samples with the confocal targets (range-invariant PSNR, MS-SSIM, MicroMS3IM, FSIM, GMSD; LPIPS and FID "
+        "with local backbones).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ev.add_argument("--model", required=True, help="HazeMatching run directory")
     ev.add_argument("--data", required=True, help="paired split folder, e.g. DATA/test")
-    ev.add_argument("--output", default=None,
-                    help="folder for metrics.json, metrics.md, figures/ (default: MODEL/evaluation, where export looks for it)")
+    ev.add_argument(
+        "--output",
+        default=None,
+        help="folder for metrics.json, metrics.md, figures/ (default: MODEL/evaluation, where export looks for it)",
+    )
     ev.add_argument("--baseline", default=None, help="U-Net baseline run directory (trained with --objective mse)")
-    ev.add_argument("--metric-samples", type=int, default=4, help="samples whose metrics are averaged for the sample row")
+    ev.add_argument(
+        "--metric-samples", type=int, default=4, help="samples whose metrics are averaged for the sample row"
+    )
     ev.add_argument("--lpips-backbone", default=None, help="TorchScript file: images in [-1,1] -> list of feature maps")
     ev.add_argument("--lpips-linear", default=None, help="safetensors file with LPIPS weights lin0, lin1, ...")
     ev.add_argument("--fid-backbone", default=None, help="TorchScript file: images in [0,1] -> (N, D) features")
@@ -205,15 +295,22 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--steps", type=int, default=None, help="Euler steps N (default: the run's)")
     exp.add_argument("--seed", type=int, default=None, help="fixed noise seed inside the model (default: the run's)")
     exp.add_argument("--solver", choices=SOLVERS, default=None, help="ODE solver inside the model (default: the run's)")
-    exp.add_argument("--tile-size", type=int, default=None,
-                     help=f"the model processes larger images in overlapping tiles of this size, as predict does (default: {TILE_SIZE})")
+    exp.add_argument(
+        "--tile-size",
+        type=int,
+        default=None,
+        help="the model processes larger images in overlapping tiles of this size, as predict does (default: "
+        f"{TILE_SIZE})",
+    )
     exp.add_argument("--overlap", type=int, default=None, help=f"overlap of those tiles in pixels (default: {OVERLAP})")
     exp.add_argument("--name", default="HazeMatching widefield dehazing", help="model name (5-128 characters)")
     exp.add_argument("--authors", nargs="+", default=None, help="author names")
     exp.add_argument("--maintainers", nargs="+", default=None, help="maintainers' GitHub user names")
     exp.add_argument("--license", default="BSD-3-Clause", help="SPDX license id of the weights")
     exp.add_argument("--formats", default="torchscript,pytorch_state_dict", help="weight formats, comma separated")
-    exp.add_argument("--test-image", default=None, help="2D TIFF for the test tensors (default: the run's first validation image)")
+    exp.add_argument(
+        "--test-image", default=None, help="2D TIFF for the test tensors (default: the run's first validation image)"
+    )
     exp.add_argument("--test-size", type=int, default=256, help="edge of the square test tensor crop")
     exp.set_defaults(func=_export)
     return parser

@@ -57,8 +57,12 @@ class TrainConfig(BaseModel):
     data: Path = Field(description="folder with train/ (and val/) sub-folders, or one split folder")
     output_dir: Path = Field(description="run directory: weights, config.json, checkpoints, logs, sample grids")
     val_data: Path | None = Field(None, description="validation folder; None: DATA/val or a held-out fraction")
-    val_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="held-out fraction when there is no validation folder")
-    objective: Literal["cfm", "mse"] = Field("cfm", description="cfm: HazeMatching; mse: U-Net point-predictor baseline")
+    val_fraction: float = Field(
+        0.15, gt=0.0, lt=1.0, description="held-out fraction when there is no validation folder"
+    )
+    objective: Literal["cfm", "mse"] = Field(
+        "cfm", description="cfm: HazeMatching; mse: U-Net point-predictor baseline"
+    )
     max_steps: int = Field(10000, ge=1, description="optimizer steps in total")
     batch_size: int = Field(16, ge=1, description="crops per process per micro-step")
     crop_size: int = Field(128, ge=16, description="random square crop size (multiple of the U-Net stride)")
@@ -67,7 +71,9 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = Field(None, description="None: as the accelerate config says")
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = Field(
+        None, description="None: as the accelerate config says"
+    )
     seed: int = Field(0, ge=0)
     checkpointing_steps: int = Field(1000, ge=1)
     checkpoints_total_limit: int | None = Field(None, ge=1)
@@ -78,10 +84,14 @@ class TrainConfig(BaseModel):
     time_grid_points: int = Field(0, ge=0, description="0: t ~ U[0,1); G: t on linspace(0, 1, G) as the reference code")
     augment: bool = True
     num_workers: int | None = Field(
-        None, ge=0, description="data-loading worker processes per training process (None: 4 on a GPU, 0 on a CPU, where workers compete with the model for cores)"
+        None,
+        ge=0,
+        description="data-loading worker processes per training process (None: 4 on a GPU, 0 on a CPU, where workers "
+        "compete with the model for cores)",
     )
     compile: Literal["auto", "on", "off"] = Field(
-        "auto", description="torch.compile the network for training: auto = on when training on a CUDA GPU without DeepSpeed"
+        "auto",
+        description="torch.compile the network for training: auto = on when training on a CUDA GPU without DeepSpeed",
     )
     log_steps: int = Field(10, ge=1)
     model: ModelConfig = Field(default_factory=ModelConfig)

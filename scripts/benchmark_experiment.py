@@ -49,10 +49,34 @@ def main() -> None:
         for i in range(args.files):
             stack = (rng.gamma(2.0, 60.0, (args.planes, args.size, args.size)) + 100).astype(np.uint16)
             tifffile.imwrite(src / f"field{i}.tif", stack, imagej=True, metadata={"axes": "ZYX"})
-        flags = ["--model", args.model, "--input", str(src), "--samples", str(args.samples), "--steps", str(args.steps), "--quiet"]
+        flags = [
+            "--model",
+            args.model,
+            "--input",
+            str(src),
+            "--samples",
+            str(args.samples),
+            "--steps",
+            str(args.steps),
+            "--quiet",
+        ]
         one_s, one_log = run([sys.executable, "-m", "hazematching", "predict", *flags, "--output", f"{tmp}/one"], None)
-        many_s, many_log = run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", args.config,
-                                "-m", "hazematching", "predict", *flags, "--output", f"{tmp}/many"], None)
+        many_s, many_log = run(
+            [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--config_file",
+                args.config,
+                "-m",
+                "hazematching",
+                "predict",
+                *flags,
+                "--output",
+                f"{tmp}/many",
+            ],
+            None,
+        )
         for path in sorted(Path(tmp, "one").glob("*.tif")):
             a, b = tifffile.imread(path), tifffile.imread(Path(tmp, "many", path.name))
             if not np.allclose(a, b, rtol=1e-5, atol=1e-4 * float(np.abs(a).max())):
@@ -61,7 +85,10 @@ def main() -> None:
         total = args.files * args.planes
         print(f"{total} planes of {args.size}^2, K={args.samples}, N={args.steps}; outputs identical")
         print(f"1 process : {rate(one_log):.3f} planes/s in the job ({one_s:.1f} s with start-up)")
-        print(f"N processes ({Path(args.config).name}): {rate(many_log):.3f} planes/s in the job ({many_s:.1f} s with start-up)")
+        print(
+            f"N processes ({Path(args.config).name}): {rate(many_log):.3f} planes/s in the job ({many_s:.1f} s with "
+            "start-up)"
+        )
         print(next(line for line in many_log.splitlines() if line.startswith("per process")))
         print(f"ratio N/1 = {rate(many_log) / rate(one_log):.2f} (job), {one_s / many_s:.2f} (wall, start-up included)")
 

@@ -37,15 +37,36 @@ def main() -> None:
         del image
         start = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "hazematching.cli", "predict", "--model", args.model, "--input", str(src), "--output", str(out),
-             "--samples", str(args.samples), "--steps", str(args.steps), "--tile-size", str(args.tile_size),
-             "--batch-size", str(args.batch_size), "--device", "cpu"],
+            [
+                sys.executable,
+                "-m",
+                "hazematching.cli",
+                "predict",
+                "--model",
+                args.model,
+                "--input",
+                str(src),
+                "--output",
+                str(out),
+                "--samples",
+                str(args.samples),
+                "--steps",
+                str(args.steps),
+                "--tile-size",
+                str(args.tile_size),
+                "--batch-size",
+                str(args.batch_size),
+                "--device",
+                "cpu",
+            ],
             check=True,
         )
         elapsed = time.perf_counter() - start
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
-    print(f"predict {args.size}^2, K={args.samples}, N={args.steps}, tile {args.tile_size}, batch {args.batch_size}: "
-          f"{elapsed:.0f} s, peak RSS {peak_gib:.2f} GiB; budget {BUDGET_GIB} GiB -> ratio {peak_gib / BUDGET_GIB:.2f}")
+    print(
+        f"predict {args.size}^2, K={args.samples}, N={args.steps}, tile {args.tile_size}, batch {args.batch_size}: "
+        f"{elapsed:.0f} s, peak RSS {peak_gib:.2f} GiB; budget {BUDGET_GIB} GiB -> ratio {peak_gib / BUDGET_GIB:.2f}"
+    )
 
 
 if __name__ == "__main__":

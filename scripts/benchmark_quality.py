@@ -26,10 +26,28 @@ def train(data: Path, out: Path, objective: str, args) -> str:
         return "reused"
     start = time.perf_counter()
     cmd = [
-        sys.executable, str(REPO / "trainer" / "train.py"), "--data", str(data), "--output-dir", str(out),
-        "--objective", objective, "--max-steps", str(args.max_steps), "--batch-size", str(args.batch_size),
-        "--crop-size", str(args.crop_size), "--lr", str(args.lr), "--checkpointing-steps", str(args.max_steps),
-        "--validation-steps", "0", "--seed", "0",
+        sys.executable,
+        str(REPO / "trainer" / "train.py"),
+        "--data",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--objective",
+        objective,
+        "--max-steps",
+        str(args.max_steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--crop-size",
+        str(args.crop_size),
+        "--lr",
+        str(args.lr),
+        "--checkpointing-steps",
+        str(args.max_steps),
+        "--validation-steps",
+        "0",
+        "--seed",
+        "0",
     ]
     subprocess.run(cmd, check=True)
     return f"{time.perf_counter() - start:.0f} s"
@@ -74,12 +92,20 @@ def main() -> None:
     t_hm = train(data, args.workdir / "hazematching", "cfm", args)
     t_unet = train(data, args.workdir / "unet", "mse", args)
     result = evaluate(
-        args.workdir / "hazematching", heldout, args.workdir / "evaluation", baseline_dir=args.workdir / "unet",
-        samples=args.samples, steps=args.steps, seed=0,
+        args.workdir / "hazematching",
+        heldout,
+        args.workdir / "evaluation",
+        baseline_dir=args.workdir / "unet",
+        samples=args.samples,
+        steps=args.steps,
+        seed=0,
     )
-    print(f"\nbudget: {args.max_steps} steps x batch {args.batch_size} x {args.crop_size}^2 crops for each model "
-          f"(training time here: {t_hm} and {t_unet}); {args.num_images} training pairs of {args.size}^2 (seed 0); "
-          f"held-out: {args.heldout_images} pairs (seed {args.heldout_seed}); sampler: K={args.samples}, N={args.steps} Euler steps")
+    print(
+        f"\nbudget: {args.max_steps} steps x batch {args.batch_size} x {args.crop_size}^2 crops for each model "
+        f"(training time here: {t_hm} and {t_unet}); {args.num_images} training pairs of {args.size}^2 (seed 0); "
+        f"held-out: {args.heldout_images} pairs (seed {args.heldout_seed}); sampler: K={args.samples}, "
+        f"N={args.steps} Euler steps"
+    )
     print(markdown_table(result["mean"]))
     gain = result["mean"]["HazeMatching MMSE"]["psnr"] - result["mean"]["widefield input"]["psnr"]
     print(f"HazeMatching MMSE vs widefield input: {gain:+.2f} dB PSNR")

@@ -28,15 +28,14 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
+from benchmarking import flops_per_pixel, matmul_peak, timed
 
 from hazematching.core import hash_normal
 from hazematching.data.io import read_split
 from hazematching.inference.predict import predict_array
-from hazematching.run import load_model
 from hazematching.inference.speed import bf16_supported
 from hazematching.inference.tiling import tiles
-
-from benchmarking import flops_per_pixel, matmul_peak, timed
+from hazematching.run import load_model
 
 
 def test_image(run, size: int) -> np.ndarray:
@@ -61,8 +60,17 @@ def naive(run, image, samples, steps, seed, tile_size, overlap) -> np.ndarray:
         cond = torch.from_numpy(np.ascontiguousarray(cond_full[tile.window(th, tw)]))[None, None].to(device)
         acc = torch.zeros_like(cond)
         for k in range(samples):
-            x = hash_normal(seed, k, 1, 1, th, tw, torch.tensor([tile.y.start - height // 2]),
-                            torch.tensor([tile.x.start - width // 2]), device)
+            x = hash_normal(
+                seed,
+                k,
+                1,
+                1,
+                th,
+                tw,
+                torch.tensor([tile.y.start - height // 2]),
+                torch.tensor([tile.x.start - width // 2]),
+                device,
+            )
             for i in range(steps):
                 x = x + net(x, cond, torch.full([1], i / steps, device=device)) / steps
             acc += x
@@ -117,8 +125,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--compile", default="on", choices=["auto", "on", "off"], help="for (b)")
     parser.add_argument("--bf16", action="store_true", help="add (b) under bf16 autocast (default on cuda)")
-    parser.add_argument("--paper-settings", action="store_true",
-                        help="add (b) with 8 samples x 20 Euler steps, bf16 where supported (default on cuda)")
+    parser.add_argument(
+        "--paper-settings",
+        action="store_true",
+        help="add (b) with 8 samples x 20 Euler steps, bf16 where supported (default on cuda)",
+    )
     parser.add_argument("--package", default=None, help="exported .zip to time through `bioimageio predict` (c)")
     parser.add_argument("--skip-reference", action="store_true", help="skip (a') (the slowest)")
     args = parser.parse_args()
@@ -130,11 +141,19 @@ def main() -> None:
     run = load_model(args.model, device)
     image = test_image(run, args.size)
     work = args.size**2 / 1e6 * args.samples * args.steps
-    options = dict(samples=args.samples, steps=args.steps, seed=args.seed, tile_size=args.tile_size, overlap=args.overlap,
-                   progress=False)
+    options = dict(
+        samples=args.samples,
+        steps=args.steps,
+        seed=args.seed,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        progress=False,
+    )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    print(f"image {args.size}x{args.size}, K={args.samples} samples, N={args.steps} Euler steps, {name}, "
-          f"torch {torch.__version__}")
+    print(
+        f"image {args.size}x{args.size}, K={args.samples} samples, N={args.steps} Euler steps, {name}, "
+        f"torch {torch.__version__}"
+    )
 
     per_pixel = flops_per_pixel(run.model, device)
     all_tiles, th, tw = tiles(args.size, args.size, args.tile_size, args.overlap, run.model.stride)
@@ -150,10 +169,14 @@ def main() -> None:
     fast = lambda **extra: predict_array(run, image, compile=args.compile, **{**options, **extra})  # noqa: E731
     ours_cold, t_cold = timed(fast, device)
     ours, t_b = timed(fast, device)
-    plain, t_a = timed(lambda: naive(run, image, args.samples, args.steps, args.seed, args.tile_size, args.overlap), device)
-    rows += [("(a)  naive, same tiles + noise", t_a, tiled_flops, "fp32"),
-             ("(b)  hazematching predict, warm", t_b, tiled_flops, "fp32"),
-             ("(b)  hazematching predict, incl. compile", t_cold, tiled_flops, "fp32")]
+    plain, t_a = timed(
+        lambda: naive(run, image, args.samples, args.steps, args.seed, args.tile_size, args.overlap), device
+    )
+    rows += [
+        ("(a)  naive, same tiles + noise", t_a, tiled_flops, "fp32"),
+        ("(b)  hazematching predict, warm", t_b, tiled_flops, "fp32"),
+        ("(b)  hazematching predict, incl. compile", t_cold, tiled_flops, "fp32"),
+    ]
     if bf16_rows:
         timed(lambda: fast(precision="bf16"), device)
         ours_bf16, t_bf16 = timed(lambda: fast(precision="bf16"), device)
@@ -172,15 +195,46 @@ def main() -> None:
     if args.package:  # both as the commands a user runs: process start, model loading, I/O included
         with tempfile.TemporaryDirectory() as tmp:
             tifffile.imwrite(Path(tmp) / "in.tif", image)
-            ours_cmd = [sys.executable, "-m", "hazematching.cli", "predict", "--model", str(Path(args.model).resolve()),
-                        "--input", "in.tif", "--output", "ours.tif", "--samples", str(args.samples), "--steps",
-                        str(args.steps), "--seed", str(args.seed), "--tile-size", str(args.tile_size), "--overlap",
-                        str(args.overlap), "--device", args.device]
-            package_cmd = [sys.executable, "-m", "bioimageio.core", "predict", "--inputs", str(Path(tmp) / "in.tif"),
-                           "--outputs", str(Path(tmp) / "{output_id}.tif"), str(Path(args.package).resolve())]
-            for label, cmd in (("(b') `hazematching predict` command", ours_cmd),
-                               (f"(c)  `bioimageio predict` {Path(args.package).name}", package_cmd)):
-                result, seconds = timed(lambda: subprocess.run(cmd, capture_output=True, text=True, cwd=tmp))
+            ours_cmd = [
+                sys.executable,
+                "-m",
+                "hazematching.cli",
+                "predict",
+                "--model",
+                str(Path(args.model).resolve()),
+                "--input",
+                "in.tif",
+                "--output",
+                "ours.tif",
+                "--samples",
+                str(args.samples),
+                "--steps",
+                str(args.steps),
+                "--seed",
+                str(args.seed),
+                "--tile-size",
+                str(args.tile_size),
+                "--overlap",
+                str(args.overlap),
+                "--device",
+                args.device,
+            ]
+            package_cmd = [
+                sys.executable,
+                "-m",
+                "bioimageio.core",
+                "predict",
+                "--inputs",
+                str(Path(tmp) / "in.tif"),
+                "--outputs",
+                str(Path(tmp) / "{output_id}.tif"),
+                str(Path(args.package).resolve()),
+            ]
+            for label, cmd in (
+                ("(b') `hazematching predict` command", ours_cmd),
+                (f"(c)  `bioimageio predict` {Path(args.package).name}", package_cmd),
+            ):
+                result, seconds = timed(lambda cmd=cmd: subprocess.run(cmd, capture_output=True, text=True, cwd=tmp))
                 if result.returncode != 0:
                     sys.exit(f"{label} failed:\n{result.stderr[-2000:]}")
                 rows.append((label, seconds, None, None))
@@ -188,8 +242,10 @@ def main() -> None:
             t_cli, t_pkg = rows[-2][1], rows[-1][1]
 
     peak_text = ", ".join(f"{k} {v / 1e9:.3g} GFLOP/s" for k, v in peaks.items())
-    print(f"\nnetwork: {per_pixel / 1e6:.3f} MFLOP per pixel and call; (a)/(b): {calls} calls on {th}x{tw} tiles; "
-          f"measured matrix-product peak: {peak_text}")
+    print(
+        f"\nnetwork: {per_pixel / 1e6:.3f} MFLOP per pixel and call; (a)/(b): {calls} calls on {th}x{tw} tiles; "
+        f"measured matrix-product peak: {peak_text}"
+    )
     print("\n| path | seconds | output Mpx·sample·step/s | network GFLOP/s | % of peak |\n|---|---|---|---|---|")
     for label, seconds, flops, precision in rows:
         output_work = work * 8 * 20 / (args.samples * args.steps) if label == paper_label else work
@@ -201,8 +257,10 @@ def main() -> None:
     print(f"(b)/(a) speed-up (warm): {t_a / t_b:.2f}x; including compilation: {t_a / t_cold:.2f}x")
     if device.type == "cpu":
         floor = calls * convolution_seconds(run.fast[("cpu", args.compile, "auto")], th, tw)
-        print(f"convolutions alone in (b) (torch.profiler, one call x {calls}): {floor:.1f} s, "
-              f"so any (b) with these tiles is at most {t_a / floor:.2f}x faster than (a) on this machine")
+        print(
+            f"convolutions alone in (b) (torch.profiler, one call x {calls}): {floor:.1f} s, "
+            f"so any (b) with these tiles is at most {t_a / floor:.2f}x faster than (a) on this machine"
+        )
     if bf16_rows:
         bf16_difference = float(np.abs(ours_bf16.mean - ours.mean).max() / np.abs(ours.mean).max())
         print(f"bf16 / fp32 (b) speed-up: {t_b / t_bf16:.2f}x; max |bf16 - fp32| / max |fp32| = {bf16_difference:.2e}")
@@ -210,8 +268,10 @@ def main() -> None:
         print(f"(b)/(a') speed-up (warm): {t_ref / t_b:.2f}x; including compilation: {t_ref / t_cold:.2f}x")
     if args.package:
         agreement = float(np.abs(package_mean - ours.mean).max() / np.abs(ours.mean).max())
-        print(f"(c)/(b') time ratio: {t_pkg / t_cli:.2f} (the package's own K, N must match --samples/--steps; "
-              f"max |(c) - (b)| / max |(b)| = {agreement:.2e})")
+        print(
+            f"(c)/(b') time ratio: {t_pkg / t_cli:.2f} (the package's own K, N must match --samples/--steps; "
+            f"max |(c) - (b)| / max |(b)| = {agreement:.2e})"
+        )
     if difference > 1e-4:
         sys.exit("FAILED: (a) and (b) disagree")
 

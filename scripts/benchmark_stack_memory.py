@@ -28,12 +28,26 @@ def tiny_run(folder: Path) -> Path:
     from hazematching.core import UNet
     from hazematching.run import FORMAT_VERSION, save_run
 
-    architecture = dict(in_channels=1, cond_channels=1, out_channels=1, base_channels=8, channel_mults=[1],
-                        num_res_blocks=1, attention_levels=[], norm="channel", dropout=0.0, time_conditioning=True)
+    architecture = dict(
+        in_channels=1,
+        cond_channels=1,
+        out_channels=1,
+        base_channels=8,
+        channel_mults=[1],
+        num_res_blocks=1,
+        attention_levels=[],
+        norm="channel",
+        dropout=0.0,
+        time_conditioning=True,
+    )
     torch.manual_seed(0)
-    config = {"format_version": FORMAT_VERSION, "objective": "cfm", "architecture": architecture,
-              "normalization": {"input_mean": 300.0, "input_std": 100.0, "target_mean": 300.0, "target_std": 100.0},
-              "sampler": {"samples": 1, "steps": 1, "seed": 0}}
+    config = {
+        "format_version": FORMAT_VERSION,
+        "objective": "cfm",
+        "architecture": architecture,
+        "normalization": {"input_mean": 300.0, "input_std": 100.0, "target_mean": 300.0, "target_std": 100.0},
+        "sampler": {"samples": 1, "steps": 1, "seed": 0},
+    }
     save_run(folder, UNet(**architecture).state_dict(), config)
     return folder
 
@@ -42,8 +56,12 @@ def write_stack(path: Path, planes: int, size: int) -> None:
     rng = np.random.default_rng(0)
     plane = (rng.gamma(2.0, 100.0, (size, size)) + 100).astype(np.uint16)
     with tifffile.TiffWriter(path, imagej=True) as tif:  # one plane in memory at a time
-        tif.write((np.roll(plane, i, axis=1) for i in range(planes)), shape=(planes, size, size), dtype=np.uint16,
-                  metadata={"axes": "ZYX"})
+        tif.write(
+            (np.roll(plane, i, axis=1) for i in range(planes)),
+            shape=(planes, size, size),
+            dtype=np.uint16,
+            metadata={"axes": "ZYX"},
+        )
 
 
 def peak_rss_gib(cmd: list[str]) -> tuple[float, float]:
@@ -83,20 +101,47 @@ def main() -> None:
             planes = max(1, round(gib * 2**30 / (2 * args.plane**2)))
             src = tmp / f"{label}.tif"
             write_stack(src, planes, args.plane)
-            cmd = [sys.executable, "-m", "hazematching", "predict", "--model", str(model), "--input", str(src),
-                   "--output", str(tmp / f"{label}_out.tif"), "--samples", str(args.samples), "--steps", str(args.steps),
-                   "--device", "cpu", "--quiet"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "hazematching",
+                "predict",
+                "--model",
+                str(model),
+                "--input",
+                str(src),
+                "--output",
+                str(tmp / f"{label}_out.tif"),
+                "--samples",
+                str(args.samples),
+                "--steps",
+                str(args.steps),
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
             seconds, peak = peak_rss_gib(cmd)
             rows.append((label, planes, src.stat().st_size / 2**30, seconds, peak))
-            print(f"{label}: {planes} planes of {args.plane}^2 uint16 ({rows[-1][2]:.2f} GiB in, "
-                  f"{2 * rows[-1][2] * 2:.2f} GiB float32 mean + std out): {seconds:.0f} s, peak RSS {peak:.3f} GiB", flush=True)
+            print(
+                f"{label}: {planes} planes of {args.plane}^2 uint16 ({rows[-1][2]:.2f} GiB in, "
+                f"{2 * rows[-1][2] * 2:.2f} GiB float32 mean + std out): {seconds:.0f} s, peak RSS {peak:.3f} GiB",
+                flush=True,
+            )
             for path in tmp.glob(f"{label}*"):
                 path.unlink()
         (small, big) = rows
-        print(json.dumps({"stack_gib": round(big[2], 3), "peak_rss_gib": round(big[4], 3),
-                          "small_stack_gib": round(small[2], 3), "small_peak_rss_gib": round(small[4], 3),
-                          "rss_ratio_big_over_small": round(big[4] / small[4], 3),
-                          "stack_size_ratio": round(big[2] / small[2], 1)}))
+        print(
+            json.dumps(
+                {
+                    "stack_gib": round(big[2], 3),
+                    "peak_rss_gib": round(big[4], 3),
+                    "small_stack_gib": round(small[2], 3),
+                    "small_peak_rss_gib": round(small[4], 3),
+                    "rss_ratio_big_over_small": round(big[4] / small[4], 3),
+                    "stack_size_ratio": round(big[2] / small[2], 1),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

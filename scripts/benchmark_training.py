@@ -31,12 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from benchmarking import flops_per_pixel, matmul_peak
 
 from hazematching.core import UNet
 from hazematching.data.io import load_splits
 from hazematching.data.normalization import Normalization
-
-from benchmarking import flops_per_pixel, matmul_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,8 +58,10 @@ def reference_loop(data: Path, steps: int, warmup: int, batch: int, crop: int, d
             y, x = rng.integers(0, inp.shape[0] - crop + 1), rng.integers(0, inp.shape[1] - crop + 1)
             cond.append(inp[y : y + crop, x : x + crop])
             target.append(tgt[y : y + crop, x : x + crop])
-        return (torch.from_numpy(np.stack(cond)[:, None].astype(np.float32)).to(device),
-                torch.from_numpy(np.stack(target)[:, None].astype(np.float32)).to(device))
+        return (
+            torch.from_numpy(np.stack(cond)[:, None].astype(np.float32)).to(device),
+            torch.from_numpy(np.stack(target)[:, None].astype(np.float32)).to(device),
+        )
 
     for step in range(warmup + steps):
         if step == warmup:
@@ -80,19 +81,52 @@ def reference_loop(data: Path, steps: int, warmup: int, batch: int, crop: int, d
     return steps * batch / (time.perf_counter() - start)
 
 
-def trainer(data: Path, steps: int, warmup: int, batch: int, crop: int, processes: int, threads: int,
-            extra: list[str], config: str | None = None) -> tuple[float, dict]:
+def trainer(
+    data: Path,
+    steps: int,
+    warmup: int,
+    batch: int,
+    crop: int,
+    processes: int,
+    threads: int,
+    extra: list[str],
+    config: str | None = None,
+) -> tuple[float, dict]:
     """Samples/s of trainer/train.py from its own log (windows after ``warmup`` steps, so compilation
     is not counted). Raises RuntimeError with the trainer's last output if it fails."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        args = [str(ROOT / "trainer" / "train.py"), "--data", str(data), "--output-dir", str(out),
-                "--max-steps", str(warmup + steps), "--batch-size", str(batch), "--crop-size", str(crop),
-                "--checkpointing-steps", str(10**9), "--validation-steps", "0", "--log-steps", str(max(1, warmup)),
-                *extra]
+        args = [
+            str(ROOT / "trainer" / "train.py"),
+            "--data",
+            str(data),
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            str(warmup + steps),
+            "--batch-size",
+            str(batch),
+            "--crop-size",
+            str(crop),
+            "--checkpointing-steps",
+            str(10**9),
+            "--validation-steps",
+            "0",
+            "--log-steps",
+            str(max(1, warmup)),
+            *extra,
+        ]
         if config or processes > 1:
-            cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                   str(ROOT / "accelerate_configs" / (config or "cpu_2proc.yaml")), "--num_processes", str(processes), *args]
+            cmd = [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--config_file",
+                str(ROOT / "accelerate_configs" / (config or "cpu_2proc.yaml")),
+                "--num_processes",
+                str(processes),
+                *args,
+            ]
         else:
             cmd = [sys.executable, *args]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -126,43 +160,56 @@ def main() -> None:
     peak_dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     peak = matmul_peak(device, peak_dtype)
     flops = training_flops_per_sample(args.crop_size, device)
-    print(f"{args.crop_size}^2 crops, default U-Net ({flops / 1e9:.2f} GFLOP per sample, forward + backward), "
-          f"{args.steps} timed steps after {args.warmup}, device {args.device}, {args.threads} thread(s) per process, "
-          f"torch {torch.__version__}; measured {str(peak_dtype).split('.')[-1]} matrix-product peak {peak / 1e12:.3g} TFLOP/s")
+    peak_name = str(peak_dtype).split(".")[-1]
+    print(
+        f"{args.crop_size}^2 crops, default U-Net ({flops / 1e9:.2f} GFLOP per sample, forward + backward), "
+        f"{args.steps} timed steps after {args.warmup}, device {args.device}, {args.threads} thread(s) per process, "
+        f"torch {torch.__version__}; measured {peak_name} matrix-product peak {peak / 1e12:.3g} TFLOP/s "
+        "(per process: on a CPU, multi-process rows are relative to one process's threads)"
+    )
     print("\n| batch | setting | samples/s | MFU % |\n|---|---|---|---|", flush=True)
     results: dict[tuple[int, str], float] = {}
 
-    def row(batch: int, name: str, measure) -> None:
+    def row(batch: int, name: str, measure, *measure_args) -> None:
         try:
-            value = measure()
+            value = measure(*measure_args)
         except Exception as exc:  # report and go on: one broken setting must not hide the others
-            print(f"| {batch} | {name} | FAILED: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__} | |", flush=True)
+            reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+            print(f"| {batch} | {name} | FAILED: {reason} | |", flush=True)
             return
         results[(batch, name)] = value
         print(f"| {batch} | {name} | {value:.1f} | {100 * value * flops / peak:.1f} |", flush=True)
 
-    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+    def samples_per_s(batch: int, extra: list[str], config: str | None = None) -> float:
         common = (args.data, args.steps, args.warmup, batch, args.crop_size)
-        run = lambda extra, config=None, processes=1: trainer(*common, processes=processes, threads=args.threads,  # noqa: E731
-                                                              extra=extra, config=config)[0]
-        row(batch, "reference", lambda: reference_loop(*common, args.device))
+        return trainer(*common, processes=1, threads=args.threads, extra=extra, config=config)[0]
+
+    def two_processes(batch: int) -> float:
+        common = (args.data, args.steps, args.warmup, batch, args.crop_size)
+        value, run_config = trainer(*common, processes=2, threads=args.threads, extra=["--mixed-precision", "no"])
+        checksums = run_config.get("rank_weight_checksums", [])
+        if len(checksums) != 2 or checksums[0] != checksums[1]:
+            raise RuntimeError(f"the two ranks did not train one model (weight checksums {checksums})")
+        return value
+
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        row(batch, "reference", reference_loop, args.data, args.steps, args.warmup, batch, args.crop_size, args.device)
         if args.device == "cpu":
-            row(batch, "trainer", lambda: run(["--mixed-precision", "no"]))
-
-            def two_processes() -> float:
-                value, run_config = trainer(*common, processes=2, threads=args.threads, extra=["--mixed-precision", "no"])
-                checksums = run_config.get("rank_weight_checksums", [])
-                if len(checksums) != 2 or checksums[0] != checksums[1]:
-                    raise RuntimeError(f"the two ranks did not train one model (weight checksums {checksums})")
-                return value
-
-            row(batch, "trainer, 2 processes (gloo)", two_processes)
+            row(batch, "trainer", samples_per_s, batch, ["--mixed-precision", "no"])
+            row(batch, "trainer, 2 processes (gloo)", two_processes, batch)
             continue
-        row(batch, "trainer fp32", lambda: run(["--mixed-precision", "no", "--compile", "off"], "single_gpu.yaml"))
-        row(batch, "trainer bf16 eager", lambda: run(["--compile", "off"], "single_gpu.yaml"))
-        row(batch, "trainer bf16 compiled", lambda: run(["--compile", "on"], "single_gpu.yaml"))
+        row(
+            batch,
+            "trainer fp32",
+            samples_per_s,
+            batch,
+            ["--mixed-precision", "no", "--compile", "off"],
+            "single_gpu.yaml",
+        )
+        row(batch, "trainer bf16 eager", samples_per_s, batch, ["--compile", "off"], "single_gpu.yaml")
+        row(batch, "trainer bf16 compiled", samples_per_s, batch, ["--compile", "on"], "single_gpu.yaml")
         for stage in (2, 3):
-            row(batch, f"DeepSpeed ZeRO-{stage} bf16", lambda stage=stage: run([], f"deepspeed_zero{stage}.yaml"))
+            row(batch, f"DeepSpeed ZeRO-{stage} bf16", samples_per_s, batch, [], f"deepspeed_zero{stage}.yaml")
 
     print()
     for (batch, name), value in results.items():

@@ -11,7 +11,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device=torch.device("cpu")):
+def timed(fn, device: torch.device | None = None):
+    device = device or torch.device("cpu")
     synchronize(device)
     start = time.perf_counter()
     result = fn()

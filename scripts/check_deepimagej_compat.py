@@ -53,7 +53,9 @@ print(json.dumps({"torch": torch.__version__, "max_abs_diff": float(diff.max()),
 def ensure_env(env: Path, torch_version: str) -> Path:
     python = env / "bin" / "python"
     probe = [str(python), "-c", "import torch, numpy; print(torch.__version__)"]
-    if python.exists() and subprocess.run(probe, capture_output=True, text=True).stdout.strip().startswith(torch_version):
+    if python.exists() and subprocess.run(probe, capture_output=True, text=True).stdout.strip().startswith(
+        torch_version
+    ):
         return python
     print(f"building {env} with torch=={torch_version} (a few GB, once)...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
@@ -76,18 +78,28 @@ def main() -> int:
         size = next(a for a in rdf["inputs"][0]["axes"] if a.get("id") == "y")["size"]
         sizes = [size["min"] + k * size["step"] for k in range(3)]
         halo = next(a for a in rdf["outputs"][0]["axes"] if a.get("id") == "y").get("halo", 0)
-        result = subprocess.run([str(python), "-c", CHECK, tmp, json.dumps(sizes), str(halo)], capture_output=True, text=True)
+        result = subprocess.run(
+            [str(python), "-c", CHECK, tmp, json.dumps(sizes), str(halo)], capture_output=True, text=True
+        )
     if result.returncode != 0:
         print(f"FAILED: the TorchScript does not run on torch {args.torch}:\n{result.stderr[-3000:]}")
         return 1
     report = json.loads(result.stdout.strip().splitlines()[-1])
     ok_values = report["finite"] and report["deepimagej_mismatched"] == 0 and report["padding_max_abs_diff"] <= 1e-3
-    ok_shapes = all(shape[-2:] == [s, s] and shape[1] == 2 for s, shape in ((int(k), v) for k, v in report["shapes"].items()))
-    print(f"torch {report['torch']}: test output max |diff| {report['max_abs_diff']:.3g}; elements outside "
-          f"deepImageJ's tolerance {report['deepimagej_mismatched']}/{report['elements']}, outside bioimage.io's "
-          f"default {report['bioimageio_mismatched']}; sizes {sizes} -> {list(report['shapes'].values())}; "
-          f"test input padded by the {halo} px halo: interior max |diff| {report['padding_max_abs_diff']:.3g}")
-    print("OK: loads, runs at every tile size, reproduces the test output and skips halo padding" if ok_values and ok_shapes else "FAILED")
+    ok_shapes = all(
+        shape[-2:] == [s, s] and shape[1] == 2 for s, shape in ((int(k), v) for k, v in report["shapes"].items())
+    )
+    print(
+        f"torch {report['torch']}: test output max |diff| {report['max_abs_diff']:.3g}; elements outside "
+        f"deepImageJ's tolerance {report['deepimagej_mismatched']}/{report['elements']}, outside bioimage.io's "
+        f"default {report['bioimageio_mismatched']}; sizes {sizes} -> {list(report['shapes'].values())}; "
+        f"test input padded by the {halo} px halo: interior max |diff| {report['padding_max_abs_diff']:.3g}"
+    )
+    print(
+        "OK: loads, runs at every tile size, reproduces the test output and skips halo padding"
+        if ok_values and ok_shapes
+        else "FAILED"
+    )
     return 0 if ok_values and ok_shapes else 1
 
 

@@ -89,16 +89,23 @@ class Check:
             fn(re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower())
             self.say(f"## {name}: done in {time.perf_counter() - tic:.0f} s")
         except Exception as exc:  # report and go on: one broken row must not hide the others
-            self.say(f"## {name}: FAILED after {time.perf_counter() - tic:.0f} s: {type(exc).__name__}: {str(exc)[-1500:]}")
+            self.say(
+                f"## {name}: FAILED after {time.perf_counter() - tic:.0f} s: {type(exc).__name__}: {str(exc)[-1500:]}"
+            )
 
     def command(self, log: str, cmd: list[str], timeout: float | None = None, **kwargs) -> tuple[str, float]:
         """Runs ``cmd`` (output streamed to the terminal and the row's log); returns (output, seconds)."""
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-               "PYTHONUNBUFFERED": "1", **kwargs.pop("env", {})}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            "PYTHONUNBUFFERED": "1",
+            **kwargs.pop("env", {}),
+        }
         tic = time.perf_counter()
         lines = []
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
-                              **kwargs) as proc:
+        with subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, **kwargs
+        ) as proc:
             for line in proc.stdout:
                 lines.append(line)
                 if not PROGRESS_BAR.search(line):  # progress bars stay out of the terminal and the logs
@@ -113,8 +120,19 @@ class Check:
 
 
 def train_command(config: str | None, *args: str) -> list[str]:
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_configs" / config),
-              "--num_processes", "1"] if config else [sys.executable]
+    launch = (
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(ROOT / "accelerate_configs" / config),
+            "--num_processes",
+            "1",
+        ]
+        if config
+        else [sys.executable]
+    )
     return [*launch, str(ROOT / "trainer" / "train.py"), *args]
 
 
@@ -132,8 +150,10 @@ def main() -> None:
     quick = args.quick
     size, image_size, folder_images = (128, 256, 3) if quick else (256, 1024, 20)
     crop, batches = ("64", "4") if quick else ("128", "32,256")
-    check.say(f"# gpu_check: torch {torch.__version__}, CUDA {torch.version.cuda}, "
-              f"device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, quick={quick}")
+    check.say(
+        f"# gpu_check: torch {torch.__version__}, CUDA {torch.version.cuda}, "
+        f"device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, quick={quick}"
+    )
 
     data = logdir / "data"
     synthetic_pairs(data / "train", 6 if quick else 24, size)
@@ -145,11 +165,30 @@ def main() -> None:
     def deepspeed(name: str) -> None:
         for stage in (2, 3):
             out = logdir / f"zero{stage}"
-            common = ["--data", str(data), "--output-dir", str(out), "--batch-size", "4" if quick else "32",
-                      "--crop-size", crop, "--checkpointing-steps", "10", "--validation-steps", "0", "--log-steps", "5", *small]
+            common = [
+                "--data",
+                str(data),
+                "--output-dir",
+                str(out),
+                "--batch-size",
+                "4" if quick else "32",
+                "--crop-size",
+                crop,
+                "--checkpointing-steps",
+                "10",
+                "--validation-steps",
+                "0",
+                "--log-steps",
+                "5",
+                *small,
+            ]
             check.command(name, train_command(f"deepspeed_zero{stage}.yaml", *common, "--max-steps", "10"))
-            output, _ = check.command(name, train_command(f"deepspeed_zero{stage}.yaml", *common, "--max-steps", "20",
-                                                          "--resume-from-checkpoint", "latest"))
+            output, _ = check.command(
+                name,
+                train_command(
+                    f"deepspeed_zero{stage}.yaml", *common, "--max-steps", "20", "--resume-from-checkpoint", "latest"
+                ),
+            )
             if "at step 10" not in output:
                 raise RuntimeError(f"ZeRO-{stage} did not resume from step 10")
             saved = json.loads((out / "config.json").read_text())
@@ -157,33 +196,90 @@ def main() -> None:
 
             weights = load_file(out / "model.safetensors")
             finite = all(v.dtype == torch.float32 and bool(torch.isfinite(v).all()) for v in weights.values())
-            speeds = [json.loads(line)["train/samples_per_s"] for line in (out / "logs" / "train.jsonl").read_text().splitlines()]
-            check.say(f"ZeRO-{stage} {saved['mixed_precision']}: step {saved['step']} after resume, fp32 finite weights: "
-                      f"{finite}, samples/s (last window) {speeds[-1]:.0f}")
+            speeds = [
+                json.loads(line)["train/samples_per_s"]
+                for line in (out / "logs" / "train.jsonl").read_text().splitlines()
+            ]
+            check.say(
+                f"ZeRO-{stage} {saved['mixed_precision']}: step {saved['step']} after resume, fp32 finite weights: "
+                f"{finite}, samples/s (last window) {speeds[-1]:.0f}"
+            )
             if not finite or saved["mixed_precision"] != "bf16":
                 raise RuntimeError(f"ZeRO-{stage}: weights finite {finite}, precision {saved['mixed_precision']}")
 
     def training(name: str) -> None:
-        check.command(name, [sys.executable, str(ROOT / "scripts" / "benchmark_training.py"), "--data", str(data),
-                             "--device", args.device, "--batch-sizes", batches, "--crop-size", crop,
-                             "--steps", "4" if quick else "30", "--warmup", "2" if quick else "10"])
+        check.command(
+            name,
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "benchmark_training.py"),
+                "--data",
+                str(data),
+                "--device",
+                args.device,
+                "--batch-sizes",
+                batches,
+                "--crop-size",
+                crop,
+                "--steps",
+                "4" if quick else "30",
+                "--warmup",
+                "2" if quick else "10",
+            ],
+        )
 
     def train_run(name: str) -> None:
-        check.command(name, train_command(None, "--data", str(data), "--output-dir", str(run), "--max-steps", "20",
-                                          "--batch-size", "8", "--crop-size", crop, "--checkpointing-steps", "20",
-                                          "--validation-steps", "0", *small, *sampler_defaults))
+        check.command(
+            name,
+            train_command(
+                None,
+                "--data",
+                str(data),
+                "--output-dir",
+                str(run),
+                "--max-steps",
+                "20",
+                "--batch-size",
+                "8",
+                "--crop-size",
+                crop,
+                "--checkpointing-steps",
+                "20",
+                "--validation-steps",
+                "0",
+                *small,
+                *sampler_defaults,
+            ),
+        )
 
     def sampler(name: str) -> None:
-        check.command(name, [sys.executable, str(ROOT / "scripts" / "benchmark_sampler.py"), "--model", str(run),
-                             "--device", args.device, "--size", str(image_size), "--samples", "2" if quick else "8",
-                             "--steps", "2" if quick else "20", "--skip-reference"])
+        check.command(
+            name,
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "benchmark_sampler.py"),
+                "--model",
+                str(run),
+                "--device",
+                args.device,
+                "--size",
+                str(image_size),
+                "--samples",
+                "2" if quick else "8",
+                "--steps",
+                "2" if quick else "20",
+                "--skip-reference",
+            ],
+        )
 
     def predict(name: str) -> None:
         images = logdir / "images"
         rng = np.random.default_rng(0)
         (images / "folder").mkdir(parents=True, exist_ok=True)
         for i in range(folder_images):
-            tifffile.imwrite(images / "folder" / f"img_{i:02d}.tif", (rng.random((image_size, image_size)) * 1000).astype(np.uint16))
+            tifffile.imwrite(
+                images / "folder" / f"img_{i:02d}.tif", (rng.random((image_size, image_size)) * 1000).astype(np.uint16)
+            )
         tifffile.imwrite(images / "one.tif", (rng.random((image_size, image_size)) * 1000).astype(np.uint16))
         results = {}
         for label, source in (("one image", images / "one.tif"), (f"{folder_images} images", images / "folder")):
@@ -191,10 +287,27 @@ def main() -> None:
                 with tempfile.TemporaryDirectory() as cache:  # cold compile cache, as a first-time user
                     output = logdir / "predictions" / f"{label.replace(' ', '_')}_{mode}"
                     target = output / "one.tif" if source.suffix else output
-                    _, seconds = check.command(name, [sys.executable, "-m", "hazematching", "predict", "--model", str(run),
-                                                      "--input", str(source), "--output", str(target), "--overwrite",
-                                                      "--compile", mode, "--device", args.device],
-                                               env={"TORCHINDUCTOR_CACHE_DIR": cache})
+                    _, seconds = check.command(
+                        name,
+                        [
+                            sys.executable,
+                            "-m",
+                            "hazematching",
+                            "predict",
+                            "--model",
+                            str(run),
+                            "--input",
+                            str(source),
+                            "--output",
+                            str(target),
+                            "--overwrite",
+                            "--compile",
+                            mode,
+                            "--device",
+                            args.device,
+                        ],
+                        env={"TORCHINDUCTOR_CACHE_DIR": cache},
+                    )
                 results[(label, mode)] = seconds
                 check.say(f"predict {label}, --compile {mode}: {seconds:.1f} s (process start included)")
             check.say(f"predict {label}: auto / off time = {results[(label, 'auto')] / results[(label, 'off')]:.2f}x")
@@ -223,8 +336,10 @@ def main() -> None:
                 out = model(torch.from_numpy(test_input).to(args.device)).float().cpu().numpy()
                 seconds = time.perf_counter() - tic
             relative = float(np.abs(out - expected).max() / np.abs(expected).max())
-            check.say(f"package {args.package.name} on {args.device}: max |out - test output| / max |test output| = "
-                      f"{relative:.2e} ({seconds:.2f} s for a {test_input.shape} input)")
+            check.say(
+                f"package {args.package.name} on {args.device}: max |out - test output| / max |test output| = "
+                f"{relative:.2e} ({seconds:.2f} s for a {test_input.shape} input)"
+            )
             if relative > 1e-3:
                 raise RuntimeError(f"the package does not reproduce its test output on {args.device}: {relative:.2e}")
 

@@ -29,7 +29,9 @@ def write_pair(path: Path, shape=(64, 64), dtype=np.uint16, seed=0) -> Path:
     return path
 
 
-def run_trainer(args: list[str], launcher: list[str] | None = None, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
+def run_trainer(
+    args: list[str], launcher: list[str] | None = None, timeout: int = 600, **kwargs
+) -> subprocess.CompletedProcess:
     """Run trainer/train.py in a subprocess (optionally under `accelerate launch`)."""
     cmd = (launcher or [sys.executable]) + [str(REPO / "trainer" / "train.py"), *args]
     env = kwargs.pop("env", None) or {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -37,13 +39,33 @@ def run_trainer(args: list[str], launcher: list[str] | None = None, timeout: int
 
 
 def accelerate_launcher(config: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "accelerate_configs" / config),
+        *extra,
+    ]
 
 
 def _train_once(tmp_path_factory, name: str, data: Path, *flags: str) -> Path:
     out = tmp_path_factory.mktemp(name) / "run"
-    result = run_trainer(["--data", str(data), "--output-dir", str(out), "--batch-size", "4", "--crop-size", "64",
-                          "--lr", "5e-4", *flags])
+    result = run_trainer(
+        [
+            "--data",
+            str(data),
+            "--output-dir",
+            str(out),
+            "--batch-size",
+            "4",
+            "--crop-size",
+            "64",
+            "--lr",
+            "5e-4",
+            *flags,
+        ]
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return out
 
@@ -51,12 +73,36 @@ def _train_once(tmp_path_factory, name: str, data: Path, *flags: str) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(sim_data, tmp_path_factory) -> Path:
     """A HazeMatching run trained briefly on the simulated data (default architecture)."""
-    return _train_once(tmp_path_factory, "trained", sim_data, "--max-steps", "120", "--checkpointing-steps", "120",
-                       "--validation-steps", "0", "--sampler-steps", "4", "--sampler-samples", "4")
+    return _train_once(
+        tmp_path_factory,
+        "trained",
+        sim_data,
+        "--max-steps",
+        "120",
+        "--checkpointing-steps",
+        "120",
+        "--validation-steps",
+        "0",
+        "--sampler-steps",
+        "4",
+        "--sampler-samples",
+        "4",
+    )
 
 
 @pytest.fixture(scope="session")
 def baseline_run(sim_data, tmp_path_factory) -> Path:
     """The U-Net point-predictor baseline, same backbone, trained briefly."""
-    return _train_once(tmp_path_factory, "baseline", sim_data, "--max-steps", "60", "--checkpointing-steps", "60",
-                       "--validation-steps", "60", "--objective", "mse")
+    return _train_once(
+        tmp_path_factory,
+        "baseline",
+        sim_data,
+        "--max-steps",
+        "60",
+        "--checkpointing-steps",
+        "60",
+        "--validation-steps",
+        "60",
+        "--objective",
+        "mse",
+    )

@@ -1,8 +1,11 @@
 """The package's rooms: no import cycle between modules, and the core stays torch-only."""
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import hazematching
 
@@ -25,7 +28,9 @@ def imports(path: Path, modules: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             for alias in node.names:
                 found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
     return {m for m in found if m in modules and m != name}
@@ -47,7 +52,7 @@ def test_no_import_cycles():
         path.append(node)
         for nxt in sorted(edges[node]):
             if state.get(nxt) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt) :] + [nxt]))
             if nxt not in state:
                 visit(nxt)
         path.pop()
@@ -80,3 +85,14 @@ def test_core_imports_torch_only():
             else:
                 continue
             assert roots <= {"torch"} | set(sys.stdlib_module_names), f"{path.name} imports {roots}"
+
+
+def test_ruff_check_and_format_are_clean():
+    """The lint rules and formatting configured in pyproject.toml hold for the whole repository."""
+    pytest.importorskip("ruff")
+    root = Path(__file__).resolve().parents[1]  # the repository, wherever the package is installed
+    for command in (["check"], ["format", "--check"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, str(root)], capture_output=True, text=True, cwd=root
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]

@@ -1,9 +1,10 @@
 """The whole HazeMatching method as one module: raw widefield image in, [MMSE, std] out.
 
 This is what the bioimage.io package runs (TorchScript or state dict): normalisation with the
-training statistics, K samples of the N-step ODE solve (Euler, midpoint or Heun) with in-graph hash noise (fixed seed, so
-every call and every device gives the same result), mean and std over the samples, both mapped back
-to target intensities, and the std calibrated (a * std + b) when the run was calibrated. Doing the
+training statistics, K samples of the N-step ODE solve (Euler, midpoint or Heun) with in-graph hash
+noise (fixed seed, so every call and every device gives the same result), mean and std over the
+samples, both mapped back to target intensities, and the std calibrated (a * std + b) when the run
+was calibrated. Doing the
 normalisation inside keeps the result identical in every consumer, whatever pre/post-processing
 ops it implements and however it tiles.
 
@@ -60,7 +61,9 @@ class Dehazer(nn.Module):
         # channels_last weights: ~15 % faster CPU convolutions; load_state_dict and TorchScript keep it
         self.to(memory_format=torch.channels_last)
 
-    def posterior(self, cond: torch.Tensor, origin_y: torch.Tensor, origin_x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def posterior(
+        self, cond: torch.Tensor, origin_y: torch.Tensor, origin_x: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Mean and std (normalised units) of the K samples of one tile."""
         mean = torch.zeros_like(cond)
         m2 = torch.zeros_like(cond)
@@ -80,9 +83,11 @@ class Dehazer(nn.Module):
         for dim, n in ((2, h), (3, w)):
             outer_first, outer_last = image.narrow(dim, 0, m), image.narrow(dim, n - m, m)
             first = torch.equal(outer_first, image.narrow(dim, m, m).flip(dim)) or torch.equal(
-                outer_first, image.narrow(dim, m + 1, m).flip(dim))  # symmetric or reflect
+                outer_first, image.narrow(dim, m + 1, m).flip(dim)
+            )  # symmetric or reflect
             last = torch.equal(outer_last, image.narrow(dim, n - 2 * m, m).flip(dim)) or torch.equal(
-                outer_last, image.narrow(dim, n - 2 * m - 1, m).flip(dim))
+                outer_last, image.narrow(dim, n - 2 * m - 1, m).flip(dim)
+            )
             sides.append(m if first else 0)
             sides.append(m if last else 0)
         return sides

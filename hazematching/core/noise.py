@@ -13,6 +13,7 @@ import math
 
 import torch
 
+
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
     """(x * c) mod 2**32 for 0 <= x, c < 2**32 without int64 overflow."""
     hi = ((x >> 16) * c) & 0xFFFF
@@ -44,7 +45,7 @@ def hash_normal(
     width: int,
     origin_y: torch.Tensor | None = None,
     origin_x: torch.Tensor | None = None,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device = torch.device("cpu"),  # noqa: B008 (TorchScript needs a literal default)
 ) -> torch.Tensor:
     """Standard-normal noise of shape (batch, channels, height, width), float32.
 
@@ -102,4 +103,3 @@ def keyed_time(keys: torch.Tensor, seed: int, grid_points: int = 0) -> torch.Ten
     if grid_points:
         return (torch.floor(u * grid_points) / (grid_points - 1)).float()
     return u.float()
-

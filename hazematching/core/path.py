@@ -19,8 +19,8 @@ def target_velocity(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     return x1 - x0
 
 
-def cfm_loss(model, x1: torch.Tensor, cond: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """MSE between the predicted and the conditional target velocity."""
+def cfm_loss(model, x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """MSE between the predicted and the conditional target velocity at x_t = interpolate(x0, x1, t)."""
     xt = interpolate(x0, x1, t)
     v = model(xt, cond, t)
     return F.mse_loss(v.float(), target_velocity(x0, x1).float())

@@ -33,7 +33,9 @@ class Posterior:
     samples: torch.Tensor | None  # (B, K, C, H, W) when keep_samples
 
 
-def update_moments(mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def update_moments(
+    mean: torch.Tensor, m2: torch.Tensor, x: torch.Tensor, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Welford's update with the ``count``-th sample (1-based): memory does not grow with K."""
     delta = x - mean
     mean = mean + delta / count
@@ -81,8 +83,10 @@ class ODESampler(nn.Module):
         """Samples ``sample_index .. sample_index + count - 1`` for every item of ``cond``, integrated
         together as one network batch; returns (count * B, C, H, W), sample-major."""
         b, h, w = cond.shape[0], cond.shape[2], cond.shape[3]
-        noise = [hash_normal(seed, sample_index + s, b, self.out_channels, h, w, origin_y, origin_x, cond.device)
-                 for s in range(count)]
+        noise = [
+            hash_normal(seed, sample_index + s, b, self.out_channels, h, w, origin_y, origin_x, cond.device)
+            for s in range(count)
+        ]
         x0 = torch.cat(noise, dim=0).to(cond.dtype)
         if count > 1:
             cond = cond.repeat(count, 1, 1, 1)
@@ -101,7 +105,7 @@ def sample_posterior(
     origin_y: torch.Tensor | None = None,
     origin_x: torch.Tensor | None = None,
     on_sample: Callable[[int], None] | None = None,
-    solver: str = "euler",
+    solver: str | None = None,
     samples_per_batch: int = 1,
 ) -> Posterior:
     """Draw ``num_samples`` samples for a batch of (normalised) hazy images ``cond``.
@@ -109,13 +113,19 @@ def sample_posterior(
     ``samples_per_batch`` samples go through the network together (more parallel work per call on a
     GPU); the rest are reduced on the fly, so memory does not grow with K unless ``keep_samples``.
     ``origin_y``/``origin_x`` place tiles in a larger image; ``on_sample(n)`` is called after every
-    ``n`` finished samples (progress bars).
+    ``n`` finished samples (progress bars). ``solver``: for a network, default Euler; an
+    ``ODESampler`` brings its own, and asking it for another one is an error, not ignored.
     """
     if num_samples < 1 or steps < 1:
         raise ValueError(f"num_samples and steps must be >= 1, got {num_samples} and {steps}")
     if samples_per_batch < 1:
         raise ValueError(f"samples_per_batch must be >= 1, got {samples_per_batch}")
-    sampler = model if isinstance(model, ODESampler) else ODESampler(model, getattr(model, "in_channels", cond.shape[1]), solver)
+    if isinstance(model, ODESampler):
+        if solver is not None and solver != model.solver:
+            raise ValueError(f"solver={solver!r}, but this ODESampler was built with solver={model.solver!r}")
+        sampler = model
+    else:  # the state x_t has the network's output (velocity) channels
+        sampler = ODESampler(model, getattr(model, "out_channels", cond.shape[1]), solver or "euler")
     b, _, h, w = cond.shape
     mean = torch.zeros(b, sampler.out_channels, h, w, device=cond.device, dtype=torch.float32)
     m2 = torch.zeros_like(mean)

@@ -3,7 +3,7 @@
 Sized like the paper's guided-diffusion U-Net (base width 32, one residual block per level) but
 local by default: normalisation is per pixel over channels (``norm="channel"``) and attention is
 off, so a pixel's output depends only on a bounded neighbourhood. That keeps tiled prediction equal
-to whole-image prediction and memory linear in the image size (see DESIGN.md, "Locality").
+to whole-image prediction and memory linear in the image size (README, "Design decisions").
 ``norm="group"`` and ``attention_levels`` reproduce the reference's GroupNorm/attention when wanted.
 The same backbone without time conditioning (``time_conditioning=False``) is the point-predictor.
 """
@@ -147,6 +147,7 @@ class UNet(nn.Module):
         if any(level >= len(channel_mults) for level in attention_levels):
             raise ValueError(f"attention_levels {attention_levels} outside 0..{len(channel_mults) - 1}")
         self.in_channels = in_channels
+        self.out_channels = out_channels
         self.cond_channels = cond_channels
         self.time_conditioning = time_conditioning
         self.stride = 2 ** (len(channel_mults) - 1)
@@ -173,7 +174,9 @@ class UNet(nn.Module):
         self.upsample = nn.ModuleList()
         for i in reversed(range(len(widths) - 1)):
             self.upsample.append(nn.Conv2d(cin, widths[i], 3, padding=1))
-            self.up.append(Level(2 * widths[i], widths[i], num_res_blocks, emb_dim, norm, dropout, i in attention_levels))
+            self.up.append(
+                Level(2 * widths[i], widths[i], num_res_blocks, emb_dim, norm, dropout, i in attention_levels)
+            )
             cin = widths[i]
         self.head = nn.Sequential(make_norm(norm, cin), nn.SiLU(), nn.Conv2d(cin, out_channels, 3, padding=1))
 

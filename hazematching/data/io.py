@@ -150,7 +150,9 @@ def load_splits(
     if train_dir != data and (data / "val").is_dir():
         return train, read_split(data / "val", min_size, mmap)
     if len(train) < 2:
-        raise DataError(f"{train_dir}: one image cannot be split into training and validation; add images or pass --val-data")
+        raise DataError(
+            f"{train_dir}: one image cannot be split into training and validation; add images or pass --val-data"
+        )
     n_val = min(len(train) - 1, max(1, round(val_fraction * len(train))))
     return train[:-n_val], train[-n_val:]
 
@@ -167,15 +169,21 @@ def read_image_2d(path: Path, min_size: int, channel: int | None = None) -> np.n
     if channel is not None and array.ndim == 3:
         axis = 0 if array.shape[0] <= array.shape[-1] else 2
         if not 0 <= channel < array.shape[axis]:
-            raise DataError(f"{path}: --channel {channel} requested but the image of shape {array.shape} has "
-                            f"{array.shape[axis]} channel(s)")
+            raise DataError(
+                f"{path}: --channel {channel} requested but the image of shape {array.shape} has "
+                f"{array.shape[axis]} channel(s)"
+            )
         array = np.take(array, channel, axis=axis)
     if array.ndim == 3 and (array.shape[-1] in (3, 4) or array.shape[0] in (3, 4)):
-        raise DataError(f"{path}: shape {array.shape} looks like an RGB/multi-channel image; expected one 2D channel (Y, X) "
-                        "(pick one with --channel C)")
+        raise DataError(
+            f"{path}: shape {array.shape} looks like an RGB/multi-channel image; expected one 2D channel (Y, X) "
+            "(pick one with --channel C)"
+        )
     if array.ndim != 2:
-        raise DataError(f"{path}: shape {array.shape}; expected a 2D (Y, X) image, not a stack"
-                        + (" (a channel image? pick one with --channel C)" if array.ndim == 3 and min(array.shape) <= 4 else ""))
+        raise DataError(
+            f"{path}: shape {array.shape}; expected a 2D (Y, X) image, not a stack"
+            + (" (a channel image? pick one with --channel C)" if array.ndim == 3 and min(array.shape) <= 4 else "")
+        )
     if min(array.shape) < min_size:
         raise DataError(f"{path}: image of shape {array.shape} is smaller than the minimum {min_size} x {min_size}")
     return array.astype(np.float32)

@@ -13,7 +13,15 @@ from torch.utils.data import Sampler
 
 
 class StepBatchSampler(Sampler[list[int]]):
-    def __init__(self, dataset_len: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, start_micro_step: int = 0):
+    def __init__(
+        self,
+        dataset_len: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start_micro_step: int = 0,
+    ):
         self.length = dataset_len
         self.batch_size = batch_size
         self.seed = seed
@@ -21,7 +29,7 @@ class StepBatchSampler(Sampler[list[int]]):
         self.world_size = world_size
         self.start = start_micro_step
 
-    @lru_cache(maxsize=4)
+    @lru_cache(maxsize=4)  # noqa: B019 (one sampler per run: the cache lives as long as it must)
     def _permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.length)
 

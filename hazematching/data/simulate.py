@@ -106,7 +106,9 @@ def split_counts(num_images: int) -> dict[str, int]:
     return {"train": num_images - val - test, "val": val, "test": test}
 
 
-def simulate_dataset(out: Path, num_images: int = 24, size: int = 256, seed: int = 0, depth: int = 32, progress: bool = True) -> dict[str, int]:
+def simulate_dataset(
+    out: Path, num_images: int = 24, size: int = 256, seed: int = 0, depth: int = 32, progress: bool = True
+) -> dict[str, int]:
     """Write ``out/{train,val,test}/sim_XXXX.tif``; returns the split sizes."""
     if size < 32:
         raise ValueError(f"--size must be >= 32, got {size}")

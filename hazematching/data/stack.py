@@ -103,8 +103,14 @@ def _ome_pixel_sizes(xml: str) -> PixelSizes:
     get = lambda key: float(pixels.get(key)) if pixels.get(key) else None  # noqa: E731
     unit = pixels.get("PhysicalSizeXUnit", "µm") if pixels.get("PhysicalSizeX") else None
     t = get("TimeIncrement")
-    return PixelSizes(get("PhysicalSizeX"), get("PhysicalSizeY"), get("PhysicalSizeZ"), _normalize_unit(unit),
-                      t, pixels.get("TimeIncrementUnit", "s") if t is not None else None)
+    return PixelSizes(
+        get("PhysicalSizeX"),
+        get("PhysicalSizeY"),
+        get("PhysicalSizeZ"),
+        _normalize_unit(unit),
+        t,
+        pixels.get("TimeIncrementUnit", "s") if t is not None else None,
+    )
 
 
 def _pixel_sizes(tif: tifffile.TiffFile, kind: str) -> PixelSizes:
@@ -130,8 +136,10 @@ def parse_axes(axes: str) -> str:
     axes = axes.strip().upper()
     bad = sorted(set(axes) - set(KNOWN_AXES))
     if bad or len(set(axes)) != len(axes) or not axes.endswith("YX"):
-        raise DataError(f"--axes {axes!r}: expected distinct letters from {KNOWN_AXES} ending in YX, e.g. TZYX or ZCYX"
-                        + (f" (unknown: {''.join(bad)})" if bad else ""))
+        raise DataError(
+            f"--axes {axes!r}: expected distinct letters from {KNOWN_AXES} ending in YX, e.g. TZYX or ZCYX"
+            + (f" (unknown: {''.join(bad)})" if bad else "")
+        )
     return axes
 
 
@@ -154,22 +162,27 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
             keyframe = series.keyframe
             pages = series.pages
             num_pages = len(pages)
-            ends = [max((o + n for o, n in zip(p.dataoffsets, p.databytecounts)), default=0)
-                    for p in pages if p is not None]
+            ends = [
+                max((o + n for o, n in zip(p.dataoffsets, p.databytecounts)), default=0) for p in pages if p is not None
+            ]
             offset = series.dataoffset
             pixel_sizes = _pixel_sizes(tif, kind)
             page_shape = tuple(keyframe.shape)
             # a cut-off file loses its last pages silently: compare with what the metadata promise
             promised = (tif.imagej_metadata or {}).get("images", 1) if tif.is_imagej else None
             damaged = (tif.is_ome and series.kind != "ome") or (
-                promised is not None and promised != math.prod(shape[:-2]) // (shape[-1] if stored_axes.endswith("S") else 1))
+                promised is not None
+                and promised != math.prod(shape[:-2]) // (shape[-1] if stored_axes.endswith("S") else 1)
+            )
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise DataError(f"{path}: cannot be read as TIFF ({type(exc).__name__}: {exc})") from exc
     finally:
         quiet.level = level
     if damaged:
-        raise DataError(f"{path}: truncated or damaged: its {kind} metadata describe more planes than the file holds; "
-                        "copy the file again")
+        raise DataError(
+            f"{path}: truncated or damaged: its {kind} metadata describe more planes than the file holds; "
+            "copy the file again"
+        )
     if dtype.type not in SUPPORTED_DTYPES:
         raise DataError(f"{path}: unsupported pixel type {dtype}; expected uint8, uint16 or float")
     if stored_axes.endswith("S") and shape[-1] in (3, 4):
@@ -177,8 +190,10 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
     size = path.stat().st_size
     nbytes = math.prod(shape) * dtype.itemsize
     if (offset is not None and offset + nbytes > size) or any(end > size for end in ends):
-        raise DataError(f"{path}: truncated: the file has {size} bytes but its pixel data need "
-                        f"{(offset or 0) + nbytes if offset is not None else max(ends)}; copy the file again")
+        raise DataError(
+            f"{path}: truncated: the file has {size} bytes but its pixel data need "
+            f"{(offset or 0) + nbytes if offset is not None else max(ends)}; copy the file again"
+        )
     full_shape = shape
     keep = [i for i, n in enumerate(shape) if n > 1 or i >= len(shape) - 2]  # singleton axes carry nothing
     stored_axes, shape = "".join(stored_axes[i] for i in keep), tuple(shape[i] for i in keep)
@@ -187,34 +202,49 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
         if len(given) == len(full_shape) and len(full_shape) != len(shape):
             given = "".join(given[i] for i in keep)
         if len(given) != len(shape):
-            raise DataError(f"{path}: --axes {given} has {len(given)} axes but the image has shape {full_shape} "
-                            f"({len(shape)} non-singleton axes, stored as {stored_axes!r})")
+            raise DataError(
+                f"{path}: --axes {given} has {len(given)} axes but the image has shape {full_shape} "
+                f"({len(shape)} non-singleton axes, stored as {stored_axes!r})"
+            )
         file_axes = given
     else:
         file_axes = stored_axes.replace("S", "C") if "C" not in stored_axes else stored_axes
         unknown = sorted(set(file_axes) - set(KNOWN_AXES))
         if unknown or not file_axes.endswith("YX"):
-            raise DataError(f"{path}: unknown axes {stored_axes!r} for shape {shape}: the file does not say which "
-                            f"axis is time, depth or channel; pass --axes, e.g. --axes {'TZYX'[-len(shape):] if len(shape) <= 4 else 'TZCYX'}")
+            raise DataError(
+                f"{path}: unknown axes {stored_axes!r} for shape {shape}: the file does not say which "
+                "axis is time, depth or channel; pass --axes, e.g. --axes "
+                f"{'TZYX'[-len(shape) :] if len(shape) <= 4 else 'TZCYX'}"
+            )
     if min(shape[-2:]) < min_size:
-        raise DataError(f"{path}: YX planes of {shape[-2]} x {shape[-1]} are smaller than the minimum {min_size} x {min_size}")
+        raise DataError(
+            f"{path}: YX planes of {shape[-2]} x {shape[-1]} are smaller than the minimum {min_size} x {min_size}"
+        )
     if "C" in file_axes:
         channels = shape[file_axes.index("C")]
         if channel is None and channels > 1:
-            raise DataError(f"{path}: has {channels} channels (axes {file_axes}); pick the one the model was trained "
-                            "for with --channel C (e.g. --channel 1 for the widefield channel of paired files)")
+            raise DataError(
+                f"{path}: has {channels} channels (axes {file_axes}); pick the one the model was trained "
+                "for with --channel C (e.g. --channel 1 for the widefield channel of paired files)"
+            )
         if channel is not None and not 0 <= channel < channels:
-            raise DataError(f"{path}: --channel {channel} requested but the image (axes {file_axes}, shape {shape}) has "
-                            f"{channels} channel(s)")
+            raise DataError(
+                f"{path}: --channel {channel} requested but the image (axes {file_axes}, shape {shape}) has "
+                f"{channels} channel(s)"
+            )
         channel = channel or 0
     elif channel not in (None, 0):
-        raise DataError(f"{path}: --channel {channel} requested but the image (axes {file_axes}, shape {shape}) has one channel")
+        raise DataError(
+            f"{path}: --channel {channel} requested but the image (axes {file_axes}, shape {shape}) has one channel"
+        )
     else:
         channel = None
     per_page = math.prod(page_shape) // (shape[-2] * shape[-1])
     if page_shape[-2:] != shape[-2:] or per_page * num_pages != math.prod(shape[:-2]):
-        raise DataError(f"{path}: pages of shape {page_shape} do not hold whole YX planes of the series {shape}; "
-                        "save the stack as an ImageJ hyperstack or OME-TIFF")
+        raise DataError(
+            f"{path}: pages of shape {page_shape} do not hold whole YX planes of the series {shape}; "
+            "save the stack as an ImageJ hyperstack or OME-TIFF"
+        )
     return StackInfo(path, kind, file_axes, shape, dtype, channel, pixel_sizes, offset, per_page)
 
 
@@ -302,8 +332,9 @@ def create_output(path: Path, info: StackInfo, axes: str, shape: tuple[int, ...]
     resolution = None
     if sizes.x and sizes.y:
         resolution = (1.0 / sizes.x, 1.0 / sizes.y)
-    options = dict(shape=shape, dtype="<f4", byteorder="<", returnoffset=True,
-                   metadata=_metadata(kind, axes, sizes, description))
+    options = dict(
+        shape=shape, dtype="<f4", byteorder="<", returnoffset=True, metadata=_metadata(kind, axes, sizes, description)
+    )
     if kind == "imagej":
         options.update(imagej=True, resolution=resolution)
     else:
@@ -340,5 +371,5 @@ class PlaneWriter:
 
 def describe(info: StackInfo) -> str:
     return f"{info.path.name}: axes {info.axes}, shape {info.shape}, {info.planes} plane(s)" + (
-        f", channel {info.channel}" if info.channel is not None else "")
-
+        f", channel {info.channel}" if info.channel is not None else ""
+    )

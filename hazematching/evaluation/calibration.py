@@ -45,7 +45,9 @@ def fit_calibration(curve: CalibrationCurve) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def plot_calibration(before: CalibrationCurve, after: CalibrationCurve, scale: float, offset: float, path, title: str) -> None:
+def plot_calibration(
+    before: CalibrationCurve, after: CalibrationCurve, scale: float, offset: float, path, title: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,7 +56,10 @@ def plot_calibration(before: CalibrationCurve, after: CalibrationCurve, scale: f
     fig, ax = plt.subplots(figsize=(5, 5))
     top = max(before.rmv.max(), before.rmse.max(), after.rmv.max(), after.rmse.max()) * 1.05
     ax.plot([0, top], [0, top], "k--", lw=1, label="y = x")
-    for curve, colour, label in [(before, "tab:blue", "uncalibrated"), (after, "tab:purple", f"calibrated (a={scale:.3g}, b={offset:.3g})")]:
+    for curve, colour, label in [
+        (before, "tab:blue", "uncalibrated"),
+        (after, "tab:purple", f"calibrated (a={scale:.3g}, b={offset:.3g})"),
+    ]:
         ax.plot(curve.rmv, curve.rmse, "o-", color=colour, ms=4, label=label)
         ax.fill_between(curve.rmv, curve.rmse - curve.rmse_se, curve.rmse + curve.rmse_se, color=colour, alpha=0.25)
     ax.set_xlabel("RMV (root mean predicted variance)")

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from hazematching.data.io import read_split
 from hazematching.evaluation import metrics
 from hazematching.evaluation.calibration import calibration_curve, fit_calibration, plot_calibration
-from hazematching.data.io import read_split
 from hazematching.evaluation.perceptual import FID, LPIPS, patches
 from hazematching.inference.predict import predict_array, resolve_device
 from hazematching.run import Calibration, LoadedRun, RunError, atomic_write_bytes, load_model, write_description
@@ -107,7 +107,9 @@ def evaluate(
     (output_dir / "figures").mkdir(parents=True, exist_ok=True)
     per_image, fid_patches = {}, {}
     for pair in tqdm(pairs, desc="evaluating", disable=not progress):
-        pred = predict_array(run, pair.input, keep_samples=True, progress=False, job_planes=len(pairs), **predict_options)
+        pred = predict_array(
+            run, pair.input, keep_samples=True, progress=False, job_planes=len(pairs), **predict_options
+        )
         candidates = {"widefield input": [pair.input]}
         if baseline is not None:
             tile = predict_options.get("tile_size")
@@ -115,7 +117,8 @@ def evaluate(
         candidates["HazeMatching MMSE"] = [pred.mean]
         candidates["HazeMatching sample"] = list(pred.samples[:metric_samples])
         per_image[pair.name] = {
-            row: _mean_rows([image_metrics(image, pair.target, lpips) for image in images]) for row, images in candidates.items()
+            row: _mean_rows([image_metrics(image, pair.target, lpips) for image in images])
+            for row, images in candidates.items()
         }
         if fid is not None:
             lo, hi = float(pair.target.min()), float(pair.target.max())
@@ -125,7 +128,11 @@ def evaluate(
         panels = [("input", pair.input), ("target", pair.target)]
         if baseline is not None:
             panels.append(("U-Net", candidates["U-Net baseline"][0]))
-        panels += [("MMSE", pred.mean)] + [(f"sample {i + 1}", s) for i, s in enumerate(pred.samples[:2])] + [("std", pred.std)]
+        panels += (
+            [("MMSE", pred.mean)]
+            + [(f"sample {i + 1}", s) for i, s in enumerate(pred.samples[:2])]
+            + [("std", pred.std)]
+        )
         save_figure(output_dir / "figures" / f"{pair.name}.png", panels)
     methods = list(next(iter(per_image.values())).keys())
     mean = {m: _mean_rows([per_image[name][m] for name in per_image]) for m in methods}
@@ -134,7 +141,9 @@ def evaluate(
             mean[m]["fid"] = fid(fid_patches["target"], fid_patches[m])
     not_computed = {}
     if lpips is None:
-        not_computed["lpips"] = "not computed: pass --lpips-backbone and --lpips-linear (local TorchScript + safetensors files)"
+        not_computed["lpips"] = (
+            "not computed: pass --lpips-backbone and --lpips-linear (local TorchScript + safetensors files)"
+        )
     if fid is None:
         not_computed["fid"] = "not computed: pass --fid-backbone (a local TorchScript feature extractor)"
     result = {
@@ -153,8 +162,15 @@ def evaluate(
 
 
 def markdown_table(mean: dict) -> str:
-    columns = [("psnr", "PSNR (dB) ↑"), ("ms_ssim", "MS-SSIM ↑"), ("micro_ms3im", "MicroMS3IM ↑"), ("fsim", "FSIM ↑"),
-               ("gmsd", "GMSD ↓"), ("lpips", "LPIPS ↓"), ("fid", "FID ↓")]
+    columns = [
+        ("psnr", "PSNR (dB) ↑"),
+        ("ms_ssim", "MS-SSIM ↑"),
+        ("micro_ms3im", "MicroMS3IM ↑"),
+        ("fsim", "FSIM ↑"),
+        ("gmsd", "GMSD ↓"),
+        ("lpips", "LPIPS ↓"),
+        ("fid", "FID ↓"),
+    ]
     present = [(k, title) for k, title in columns if any(k in row for row in mean.values())]
     lines = ["| method | " + " | ".join(t for _, t in present) + " |", "|---" * (len(present) + 1) + "|"]
     for method, row in mean.items():
@@ -162,7 +178,9 @@ def markdown_table(mean: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _errors_and_stds(run: LoadedRun, directory: Path, progress: bool, **predict_options) -> tuple[np.ndarray, np.ndarray]:
+def _errors_and_stds(
+    run: LoadedRun, directory: Path, progress: bool, **predict_options
+) -> tuple[np.ndarray, np.ndarray]:
     stds, errors = [], []
     pairs = read_split(directory)
     for pair in tqdm(pairs, desc=f"predicting {Path(directory).name}", disable=not progress):

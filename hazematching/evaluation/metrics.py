@@ -51,8 +51,11 @@ def ms_ssim(prediction, target) -> float:
     scales = max(1, min(5, int(math.floor(math.log2((size - 1) / 10))) + 1))
     betas = tuple(b / sum(betas[:scales]) for b in betas[:scales])
     value = multiscale_structural_similarity_index_measure(
-        fitted[None, None].float(), target[None, None].float(),
-        data_range=float(target.max() - target.min()), betas=betas, normalize="relu",
+        fitted[None, None].float(),
+        target[None, None].float(),
+        data_range=float(target.max() - target.min()),
+        betas=betas,
+        normalize="relu",
     )
     return float(value)
 
@@ -61,7 +64,9 @@ def micro_ms3im(prediction, target) -> float:
     """MicroMS3IM (microssim), fitted on this pair. Needs images larger than 160 px."""
     from microssim import micro_multiscale_structural_similarity
 
-    return float(micro_multiscale_structural_similarity(np.asarray(target, np.float64), np.asarray(prediction, np.float64)))
+    return float(
+        micro_multiscale_structural_similarity(np.asarray(target, np.float64), np.asarray(prediction, np.float64))
+    )
 
 
 def gmsd(prediction, target) -> float:
@@ -84,8 +89,16 @@ def gmsd(prediction, target) -> float:
     return float(gms.std(unbiased=False))
 
 
-def _phase_congruency(image: np.ndarray, scales: int = 4, orientations: int = 4, min_wavelength: float = 6.0,
-                      mult: float = 2.0, sigma_on_f: float = 0.55, d_theta_on_sigma: float = 1.2, k: float = 2.0) -> np.ndarray:
+def _phase_congruency(
+    image: np.ndarray,
+    scales: int = 4,
+    orientations: int = 4,
+    min_wavelength: float = 6.0,
+    mult: float = 2.0,
+    sigma_on_f: float = 0.55,
+    d_theta_on_sigma: float = 1.2,
+    k: float = 2.0,
+) -> np.ndarray:
     """Kovesi's phase congruency with log-Gabor filters, as used by FSIM (Zhang et al. 2011)."""
     rows, cols = image.shape
     spectrum = np.fft.fft2(image)
@@ -120,12 +133,16 @@ def _phase_congruency(image: np.ndarray, scales: int = 4, orientations: int = 4,
         sum_amplitude = sum(np.abs(r) for r in responses)
         x_energy = np.sqrt(sum_even**2 + sum_odd**2) + 1e-4
         mean_even, mean_odd = sum_even / x_energy, sum_odd / x_energy
-        energy = sum(r.real * mean_even + r.imag * mean_odd - np.abs(r.real * mean_odd - r.imag * mean_even) for r in responses)
+        energy = sum(
+            r.real * mean_even + r.imag * mean_odd - np.abs(r.real * mean_odd - r.imag * mean_even) for r in responses
+        )
         # noise threshold from the smallest scale's median response
         em_n = np.sum((log_gabor[0] * spread) ** 2)
         noise_power = -np.median(np.abs(responses[0]) ** 2) / np.log(0.5) / em_n
         sum_an2 = sum(np.sum(f**2) for f in filters_spatial)
-        sum_aiaj = sum(np.sum(filters_spatial[i] * filters_spatial[j]) for i in range(scales) for j in range(i + 1, scales))
+        sum_aiaj = sum(
+            np.sum(filters_spatial[i] * filters_spatial[j]) for i in range(scales) for j in range(i + 1, scales)
+        )
         noise_energy2 = 2 * noise_power * sum_an2 + 4 * noise_power * sum_aiaj
         tau = np.sqrt(max(noise_energy2, 0.0) / 2)
         threshold = (tau * np.sqrt(np.pi / 2) + k * np.sqrt((2 - np.pi / 2) * tau**2)) / 1.7

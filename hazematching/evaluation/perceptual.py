@@ -66,7 +66,9 @@ class LPIPS:
         """Per-patch distance for (N, 3, H, W) inputs in [0, 1]."""
         fx, fy = self.backbone(2 * x - 1), self.backbone(2 * y - 1)
         if len(fx) != len(self.weights):
-            raise BackboneError(f"backbone returns {len(fx)} feature maps but there are {len(self.weights)} linear layers")
+            raise BackboneError(
+                f"backbone returns {len(fx)} feature maps but there are {len(self.weights)} linear layers"
+            )
         total = torch.zeros(x.shape[0])
         for a, b, w in zip(fx, fy, self.weights):
             if a.shape[1] != w.shape[1]:

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hazematching.version import __version__
 from hazematching.data.io import TIFF_SUFFIXES, DataError
 from hazematching.data.stack import PlaneReader, PlaneWriter, StackInfo, create_output, open_stack, parse_axes
+from hazematching.inference.speed import bf16_supported
 from hazematching.run import WEIGHTS_NAME, LoadedRun, RunError, atomic_write_bytes, load_model
 from hazematching.settings import resolve_options
-from hazematching.inference.speed import bf16_supported
+from hazematching.version import __version__
 
 MANIFEST_NAME = "hazematching_manifest.json"
 WORK_NAME = ".hazematching-work"
@@ -85,14 +85,18 @@ def list_inputs(input_path: Path, recursive: bool = False, exclude: Path | None 
     skip = exclude.resolve() if exclude is not None else None
     candidates = input_path.rglob("*") if recursive else input_path.iterdir()
     files = sorted(
-        p for p in candidates
-        if p.suffix.lower() in TIFF_SUFFIXES and p.is_file()
+        p
+        for p in candidates
+        if p.suffix.lower() in TIFF_SUFFIXES
+        and p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(input_path).parts)
         and not (skip is not None and p.resolve().is_relative_to(skip))
     )
     if not files:
-        raise DataError(f"{input_path}: no .tif/.tiff files to predict"
-                        + ("" if recursive else " (--recursive also looks in sub-folders)"))
+        raise DataError(
+            f"{input_path}: no .tif/.tiff files to predict"
+            + ("" if recursive else " (--recursive also looks in sub-folders)")
+        )
     return files
 
 
@@ -109,16 +113,30 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def result_settings(run: LoadedRun, model_dir: Path, device: torch.device, options: dict, channel, axes,
-                    keep_samples: bool, calibrated: bool) -> dict:
+def result_settings(
+    run: LoadedRun,
+    model_dir: Path,
+    device: torch.device,
+    options: dict,
+    channel,
+    axes,
+    keep_samples: bool,
+    calibrated: bool,
+) -> dict:
     """Everything that changes the output numbers: outputs made with other settings are never mixed in."""
     # the options of predict_array that change the numbers (the others change only speed)
     settings = resolve_options(run.config, options).model_dump()
     precision = options.get("precision", "auto")
-    settings["precision"] = "bf16" if precision == "bf16" or (precision == "auto" and bf16_supported(device)) else "fp32"
-    settings.update(model_sha256=file_sha256(Path(model_dir) / WEIGHTS_NAME), channel=channel, axes=axes,
-                    save_samples=keep_samples,
-                    calibration=run.config.calibration.model_dump() if calibrated and run.config.calibration else None)
+    settings["precision"] = (
+        "bf16" if precision == "bf16" or (precision == "auto" and bf16_supported(device)) else "fp32"
+    )
+    settings.update(
+        model_sha256=file_sha256(Path(model_dir) / WEIGHTS_NAME),
+        channel=channel,
+        axes=axes,
+        save_samples=keep_samples,
+        calibration=run.config.calibration.model_dump() if calibrated and run.config.calibration else None,
+    )
     if run.objective == "mse":  # one deterministic prediction: no sampler settings
         for key in ("samples", "steps", "solver", "seed", "save_samples", "calibration"):
             settings.pop(key)
@@ -135,18 +153,28 @@ class Manifest:
             try:
                 self.files = json.loads(path.read_text())["files"]
             except (json.JSONDecodeError, KeyError) as exc:
-                raise JobError(f"{path}: not a hazematching manifest ({exc}); move it away or use another --output") from exc
+                raise JobError(
+                    f"{path}: not a hazematching manifest ({exc}); move it away or use another --output"
+                ) from exc
 
     def save(self) -> None:
-        body = {"format": 1, "hazematching": __version__, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "files": self.files}
+        body = {
+            "format": 1,
+            "hazematching": __version__,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "files": self.files,
+        }
         atomic_write_bytes(self.path, json.dumps(body, indent=2, default=str).encode())
 
     def complete(self, job: FileJob, settings: dict) -> bool:
         """Made with these settings from this very input (same size and modification time), all outputs present."""
         entry = self.files.get(job.key, {})
-        return (entry.get("status") == "complete" and entry.get("settings") == settings
-                and entry.get("input_stat") == input_stat(job.input) and all(p.is_file() for p in job.outputs.values()))
+        return (
+            entry.get("status") == "complete"
+            and entry.get("settings") == settings
+            and entry.get("input_stat") == input_stat(job.input)
+            and all(p.is_file() for p in job.outputs.values())
+        )
 
     def conflicts(self, settings: dict, keys: list[str]) -> list[str]:
         """Complete outputs among ``keys`` made with other settings, as 'file: key a -> b' lines."""
@@ -155,8 +183,11 @@ class Manifest:
             entry = self.files.get(key, {})
             old = entry.get("settings") or {}
             if entry.get("status") == "complete" and old != settings:
-                diff = [f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
-                        if old.get(k) != settings.get(k) and k != "model_sha256"]
+                diff = [
+                    f"{k} {old.get(k)!r} -> {settings.get(k)!r}"
+                    for k in sorted(set(old) | set(settings))
+                    if old.get(k) != settings.get(k) and k != "model_sha256"
+                ]
                 if old.get("model_sha256") != settings.get("model_sha256"):
                     diff.insert(0, "another model")
                 lines.append(f"{key}: {', '.join(diff)}")
@@ -170,12 +201,14 @@ def _check_writable(folder: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise JobError(f"cannot write to the output folder {folder} ({exc.strerror or exc}); "
-                       "choose a writable --output") from exc
+        raise JobError(
+            f"cannot write to the output folder {folder} ({exc.strerror or exc}); choose a writable --output"
+        ) from exc
 
 
-def _jobs(inputs: list[Path], input_root: Path, output: Path, single_file: bool, keep_samples: bool,
-          point_predictor: bool) -> list[FileJob]:
+def _jobs(
+    inputs: list[Path], input_root: Path, output: Path, single_file: bool, keep_samples: bool, point_predictor: bool
+) -> list[FileJob]:
     """One job per input; sub-folders of the input are mirrored in the output."""
     jobs = []
     for path in inputs:
@@ -222,7 +255,12 @@ class WorkFolder:
     def prepare(self, job: FileJob, settings: dict, keep_samples: bool) -> None:
         """Reuse the work copies of an interrupted run with the same settings, else start afresh."""
         folder, info = self.folder(job), job.info
-        state = {"settings": settings, "input_size": job.input.stat().st_size, "axes": info.axes, "shape": list(info.shape)}
+        state = {
+            "settings": settings,
+            "input_size": job.input.stat().st_size,
+            "axes": info.axes,
+            "shape": list(info.shape),
+        }
         state_path = folder / "state.json"
         try:
             old = json.loads(state_path.read_text())
@@ -317,9 +355,14 @@ def predict_experiment(
             if run.objective == "mse" and (keep_samples or calibrated):
                 raise RunError("a U-Net baseline run predicts one image: it has no samples and no std to calibrate")
             if calibrated and run.config.calibration is None:
-                raise RunError("this run is not calibrated: run `hazematching calibrate --model RUN --data VAL_DIR` first")
+                raise RunError(
+                    "this run is not calibrated: run `hazematching calibrate --model RUN --data VAL_DIR` first"
+                )
             if input_path.is_dir() and folder.resolve() == input_path.resolve():
-                raise JobError(f"--output {output_path} is the input folder: outputs would mix with the inputs; choose another --output")
+                raise JobError(
+                    f"--output {output_path} is the input folder: outputs would mix with the inputs; choose another "
+                    "--output"
+                )
             inputs = list_inputs(input_path, recursive, exclude=None if single_file else output_path)
             jobs = _jobs(inputs, input_path, output_path, single_file, keep_samples, run.objective == "mse")
             _check_writable(folder)
@@ -328,7 +371,9 @@ def predict_experiment(
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
-                raise JobError(f"another hazematching predict is writing to {folder}; wait for it or use another --output") from exc
+                raise JobError(
+                    f"another hazematching predict is writing to {folder}; wait for it or use another --output"
+                ) from exc
             manifest = Manifest(folder / MANIFEST_NAME)
             plan = _plan(jobs, manifest, work, settings, overwrite, channel, axes, keep_samples, single_file)
         except Exception as exc:  # every process must hear of it, or the others wait forever
@@ -365,12 +410,21 @@ def predict_experiment(
                     close_current()
                     current, reader, writers = index, None, {}
                     reader = PlaneReader(job.info)
-                    writers = {name: PlaneWriter(work.partial(job, name), job.offsets[name], job.info.plane_shape)
-                               for name in job.outputs}
+                    writers = {
+                        name: PlaneWriter(work.partial(job, name), job.offsets[name], job.info.plane_shape)
+                        for name in job.outputs
+                    }
                 image = reader.read(plane)
                 seed = derive_seed(plan["settings"].get("seed", 0), job.name, plane)
-                result = predict_array(run, image, keep_samples=keep_samples, calibrated=calibrated,
-                                       progress=inner_progress, job_planes=len(mine), **{**options, "seed": seed})
+                result = predict_array(
+                    run,
+                    image,
+                    keep_samples=keep_samples,
+                    calibrated=calibrated,
+                    progress=inner_progress,
+                    job_planes=len(mine),
+                    **{**options, "seed": seed},
+                )
                 for name, writer in writers.items():
                     if name == "samples":
                         writer.write(plane * result.samples.shape[0], result.samples)
@@ -387,8 +441,13 @@ def predict_experiment(
                 monitor.poll()
     finally:
         close_current()
-    mine_stats = {"rank": state.process_index, "planes": computed, "busy_s": round(busy, 3),
-                  "wall_s": round(time.time() - started, 3), "device": str(run_device)}
+    mine_stats = {
+        "rank": state.process_index,
+        "planes": computed,
+        "busy_s": round(busy, 3),
+        "wall_s": round(time.time() - started, 3),
+        "device": str(run_device),
+    }
     marker = work.root / f"launch-{plan['launch']}" / f"rank{state.process_index}.json"
     marker.parent.mkdir(exist_ok=True)
     atomic_write_bytes(marker, json.dumps(mine_stats).encode())
@@ -403,31 +462,51 @@ def predict_experiment(
     return result
 
 
-def _plan(jobs, manifest: Manifest, work: WorkFolder, settings: dict, overwrite: bool, channel, axes,
-          keep_samples: bool, single_file: bool) -> dict:
+def _plan(
+    jobs,
+    manifest: Manifest,
+    work: WorkFolder,
+    settings: dict,
+    overwrite: bool,
+    channel,
+    axes,
+    keep_samples: bool,
+    single_file: bool,
+) -> dict:
     """Main process: check inputs, refuse to mix settings, prepare work copies, list pending planes."""
     conflicts = manifest.conflicts(settings, [job.key for job in jobs])
     if conflicts and not overwrite:
-        raise JobError(f"{manifest.path} lists results made with other settings:\n  " + "\n  ".join(conflicts[:10])
-                       + "\nuse another --output, or --overwrite to recompute these files with the new settings")
+        raise JobError(
+            f"{manifest.path} lists results made with other settings:\n  "
+            + "\n  ".join(conflicts[:10])
+            + "\nuse another --output, or --overwrite to recompute these files with the new settings"
+        )
     for job in jobs:
         foreign = [p for p in job.outputs.values() if p.exists() and job.key not in manifest.files]
         if foreign and not overwrite:
-            raise JobError(f"{foreign[0]} exists but was not written by this tool (not in {manifest.path.name}); "
-                           "move it, use another --output, or --overwrite")
+            raise JobError(
+                f"{foreign[0]} exists but was not written by this tool (not in {manifest.path.name}); "
+                "move it, use another --output, or --overwrite"
+            )
     launch = uuid.uuid4().hex[:12]
     for old in work.root.glob("launch-*"):
         shutil.rmtree(old, ignore_errors=True)
     units, skipped = [], []
     for index, job in enumerate(jobs):
-        entry = {"input": str(job.input.resolve()), "input_stat": input_stat(job.input),
-                 "outputs": {k: p.name for k, p in job.outputs.items()}, "settings": settings}
+        entry = {
+            "input": str(job.input.resolve()),
+            "input_stat": input_stat(job.input),
+            "outputs": {k: p.name for k, p in job.outputs.items()},
+            "settings": settings,
+        }
         if not overwrite and manifest.complete(job, settings):
             skipped.append(job.key)
             continue
         try:
             job.info = open_stack(job.input, axes, channel, MIN_SIZE)
-            entry.update(axes=job.info.axes, shape=list(job.info.shape), planes=job.info.planes, channel=job.info.channel)
+            entry.update(
+                axes=job.info.axes, shape=list(job.info.shape), planes=job.info.planes, channel=job.info.channel
+            )
             if overwrite:
                 shutil.rmtree(work.folder(job), ignore_errors=True)
             work.prepare(job, settings, keep_samples)
@@ -453,8 +532,13 @@ class _Monitor:
         self.open = {i for i, j in enumerate(jobs) if j.info is not None and j.key not in plan["skipped"]}
         self.finished, self.failed = [], {j.key: j.error for j in jobs if j.error}
         self.done = {i: 0 for i in self.open}
-        self.bar = tqdm(total=sum(jobs[i].info.planes for i in self.open), desc="dehazing", unit="plane",
-                        disable=not progress, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=sum(jobs[i].info.planes for i in self.open),
+            desc="dehazing",
+            unit="plane",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         self.last = 0.0
         self.poll(force=True)
 
@@ -519,24 +603,33 @@ class _Monitor:
         planes = sum(r["planes"] for r in ranks)
         busy = [r["busy_s"] for r in ranks]
         return {
-            "complete": self.finished, "skipped": plan["skipped"], "failed": self.failed,
-            "planes": planes, "seconds": round(wall, 3), "planes_per_s": round(planes / wall, 4) if wall else None,
+            "complete": self.finished,
+            "skipped": plan["skipped"],
+            "failed": self.failed,
+            "planes": planes,
+            "seconds": round(wall, 3),
+            "planes_per_s": round(planes / wall, 4) if wall else None,
             "balance": round(min(busy) / max(busy), 3) if busy and max(busy) > 0 else 1.0,
-            "ranks": ranks, "manifest": str(self.manifest.path),
+            "ranks": ranks,
+            "manifest": str(self.manifest.path),
         }
 
 
 def summary_lines(result: dict) -> list[str]:
-    lines = [f"{len(result['complete'])} file(s) dehazed, {len(result['skipped'])} already complete (skipped), "
-             f"{len(result['failed'])} failed; {result['planes']} plane(s) in {result['seconds']:.1f} s "
-             f"({result['planes_per_s'] or 0:.3g} planes/s)"]
+    lines = [
+        f"{len(result['complete'])} file(s) dehazed, {len(result['skipped'])} already complete (skipped), "
+        f"{len(result['failed'])} failed; {result['planes']} plane(s) in {result['seconds']:.1f} s "
+        f"({result['planes_per_s'] or 0:.3g} planes/s)"
+    ]
     if len(result["ranks"]) > 1:
-        lines.append("per process: " + ", ".join(f"rank {r['rank']}: {r['planes']} planes, {r['busy_s']:.1f} s busy"
-                                                  for r in result["ranks"]) + f" (balance {result['balance']:.2f})")
+        lines.append(
+            "per process: "
+            + ", ".join(f"rank {r['rank']}: {r['planes']} planes, {r['busy_s']:.1f} s busy" for r in result["ranks"])
+            + f" (balance {result['balance']:.2f})"
+        )
     for key, message in result["failed"].items():
         lines.append(f"FAILED {key}: {message}")
     lines.append(f"manifest: {result['manifest']}")
     if result["skipped"]:
         lines.append("(complete outputs are kept; --overwrite recomputes them)")
     return lines
-

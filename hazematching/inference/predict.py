@@ -9,16 +9,17 @@ serves the U-Net baseline run, which gives a single deterministic prediction.
 """
 
 from dataclasses import dataclass
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from hazematching.core import evaluations_per_step, sample_posterior
 from hazematching.data.io import DataError
-from hazematching.run import LoadedRun, RunError
-from hazematching.settings import resolve_settings
 from hazematching.inference.speed import fast_network, images_per_call, samples_per_batch, tiles_per_batch
 from hazematching.inference.tiling import tiles
+from hazematching.run import LoadedRun, RunError
+from hazematching.settings import resolve_settings
 
 MIN_SIZE = 16
 
@@ -102,7 +103,9 @@ def predict_array(
     net = run.fast.get(key) or fast_network(run.model, device, compile, precision, evaluations)
     if net.compiled is not None or compile == "off":  # an uncompiled "auto" may compile for a bigger job
         run.fast[key] = net
-    per_call = sample_batch or samples_per_batch(device, samples, min(batch_size, len(all_tiles)), images_per_call(device))
+    per_call = sample_batch or samples_per_batch(
+        device, samples, min(batch_size, len(all_tiles)), images_per_call(device)
+    )
     full = len(batches[0])
     with tqdm(total=total, desc="predicting", unit="sample", disable=not progress, leave=False) as bar:
         for batch in batches:
@@ -119,8 +122,17 @@ def predict_array(
                 origin_y = torch.tensor([t.y.start - height // 2 for t in padded])
                 origin_x = torch.tensor([t.x.start - width // 2 for t in padded])
                 post = sample_posterior(
-                    net, cond, samples, steps, seed, keep_samples=keep_samples, origin_y=origin_y, origin_x=origin_x,
-                    on_sample=bar.update, solver=solver, samples_per_batch=per_call,
+                    net,
+                    cond,
+                    samples,
+                    steps,
+                    seed,
+                    keep_samples=keep_samples,
+                    origin_y=origin_y,
+                    origin_x=origin_x,
+                    on_sample=bar.update,
+                    solver=solver,
+                    samples_per_batch=per_call,
                 )
                 out_mean, out_std, out_samples = post.mean, post.std, post.samples
             out_mean = out_mean.float().cpu().numpy()
@@ -129,7 +141,9 @@ def predict_array(
                 if out_std is not None:
                     std[t.kept()] = out_std[i, 0].cpu().numpy()[t.kept_in_tile()]
                 if out_samples is not None:
-                    kept[(slice(None), *t.kept())] = out_samples[i, :, 0].cpu().numpy()[(slice(None), *t.kept_in_tile())]
+                    kept[(slice(None), *t.kept())] = (
+                        out_samples[i, :, 0].cpu().numpy()[(slice(None), *t.kept_in_tile())]
+                    )
     mean = norm.denormalize_target(mean).astype(np.float32)
     if std is not None:
         std *= np.float32(norm.target_std)
@@ -138,4 +152,3 @@ def predict_array(
     if kept is not None:
         kept = norm.denormalize_target(kept).astype(np.float32)
     return Prediction(mean, std, kept)
-

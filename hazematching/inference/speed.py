@@ -55,7 +55,7 @@ class FastNetwork(nn.Module):
         # dynamic=None: the first tile shape compiles static kernels; a second shape (an image of
         # another size) recompiles once with symbolic sizes, which then serve every later size
         self.compiled = torch.compile(net, dynamic=None, options={"freezing": True}) if compile else None
-        self.in_channels = getattr(net, "in_channels", 1)
+        self.out_channels = getattr(net, "out_channels", 1)
 
     def _call(self, fn, x, cond, t):
         if self.bf16:
@@ -68,13 +68,16 @@ class FastNetwork(nn.Module):
             try:
                 return self._call(self.compiled, x, cond, t)
             except Exception as exc:  # compilation problems surface at the first call
-                warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); running eagerly", stacklevel=2)
+                warnings.warn(
+                    f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); running eagerly", stacklevel=2
+                )
                 self.compiled = None
         return self._call(self.net, x, cond, t)
 
 
-def fast_network(net: nn.Module, device: torch.device, compile: str = "auto", precision: str = "auto",
-                 evaluations: int = 0) -> nn.Module:
+def fast_network(
+    net: nn.Module, device: torch.device, compile: str = "auto", precision: str = "auto", evaluations: int = 0
+) -> nn.Module:
     """``compile``/``precision`` in auto/on/off and auto/fp32/bf16. ``evaluations`` (tile batches x
     samples x steps x evaluations per step of the whole job) lets ``auto`` skip compilation where it
     would cost more than it saves."""

@@ -1,10 +1,10 @@
 """Overlapping tiles whose kept regions partition the image (spans from ``core.tiles``, shared with
 the exported model).
 
-Tiles have one fixed size (so they batch). Tiles never reach outside the image, so a border tile sees exactly the border that a
-whole-image prediction sees; with hash noise keyed on image coordinates and a network of bounded
-receptive field, stitched tiles then equal the whole-image result up to what lies beyond
-``overlap / 2`` pixels.
+Tiles have one fixed size (so they batch). Tiles never reach outside the image, so a border tile
+sees exactly the border that a whole-image prediction sees; with hash noise keyed on image
+coordinates and a network of bounded receptive field, stitched tiles then equal the whole-image
+result up to what lies beyond ``overlap / 2`` pixels.
 """
 
 from dataclasses import dataclass

@@ -13,19 +13,27 @@ from hazematching.inference.speed import compile_problem
 
 def resolve_compile(mode: str, use_deepspeed: bool) -> bool:
     """--compile auto/on/off -> whether to compile; warns and trains eagerly where it cannot compile."""
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    device = (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
+    )
     main_process = int(os.environ.get("RANK", 0)) == 0
     if mode == "auto" and use_deepspeed and device.type == "cuda":
         # DeepSpeed's engine.compile has not been measured on a GPU by this project yet: opt in with --compile on
         if main_process:
-            print("note: --compile auto trains DeepSpeed eagerly; --compile on compiles the DeepSpeed engine", file=sys.stderr)
+            print(
+                "note: --compile auto trains DeepSpeed eagerly; --compile on compiles the DeepSpeed engine",
+                file=sys.stderr,
+            )
         return False
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return False
     problem = compile_problem(device)
     if problem is not None:
         if main_process:
-            print(f"warning: --compile {mode}: torch.compile does not work here ({problem}); training eagerly", file=sys.stderr)
+            print(
+                f"warning: --compile {mode}: torch.compile does not work here ({problem}); training eagerly",
+                file=sys.stderr,
+            )
         return False
     return True
 

@@ -55,10 +55,14 @@ def _add_fields(parser, model: type[BaseModel], prefix: str, dest_prefix: str) -
         if kind is bool:
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif is_tuple:
-            parser.add_argument(flag, dest=dest, type=_comma_list(kind), default=None, metavar="A,B,...", help=help_text)
+            parser.add_argument(
+                flag, dest=dest, type=_comma_list(kind), default=None, metavar="A,B,...", help=help_text
+            )
         else:
             metavar = None if choices else name.upper()
-            parser.add_argument(flag, dest=dest, type=kind, choices=choices, default=None, metavar=metavar, help=help_text)
+            parser.add_argument(
+                flag, dest=dest, type=kind, choices=choices, default=None, metavar=metavar, help=help_text
+            )
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:

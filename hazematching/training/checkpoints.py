@@ -40,7 +40,9 @@ def resolve_resume(value: str | None, checkpoint_dir: Path) -> Path | None:
         return latest_checkpoint(checkpoint_dir)
     path = Path(value)
     if not (path / COMPLETE_MARKER).is_file():
-        raise FileNotFoundError(f"--resume-from-checkpoint {value}: not a complete checkpoint folder (no {COMPLETE_MARKER})")
+        raise FileNotFoundError(
+            f"--resume-from-checkpoint {value}: not a complete checkpoint folder (no {COMPLETE_MARKER})"
+        )
     return path
 
 

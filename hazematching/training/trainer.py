@@ -30,7 +30,15 @@ from hazematching.data.dataset import FixedCropDataset, RandomCropDataset
 from hazematching.data.io import DataError, load_splits
 from hazematching.data.normalization import Normalization
 from hazematching.data.sampling import StepBatchSampler
-from hazematching.run import FORMAT_VERSION, RunDescription, architecture_kwargs, atomic_save_safetensors, atomic_write_bytes, save_run, versions
+from hazematching.run import (
+    FORMAT_VERSION,
+    RunDescription,
+    architecture_kwargs,
+    atomic_save_safetensors,
+    atomic_write_bytes,
+    save_run,
+    versions,
+)
 from hazematching.training import checkpoints
 from hazematching.training.accelerated import engine_dtype, engine_forward, full_parameters, resolve_compile
 from hazematching.training.args import parse_train_config
@@ -61,7 +69,9 @@ class Trainer:
         if config.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise TrainingError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no on CPU")
         try:
-            train_pairs, val_pairs = load_splits(config.data, config.val_data, config.val_fraction, config.crop_size, mmap=True)
+            train_pairs, val_pairs = load_splits(
+                config.data, config.val_data, config.val_fraction, config.crop_size, mmap=True
+            )
         except DataError as exc:
             raise TrainingError(str(exc)) from exc
         self.output_dir = config.output_dir
@@ -81,7 +91,9 @@ class Trainer:
                 print("no complete checkpoint found: starting a new training run", file=sys.stderr)
 
         self.normalization = Normalization.from_pairs(train_pairs)
-        self.train_set = RandomCropDataset(train_pairs, config.crop_size, self.normalization, seed=config.seed, augment=config.augment)
+        self.train_set = RandomCropDataset(
+            train_pairs, config.crop_size, self.normalization, seed=config.seed, augment=config.augment
+        )
         crops_per_image = math.ceil(config.validation_crops / len(val_pairs))
         self.val_set = FixedCropDataset(val_pairs, config.crop_size, self.normalization, crops_per_image)
         self.val_set.items = self.val_set.items[: config.validation_crops]
@@ -90,7 +102,10 @@ class Trainer:
         self.global_step = self._resume(resume_path) if resume_path is not None else 0
         self.ema.model.to(self.accelerator.device)
         self.loader = self._loader()
-        hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in json.loads(config.model_dump_json()).items()}
+        hparams = {
+            k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+            for k, v in json.loads(config.model_dump_json()).items()
+        }
         self.accelerator.init_trackers("hazematching", config=hparams)
 
     def _accelerator(self) -> Accelerator:
@@ -105,7 +120,9 @@ class Trainer:
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             dynamo_backend="inductor" if compiled else "no",  # compiled in prepare(), after DDP/DeepSpeed wrapping
             log_with="tensorboard",
-            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
+            project_config=ProjectConfiguration(
+                project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")
+            ),
         )
 
     def _model_and_optimizer(self) -> None:
@@ -116,8 +133,12 @@ class Trainer:
         deepspeed = accelerator.state.deepspeed_plugin
         if accelerator.device.type == "cuda" and deepspeed is None:
             model.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                      **({} if deepspeed else fused_or_foreach(accelerator.device)))
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            **({} if deepspeed else fused_or_foreach(accelerator.device)),
+        )
         if deepspeed is not None:
             deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
             deepspeed.deepspeed_config["gradient_clipping"] = config.max_grad_norm
@@ -126,14 +147,20 @@ class Trainer:
         self.forward = engine_forward(self.model, engine_dtype(accelerator))
 
     def _architecture(self) -> dict:
-        return {"objective": self.config.objective, "architecture": architecture_kwargs(self.config.model, self.config.objective)}
+        return {
+            "objective": self.config.objective,
+            "architecture": architecture_kwargs(self.config.model, self.config.objective),
+        }
 
     def _resume(self, resume_path: Path) -> int:
         state = json.loads((resume_path / checkpoints.COMPLETE_MARKER).read_text())
         wanted = self._architecture()
         saved = {key: state.get(key) for key in wanted}
         if saved != wanted:
-            raise TrainingError(f"{resume_path} was trained as {saved}, but the flags ask for {wanted}; resume with the same model flags")
+            raise TrainingError(
+                f"{resume_path} was trained as {saved}, but the flags ask for {wanted}; resume with the same model "
+                "flags"
+            )
         self.accelerator.load_state(str(resume_path))
         self.ema.load_state_dict(load_file(resume_path / EMA_NAME))
         if self.main_process:
@@ -152,8 +179,14 @@ class Trainer:
         )
         on_gpu = accelerator.device.type == "cuda"
         workers = config.num_workers if config.num_workers is not None else (4 if on_gpu else 0)
-        return DataLoader(self.train_set, batch_sampler=batch_sampler, num_workers=workers, pin_memory=on_gpu,
-                          persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+        return DataLoader(
+            self.train_set,
+            batch_sampler=batch_sampler,
+            num_workers=workers,
+            pin_memory=on_gpu,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers else None,
+        )
 
     def description(self, extra: dict | None = None) -> RunDescription:
         """The run's config.json: read back by ``load_model`` as the same typed description."""
@@ -182,13 +215,15 @@ class Trainer:
         keys = batch["key"].to(device, non_blocking=True)
         noise = keyed_normal(keys, config.seed, *target.shape[1:])
         t = keyed_time(keys, config.seed, config.time_grid_points)
-        return cfm_loss(self.forward, target, cond, noise, t)
+        return cfm_loss(self.forward, noise, target, t, cond)
 
     def train(self) -> None:
         config, accelerator = self.config, self.accelerator
         if config.validation_steps and self.global_step == 0:
             self.validate()
-        progress = tqdm(total=config.max_steps, initial=self.global_step, desc="training", disable=not self.main_process)
+        progress = tqdm(
+            total=config.max_steps, initial=self.global_step, desc="training", disable=not self.main_process
+        )
         samples_per_step = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
         window_start, window_steps = time.perf_counter(), 0
         self.model.train()
@@ -224,7 +259,11 @@ class Trainer:
 
     def log_training(self, loss: torch.Tensor, samples_per_s: float, progress) -> None:
         mean_loss = self.accelerator.reduce(loss.detach().float(), reduction="mean").item()
-        record = {"train/loss": mean_loss, "train/lr": learning_rate(self.config, self.global_step - 1), "train/samples_per_s": samples_per_s}
+        record = {
+            "train/loss": mean_loss,
+            "train/lr": learning_rate(self.config, self.global_step - 1),
+            "train/samples_per_s": samples_per_s,
+        }
         self.accelerator.log(record, step=self.global_step)
         if self.main_process:
             progress.set_postfix(loss=f"{mean_loss:.4f}")
@@ -265,12 +304,19 @@ class Trainer:
         accelerator = self.accelerator
         unwrapped = accelerator.unwrap_model(self.model)
         with full_parameters(accelerator, unwrapped):
-            checksum = torch.stack([sum(p.detach().double().sum() for p in unwrapped.parameters())]).to(accelerator.device)
+            checksum = torch.stack([sum(p.detach().double().sum() for p in unwrapped.parameters())]).to(
+                accelerator.device
+            )
         rank_checksums = accelerator.gather(checksum).cpu().tolist()
         if self.main_process:
-            save_run(self.output_dir, self.ema.state_dict(), self.description({"rank_weight_checksums": rank_checksums}))
-            print(f"saved {self.output_dir / 'model.safetensors'} (step {self.global_step}, "
-                  f"{accelerator.num_processes} process(es))", file=sys.stderr)
+            save_run(
+                self.output_dir, self.ema.state_dict(), self.description({"rank_weight_checksums": rank_checksums})
+            )
+            print(
+                f"saved {self.output_dir / 'model.safetensors'} (step {self.global_step}, "
+                f"{accelerator.num_processes} process(es))",
+                file=sys.stderr,
+            )
         accelerator.wait_for_everyone()
         accelerator.end_training()
         # A gloo group still alive at interpreter exit can abort ("terminate called without an active

@@ -27,7 +27,7 @@ def validation_loss(model, items: FixedCropDataset, config: TrainConfig, device,
                 keys = (torch.arange(start, start + len(batch)) * 10 + j).to(device)
                 noise = keyed_normal(keys, config.seed + 7, *target.shape[1:])
                 t_batch = torch.full((len(batch),), float(t), device=device)
-                losses.append(float(cfm_loss(model, target, cond, noise, t_batch)) * len(batch) / len(TIMES))
+                losses.append(float(cfm_loss(model, noise, target, t_batch, cond)) * len(batch) / len(TIMES))
     return sum(losses) / len(items)
 
 
@@ -41,6 +41,8 @@ def validation_grid(model, items: FixedCropDataset, config: TrainConfig, device,
         if config.objective == "mse":
             pred = model(torch.zeros_like(cond), cond).float().cpu()
             return sample_grid(cond.cpu(), target, [pred], pred, None)
-        posterior = sample_posterior(model, cond, num_samples=4, steps=config.sampler.steps, seed=config.sampler.seed, keep_samples=True)
+        posterior = sample_posterior(
+            model, cond, num_samples=4, steps=config.sampler.steps, seed=config.sampler.seed, keep_samples=True
+        )
     samples = posterior.samples.cpu()
     return sample_grid(cond.cpu(), target, [samples[:, 0], samples[:, 1]], posterior.mean.cpu(), posterior.std.cpu())

@@ -71,9 +71,9 @@ def test_path_endpoints_and_velocity():
 def test_cfm_loss_is_zero_for_the_oracle_velocity():
     x0, x1, cond = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
     oracle = lambda xt, c, t: x1 - x0  # noqa: E731
-    assert cfm_loss(oracle, x1, cond, x0, torch.rand(2)) == 0
+    assert cfm_loss(oracle, x0, x1, torch.rand(2), cond) == 0
     wrong = lambda xt, c, t: torch.zeros_like(xt)  # noqa: E731
-    assert torch.isclose(cfm_loss(wrong, x1, cond, x0, torch.rand(2)), ((x1 - x0) ** 2).mean())
+    assert torch.isclose(cfm_loss(wrong, x0, x1, torch.rand(2), cond), ((x1 - x0) ** 2).mean())
 
 
 def test_euler_sampler_solves_a_known_flow():
@@ -117,8 +117,12 @@ def test_solvers_on_known_flows(solver):
     expected_error = -cond / (2 * steps) if solver == "euler" else torch.zeros_like(cond)  # Euler's left Riemann sum
     torch.testing.assert_close(linear - (x0 + cond / 2), expected_error, atol=1e-5, rtol=0)
     # order of convergence on dx/dt = -x: the error shrinks 2x (Euler) or 4x (2nd order) per halving of dt
-    errors = [(sample_posterior(_Flow("decay"), cond, num_samples=1, steps=n, seed=0, solver=solver).mean
-               - x0 / torch.e).abs().max() for n in (8, 16)]
+    errors = [
+        (sample_posterior(_Flow("decay"), cond, num_samples=1, steps=n, seed=0, solver=solver).mean - x0 / torch.e)
+        .abs()
+        .max()
+        for n in (8, 16)
+    ]
     ratio = float(errors[0] / errors[1])
     assert (1.8 < ratio < 2.2) if solver == "euler" else (3.6 < ratio < 4.4), ratio
 
@@ -165,7 +169,9 @@ def test_upsample_nearest2x_equals_interpolate():
     from hazematching.core.unet import upsample_nearest2x
 
     x = torch.randn(2, 3, 5, 7)
-    torch.testing.assert_close(upsample_nearest2x(x), torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"), rtol=0, atol=0)
+    torch.testing.assert_close(
+        upsample_nearest2x(x), torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"), rtol=0, atol=0
+    )
 
 
 def test_upsample_nearest2x_keeps_channels_last():
@@ -200,3 +206,15 @@ def test_channel_norm_fused_channels_last_path_equals_the_formula():
     g_fused = torch.autograd.grad(fused, [x_cl, norm.weight, norm.bias], grad)
     for a, b in zip(g_fused, g_plain):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_sample_posterior_refuses_a_solver_its_ode_sampler_does_not_use():
+    from hazematching.core import ODESampler
+
+    net = UNet(base_channels=8, channel_mults=(1,), num_res_blocks=1).eval()
+    cond = torch.zeros(1, 1, 8, 8)
+    sampler = ODESampler(net, 1, "heun")
+    with pytest.raises(ValueError, match="built with solver='heun'"):
+        sample_posterior(sampler, cond, num_samples=1, steps=1, solver="euler")
+    same = sample_posterior(sampler, cond, num_samples=1, steps=2, seed=0).mean
+    assert torch.equal(same, sample_posterior(net, cond, num_samples=1, steps=2, seed=0, solver="heun").mean)

@@ -61,7 +61,9 @@ def test_keyed_normal_depends_only_on_seed_and_key():
     assert not torch.allclose(both[0], keyed_normal(torch.tensor([3]), 5, 2, 16, 24)[0])
     assert not torch.allclose(both[0, 0], both[0, 1])
     # keys beyond 32 bits stay distinct
-    assert not torch.allclose(keyed_normal(torch.tensor([3]), 4, 1, 8, 8), keyed_normal(torch.tensor([3 + 2**32]), 4, 1, 8, 8))
+    assert not torch.allclose(
+        keyed_normal(torch.tensor([3]), 4, 1, 8, 8), keyed_normal(torch.tensor([3 + 2**32]), 4, 1, 8, 8)
+    )
     z = keyed_normal(torch.arange(64), 0, 1, 32, 32)
     assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01
     across_items = torch.corrcoef(z.flatten(1)[:2])[0, 1]

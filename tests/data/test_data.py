@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-
 from conftest import write_pair
+
 from hazematching.data.dataset import FixedCropDataset, RandomCropDataset, dihedral
 from hazematching.data.io import DataError, load_splits, read_split
 from hazematching.data.normalization import Normalization
@@ -39,7 +39,10 @@ def test_folder_layout_matches_by_name(tmp_path):
         (lambda d: (d.mkdir(), (d / "notes.txt").write_text("hi")), "notes.txt: not a TIFF"),
         (lambda d: (d.mkdir(), (d / "broken.tif").write_bytes(b"not a tiff at all")), "broken.tif: cannot be read"),
         (lambda d: write_pair(d / "small.tif", shape=(20, 64)), "smaller than the crop"),
-        (lambda d: (d.mkdir(), tifffile.imwrite(d / "stack.tif", np.zeros((5, 2, 64, 64), np.uint16))), "stack.tif: shape"),
+        (
+            lambda d: (d.mkdir(), tifffile.imwrite(d / "stack.tif", np.zeros((5, 2, 64, 64), np.uint16))),
+            "stack.tif: shape",
+        ),
         (lambda d: (d.mkdir(), tifffile.imwrite(d / "one.tif", np.zeros((64, 64), np.uint16))), "one.tif: shape"),
     ],
 )
@@ -128,7 +131,9 @@ def test_random_crops_are_a_function_of_the_key(tmp_path):
         for k in range(8)
         for y in range(80 - 31)
         for x in range(96 - 31)
-        if np.allclose(dihedral(norm.normalize_target(pair.target[y : y + 32, x : x + 32]), k), item["target"][0].numpy())
+        if np.allclose(
+            dihedral(norm.normalize_target(pair.target[y : y + 32, x : x + 32]), k), item["target"][0].numpy()
+        )
     ]
     assert len(found) >= 1
     k, y, x = found[0]
@@ -180,6 +185,7 @@ def test_memory_mapped_pairs_give_the_same_crops(tmp_path):
     compressed = tmp_path / "2.tif"
     tifffile.imwrite(compressed, tifffile.imread(tmp_path / "0.tif"), compression="zlib")
     loaded, mapped = read_split(tmp_path), read_split(tmp_path, mmap=True)
+
     def is_mapped(array):
         while array is not None:
             if isinstance(array, np.memmap):

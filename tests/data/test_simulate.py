@@ -9,7 +9,21 @@ from hazematching.data.simulate import split_counts
 
 def test_simulate_cli_layout_and_reproducibility(tmp_path, capsys):
     for name, seed in [("a", 1), ("b", 1), ("c", 2)]:
-        cli_main(["simulate", "--out", str(tmp_path / name), "--num-images", "4", "--size", "64", "--seed", str(seed), "--depth", "16"])
+        cli_main(
+            [
+                "simulate",
+                "--out",
+                str(tmp_path / name),
+                "--num-images",
+                "4",
+                "--size",
+                "64",
+                "--seed",
+                str(seed),
+                "--depth",
+                "16",
+            ]
+        )
     assert "wrote 4 pairs" in capsys.readouterr().out
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.tif"))
     assert [str(f.parent) for f in files] == ["test", "train", "train", "val"]
@@ -26,6 +40,7 @@ def test_widefield_is_hazier_than_confocal(sim_data):
     pairs = read_split(sim_data / "train")
     for pair in pairs:
         wf, cf = pair.input - 100, pair.target - 100  # remove the camera offset
+
         # fraction of the signal in the dim half of the pixels: haze lifts the background
         def dim_fraction(img):
             img = np.clip(img, 0, None)

@@ -15,14 +15,17 @@ def _planes(info):
         return np.stack([reader.read(p) for p in range(info.planes)])
 
 
-@pytest.mark.parametrize("name, write, axes, kind, contiguous", [
-    ("ij.tif", dict(imagej=True, metadata={"axes": "TZYX"}), None, "imagej", True),
-    ("ome.tif", dict(ome=True, metadata={"axes": "TZYX"}), None, "ome", True),
-    ("zlib.ome.tif", dict(ome=True, compression="zlib", metadata={"axes": "TZYX"}), None, "ome", False),
-    ("planar.tif", dict(photometric="rgb", planarconfig="separate"), "TZYX", "plain", True),  # 2 pages of 3 samples
-    ("pages.tif", dict(photometric="minisblack", metadata=None), "ZYX", "plain", True),  # 6 pages, no shape
-    ("tiled.tif", dict(photometric="minisblack", tile=(16, 16), metadata=None), "ZYX", "plain", False),
-])
+@pytest.mark.parametrize(
+    "name, write, axes, kind, contiguous",
+    [
+        ("ij.tif", dict(imagej=True, metadata={"axes": "TZYX"}), None, "imagej", True),
+        ("ome.tif", dict(ome=True, metadata={"axes": "TZYX"}), None, "ome", True),
+        ("zlib.ome.tif", dict(ome=True, compression="zlib", metadata={"axes": "TZYX"}), None, "ome", False),
+        ("planar.tif", dict(photometric="rgb", planarconfig="separate"), "TZYX", "plain", True),  # 2 pages of 3 samples
+        ("pages.tif", dict(photometric="minisblack", metadata=None), "ZYX", "plain", True),  # 6 pages, no shape
+        ("tiled.tif", dict(photometric="minisblack", tile=(16, 16), metadata=None), "ZYX", "plain", False),
+    ],
+)
 def test_every_layout_reads_the_planes_in_order(tmp_path, name, write, axes, kind, contiguous):
     path = tmp_path / name
     tifffile.imwrite(path, STACK, **write)
@@ -63,8 +66,12 @@ def test_unknown_or_wrong_axes_are_explained(tmp_path):
 def test_truncated_files_are_caught_before_any_work(tmp_path):
     for name, options in (("c.tif", dict(imagej=True)), ("z.tif", dict(ome=True, compression="zlib"))):
         path = tmp_path / name
-        tifffile.imwrite(path, (np.random.default_rng(0).random((4, 64, 64)) * 1000).astype(np.uint16),
-                         metadata={"axes": "ZYX"}, **options)
+        tifffile.imwrite(
+            path,
+            (np.random.default_rng(0).random((4, 64, 64)) * 1000).astype(np.uint16),
+            metadata={"axes": "ZYX"},
+            **options,
+        )
         data = path.read_bytes()
         cut = len(data) // 2 if name == "c.tif" else len(data) - 100  # OME-XML sits at the start, pixels after
         path.write_bytes(data[:cut])
@@ -72,16 +79,41 @@ def test_truncated_files_are_caught_before_any_work(tmp_path):
             open_stack(path)
 
 
-@pytest.mark.parametrize("kind, write", [
-    ("imagej", dict(imagej=True, resolution=(1 / 0.1, 1 / 0.1),
-                    metadata={"axes": "TZYX", "spacing": 0.5, "unit": "um", "finterval": 2.0})),
-    ("ome", dict(ome=True, metadata={"axes": "TZYX", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1,
-                                     "PhysicalSizeZ": 0.5, "TimeIncrement": 2.0})),
-])
+@pytest.mark.parametrize(
+    "kind, write",
+    [
+        (
+            "imagej",
+            dict(
+                imagej=True,
+                resolution=(1 / 0.1, 1 / 0.1),
+                metadata={"axes": "TZYX", "spacing": 0.5, "unit": "um", "finterval": 2.0},
+            ),
+        ),
+        (
+            "ome",
+            dict(
+                ome=True,
+                metadata={
+                    "axes": "TZYX",
+                    "PhysicalSizeX": 0.1,
+                    "PhysicalSizeY": 0.1,
+                    "PhysicalSizeZ": 0.5,
+                    "TimeIncrement": 2.0,
+                },
+            ),
+        ),
+    ],
+)
 def test_outputs_keep_axes_and_calibration(tmp_path, kind, write):
     tifffile.imwrite(tmp_path / "in.tif", STACK, **write)
     info = open_stack(tmp_path / "in.tif")
-    assert (info.pixel_sizes.x, info.pixel_sizes.z, info.pixel_sizes.unit, info.pixel_sizes.time_interval) == (0.1, 0.5, "µm", 2.0)
+    assert (info.pixel_sizes.x, info.pixel_sizes.z, info.pixel_sizes.unit, info.pixel_sizes.time_interval) == (
+        0.1,
+        0.5,
+        "µm",
+        2.0,
+    )
     out = tmp_path / "out.tif"
     writer = PlaneWriter(out, create_output(out, info, info.out_axes, info.out_shape), info.plane_shape)
     planes = np.random.default_rng(1).random((6, 40, 50)).astype(np.float32)

@@ -42,7 +42,10 @@ def test_ms_ssim_matches_torchmetrics_and_orders_noise(image):
     assert metrics.ms_ssim(a, image) > metrics.ms_ssim(b, image)
     fitted = metrics.affine_fit(torch.from_numpy(a), torch.from_numpy(image))
     reference = multiscale_structural_similarity_index_measure(
-        fitted[None, None].float(), torch.from_numpy(image)[None, None].float(), data_range=1.0, normalize="relu",
+        fitted[None, None].float(),
+        torch.from_numpy(image)[None, None].float(),
+        data_range=1.0,
+        normalize="relu",
     )  # 192 px > 160: all 5 default scales
     assert metrics.ms_ssim(a, image) == pytest.approx(float(reference), abs=1e-5)
     # smaller images use fewer scales instead of failing

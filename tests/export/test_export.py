@@ -2,7 +2,6 @@
 TorchScript runs where the project is not importable."""
 
 import io
-import json
 import subprocess
 import sys
 import zipfile
@@ -10,13 +9,11 @@ import zipfile
 import numpy as np
 import pytest
 import tifffile
-import torch
 import yaml
 
 from hazematching.cli import main as cli_main
 from hazematching.data.io import read_split
 from hazematching.export import architecture_source, receptive_radius
-from hazematching.evaluation.metrics import psnr
 from hazematching.inference.predict import predict_array
 from hazematching.run import load_model
 
@@ -26,13 +23,30 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def package(trained_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "model.zip"
-    cli_main(["export", "--model", str(trained_run), "--output", str(out), "--samples", "2", "--steps", "2",
-              "--test-size", "96", "--authors", "Test Author"])
+    cli_main(
+        [
+            "export",
+            "--model",
+            str(trained_run),
+            "--output",
+            str(out),
+            "--samples",
+            "2",
+            "--steps",
+            "2",
+            "--test-size",
+            "96",
+            "--authors",
+            "Test Author",
+        ]
+    )
     return out
 
 
 def bioimageio(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bioimageio.core", *args], capture_output=True, text=True, timeout=900, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "bioimageio.core", *args], capture_output=True, text=True, timeout=900, cwd=cwd
+    )
 
 
 def test_package_contents_and_rdf(package):
@@ -41,8 +55,17 @@ def test_package_contents_and_rdf(package):
         rdf = yaml.safe_load(zf.read("rdf.yaml"))
         readme = zf.read("README.md").decode()
         cover = zf.read("cover.png")
-    assert {"rdf.yaml", "README.md", "cover.png", "test_input.npy", "test_output.npy", "training_config.json",
-            "hazematching_torchscript.pt", "hazematching_state_dict.pt", "hazematching_architecture.py"} <= names
+    assert {
+        "rdf.yaml",
+        "README.md",
+        "cover.png",
+        "test_input.npy",
+        "test_output.npy",
+        "training_config.json",
+        "hazematching_torchscript.pt",
+        "hazematching_state_dict.pt",
+        "hazematching_architecture.py",
+    } <= names
     assert rdf["format_version"].startswith("0.5") and "config" not in rdf or "deepimagej" not in rdf.get("config", {})
     assert len(rdf["inputs"]) == 1 and len(rdf["outputs"]) == 1
     out_axes = rdf["outputs"][0]["axes"]
@@ -70,8 +93,15 @@ def test_bioimageio_predict_matches_hazematching_predict(package, trained_run, s
     (tiles of 256 with 64 px overlap, same seed, steps, samples) to float rounding."""
     image = np.tile(read_split(sim_data / "test")[0].input, (2, 3))[:212, :300]
     tifffile.imwrite(tmp_path / "img.tif", image)
-    result = bioimageio("predict", "--inputs", str(tmp_path / "img.tif"), "--outputs", str(tmp_path / "out" / "{output_id}.tif"),
-                        str(package), cwd=tmp_path)
+    result = bioimageio(
+        "predict",
+        "--inputs",
+        str(tmp_path / "img.tif"),
+        "--outputs",
+        str(tmp_path / "out" / "{output_id}.tif"),
+        str(package),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = np.squeeze(tifffile.imread(tmp_path / "out" / "dehazed.tif"))
     assert out.shape == (2, 212, 300)
@@ -85,7 +115,8 @@ def test_torchscript_runs_without_the_project(package, tmp_path):
         zf.extractall(tmp_path)
     code = (
         "import sys; sys.modules['hazematching'] = None\n"
-        "try:\n    import hazematching\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('project importable')\n"
+        "try:\n    import hazematching\nexcept ImportError:\n    pass\nelse:\n    raise SystemExit('project "
+        "importable')\n"
         "import numpy as np, torch\n"
         "m = torch.jit.load('hazematching_torchscript.pt')\n"
         "x = torch.from_numpy(np.load('test_input.npy'))\n"
@@ -123,8 +154,19 @@ def _test_output(package) -> bytes:
 
 
 def test_same_seed_gives_identical_package_outputs_other_seed_differs(package, trained_run, tmp_path):
-    common = ["export", "--model", str(trained_run), "--samples", "2", "--steps", "2", "--test-size", "96",
-              "--authors", "Test Author"]
+    common = [
+        "export",
+        "--model",
+        str(trained_run),
+        "--samples",
+        "2",
+        "--steps",
+        "2",
+        "--test-size",
+        "96",
+        "--authors",
+        "Test Author",
+    ]
     cli_main([*common, "--output", str(tmp_path / "again.zip")])
     cli_main([*common, "--output", str(tmp_path / "seed7.zip"), "--seed", "7"])
     assert _test_output(tmp_path / "again.zip") == _test_output(package)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
 from conftest import REPO, accelerate_launcher
+
 from hazematching.cli import main as cli_main
 from hazematching.data.io import DataError, read_split
 from hazematching.data.stack import open_stack
@@ -26,7 +26,7 @@ OPTIONS = dict(samples=2, steps=3, seed=5)
 def _widefield_planes(sim_data, count, size=64):
     """Real simulated widefield crops, so the network sees what it was trained on."""
     images = [p.input for p in read_split(sim_data / "test")] + [p.input for p in read_split(sim_data / "val")]
-    crops = [img[y:y + size, x:x + size] for img in images for y in (0, 64) for x in (0, 64)]
+    crops = [img[y : y + size, x : x + size] for img in images for y in (0, 64) for x in (0, 64)]
     return np.stack(crops[:count]).astype(np.uint16)
 
 
@@ -34,10 +34,19 @@ def _stacks(sim_data, folder):
     """An ImageJ TZYX hyperstack with calibration and an OME-TIFF ZYX stack."""
     folder.mkdir(parents=True, exist_ok=True)
     planes = _widefield_planes(sim_data, 7)
-    tifffile.imwrite(folder / "timelapse.tif", planes[:4].reshape(2, 2, 64, 64), imagej=True, resolution=(1 / 0.1, 1 / 0.1),
-                     metadata={"axes": "TZYX", "spacing": 0.3, "unit": "um", "finterval": 5.0})
-    tifffile.imwrite(folder / "zstack.ome.tif", planes[4:7], ome=True,
-                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.08, "PhysicalSizeY": 0.08, "PhysicalSizeZ": 0.25})
+    tifffile.imwrite(
+        folder / "timelapse.tif",
+        planes[:4].reshape(2, 2, 64, 64),
+        imagej=True,
+        resolution=(1 / 0.1, 1 / 0.1),
+        metadata={"axes": "TZYX", "spacing": 0.3, "unit": "um", "finterval": 5.0},
+    )
+    tifffile.imwrite(
+        folder / "zstack.ome.tif",
+        planes[4:7],
+        ome=True,
+        metadata={"axes": "ZYX", "PhysicalSizeX": 0.08, "PhysicalSizeY": 0.08, "PhysicalSizeZ": 0.25},
+    )
     return folder
 
 
@@ -48,7 +57,9 @@ def _outputs(folder):
 def _launch(args, launcher=None, **kwargs):
     cmd = (launcher or [sys.executable]) + ["-m", "hazematching", "predict", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO, **kwargs)
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO, **kwargs
+    )
 
 
 def _descendants(pid: int) -> list[int]:
@@ -97,16 +108,24 @@ def test_two_processes_write_exactly_the_outputs_of_one(trained_run, sim_data, t
     assert proc.returncode == 0, log[-3000:]
     assert "rank 0: " in log and "rank 1: " in log, log[-2000:]  # both processes did planes
     manifest = json.loads((tmp_path / "two" / MANIFEST_NAME).read_text())
-    assert {k: v["status"] for k, v in manifest["files"].items()} == {"timelapse.tif": "complete", "zstack.ome.tif": "complete"}
+    assert {k: v["status"] for k, v in manifest["files"].items()} == {
+        "timelapse.tif": "complete",
+        "zstack.ome.tif": "complete",
+    }
 
     ones, twos = _outputs(tmp_path / "one"), _outputs(tmp_path / "two")
-    assert sorted(ones) == sorted(twos) == ["timelapse.tif", "timelapse_std.tif", "zstack.ome.tif", "zstack_std.ome.tif"]
+    assert (
+        sorted(ones) == sorted(twos) == ["timelapse.tif", "timelapse_std.tif", "zstack.ome.tif", "zstack_std.ome.tif"]
+    )
     for name in ones:
         np.testing.assert_allclose(twos[name], ones[name], rtol=1e-5, atol=1e-4 * float(np.abs(ones[name]).max()))
         assert np.isfinite(ones[name]).all() and ones[name].std() > 0
 
     # axes, shapes and physical sizes of the inputs
-    for stem, ext, axes, shape in (("timelapse", ".tif", "TZYX", (2, 2, 64, 64)), ("zstack", ".ome.tif", "ZYX", (3, 64, 64))):
+    for stem, ext, axes, shape in (
+        ("timelapse", ".tif", "TZYX", (2, 2, 64, 64)),
+        ("zstack", ".ome.tif", "ZYX", (3, 64, 64)),
+    ):
         source = open_stack(src / f"{stem}{ext}")
         for suffix in ("", "_std"):
             out = open_stack(tmp_path / "two" / f"{stem}{suffix}{ext}")
@@ -115,8 +134,12 @@ def test_two_processes_write_exactly_the_outputs_of_one(trained_run, sim_data, t
 
     # plane (t=1, z=0) is predict_array on that plane with the noise of (seed, file, plane index)
     plane = tifffile.imread(src / "timelapse.tif")[1, 0].astype(np.float32)
-    expected = predict_array(load_model(trained_run), plane, progress=False,
-                             **{**OPTIONS, "seed": derive_seed(OPTIONS["seed"], "timelapse.tif", 2)})
+    expected = predict_array(
+        load_model(trained_run),
+        plane,
+        progress=False,
+        **{**OPTIONS, "seed": derive_seed(OPTIONS["seed"], "timelapse.tif", 2)},
+    )
     np.testing.assert_array_equal(ones["timelapse.tif"][1, 0], expected.mean)
     np.testing.assert_array_equal(ones["timelapse_std.tif"][1, 0], expected.std)
 
@@ -131,7 +154,7 @@ def test_killed_run_resumes_without_recomputing(trained_run, sim_data, tmp_path,
     src.mkdir()
     planes = _widefield_planes(sim_data, 12)
     for i in range(3):
-        tifffile.imwrite(src / f"field{i}.tif", planes[4 * i:4 * i + 4], imagej=True, metadata={"axes": "ZYX"})
+        tifffile.imwrite(src / f"field{i}.tif", planes[4 * i : 4 * i + 4], imagej=True, metadata={"axes": "ZYX"})
     options = dict(samples=4, steps=12, seed=1)
     reference = predict_experiment(trained_run, src, tmp_path / "reference", progress=False, **options)
     assert reference["planes"] == 12
@@ -154,7 +177,9 @@ def test_killed_run_resumes_without_recomputing(trained_run, sim_data, tmp_path,
     assert complete and len(complete) < 3, status
     finals = {p.name for p in out.glob("*.tif")}
     assert finals == {n for k in complete for n in (k, k.replace(".tif", "_std.tif"))}  # nothing half-written
-    logged = sum(line.startswith("done") for log in (out / WORK_NAME).rglob("rank*.log") for line in log.read_text().splitlines())
+    logged = sum(
+        line.startswith("done") for log in (out / WORK_NAME).rglob("rank*.log") for line in log.read_text().splitlines()
+    )
     before = {k: (out / k).stat().st_mtime_ns for k in complete}
 
     again = predict_experiment(trained_run, src, out, progress=False, **options)
@@ -189,9 +214,13 @@ def test_bad_files_are_reported_and_skipped(trained_run, sim_data, tmp_path, cap
     assert "1 file(s) dehazed" in printed and "5 failed" in printed
     files = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["files"]
     assert files["good.tif"]["status"] == "complete"
-    expected = {"one_channel.tif": "--channel 1 requested but the image .* has one channel",
-                "small.tif": "smaller than the minimum", "unknown.tif": "unknown axes .* pass --axes",
-                "cut.tif": "truncated", "garbage.tif": "cannot be read as TIFF"}
+    expected = {
+        "one_channel.tif": "--channel 1 requested but the image .* has one channel",
+        "small.tif": "smaller than the minimum",
+        "unknown.tif": "unknown axes .* pass --axes",
+        "cut.tif": "truncated",
+        "garbage.tif": "cannot be read as TIFF",
+    }
     for name, pattern in expected.items():
         assert files[name]["status"] == "failed" and __import__("re").search(pattern, files[name]["error"]), files[name]
         assert f"FAILED {name}" in printed
@@ -199,7 +228,9 @@ def test_bad_files_are_reported_and_skipped(trained_run, sim_data, tmp_path, cap
     assert tifffile.imread(tmp_path / "out" / "good.tif").shape == (2, 64, 64)
 
     # --axes makes the unknown file usable
-    cli_main(["predict", *_flags(trained_run, src / "unknown.tif", tmp_path / "unknown", samples=1, steps=2, axes="ZYX")])
+    cli_main(
+        ["predict", *_flags(trained_run, src / "unknown.tif", tmp_path / "unknown", samples=1, steps=2, axes="ZYX")]
+    )
     assert open_stack(tmp_path / "unknown" / "unknown.tif").axes == "ZYX"
 
 
@@ -279,11 +310,14 @@ def test_recursive_mirrors_the_folder_tree_and_keys_noise_on_the_path(trained_ru
 def test_samples_of_a_stack_get_a_channel_axis(trained_run, sim_data, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
-    tifffile.imwrite(src / "t.tif", _widefield_planes(sim_data, 4).reshape(2, 2, 64, 64), imagej=True,
-                     metadata={"axes": "TZYX"})
+    tifffile.imwrite(
+        src / "t.tif", _widefield_planes(sim_data, 4).reshape(2, 2, 64, 64), imagej=True, metadata={"axes": "TZYX"}
+    )
     predict_experiment(trained_run, src, tmp_path / "out", keep_samples=True, progress=False, samples=3, steps=2)
     samples = open_stack(tmp_path / "out" / "t_samples.tif", channel=0)
     assert (samples.axes, samples.shape) == ("TZCYX", (2, 2, 3, 64, 64))
     values, mean = tifffile.imread(tmp_path / "out" / "t_samples.tif"), tifffile.imread(tmp_path / "out" / "t.tif")
     np.testing.assert_allclose(values.mean(axis=2), mean, rtol=1e-4, atol=1e-2)
-    np.testing.assert_allclose(values.std(axis=2), tifffile.imread(tmp_path / "out" / "t_std.tif"), rtol=1e-3, atol=1e-2)
+    np.testing.assert_allclose(
+        values.std(axis=2), tifffile.imread(tmp_path / "out" / "t_std.tif"), rtol=1e-3, atol=1e-2
+    )

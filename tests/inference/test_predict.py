@@ -74,16 +74,51 @@ def test_cli_file_and_folder(trained_run, sim_data, tmp_path):
     src.mkdir()
     tifffile.imwrite(src / "a.tif", pair.input.astype(np.uint16))
     tifffile.imwrite(src / "b.tif", pair.input[None].astype(np.uint8))  # singleton channel
-    cli_main(["predict", "--model", str(trained_run), "--input", str(src / "a.tif"), "--output", str(tmp_path / "one.tif"),
-              "--samples", "2", "--steps", "2", "--save-samples", "--device", "cpu"])
+    cli_main(
+        [
+            "predict",
+            "--model",
+            str(trained_run),
+            "--input",
+            str(src / "a.tif"),
+            "--output",
+            str(tmp_path / "one.tif"),
+            "--samples",
+            "2",
+            "--steps",
+            "2",
+            "--save-samples",
+            "--device",
+            "cpu",
+        ]
+    )
     mean = tifffile.imread(tmp_path / "one.tif")
     assert mean.dtype == np.float32 and mean.shape == pair.input.shape
     assert tifffile.imread(tmp_path / "one_samples.tif").shape == (2, *pair.input.shape)
     with tifffile.TiffFile(tmp_path / "one_std.tif") as tif:
         assert tif.is_imagej and tif.series[0].axes == "YX"
-    cli_main(["predict", "--model", str(trained_run), "--input", str(src), "--output", str(tmp_path / "out"), "--samples", "1", "--steps", "1"])
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.tif", "a_std.tif", "b.tif", "b_std.tif",
-                                                                    "hazematching_manifest.json"]
+    cli_main(
+        [
+            "predict",
+            "--model",
+            str(trained_run),
+            "--input",
+            str(src),
+            "--output",
+            str(tmp_path / "out"),
+            "--samples",
+            "1",
+            "--steps",
+            "1",
+        ]
+    )
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a.tif",
+        "a_std.tif",
+        "b.tif",
+        "b_std.tif",
+        "hazematching_manifest.json",
+    ]
 
 
 def test_channel_picks_the_widefield_of_paired_files(trained_run, sim_data, tmp_path):
@@ -95,7 +130,9 @@ def test_channel_picks_the_widefield_of_paired_files(trained_run, sim_data, tmp_
     options = dict(samples=1, steps=2, progress=False)
     predict_files(trained_run, paired, tmp_path / "from_pair.tif", channel=1, **options)
     predict_files(trained_run, tmp_path / "alone" / paired.name, tmp_path / "from_wf.tif", **options)
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "from_pair.tif"), tifffile.imread(tmp_path / "from_wf.tif"))
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "from_pair.tif"), tifffile.imread(tmp_path / "from_wf.tif")
+    )
     with pytest.raises(DataError, match="--channel 2 requested"):
         predict_files(trained_run, paired, tmp_path / "x.tif", channel=2, **options)
     with pytest.raises(DataError, match="pick the one the model was trained for with --channel"):
@@ -163,21 +200,54 @@ def test_evaluate_and_calibrate_cli(trained_run, baseline_run, sim_data, tmp_pat
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     out = tmp_path / "eval"
-    cli_main(["evaluate", "--model", str(run), "--data", str(sim_data / "test"), "--output", str(out),
-              "--baseline", str(baseline_run), "--samples", "3", "--steps", "3"])
+    cli_main(
+        [
+            "evaluate",
+            "--model",
+            str(run),
+            "--data",
+            str(sim_data / "test"),
+            "--output",
+            str(out),
+            "--baseline",
+            str(baseline_run),
+            "--samples",
+            "3",
+            "--steps",
+            "3",
+        ]
+    )
     result = json.loads((out / "metrics.json").read_text())
     assert set(result["mean"]) == {"widefield input", "U-Net baseline", "HazeMatching MMSE", "HazeMatching sample"}
     row = result["mean"]["HazeMatching MMSE"]
     assert {"psnr", "ms_ssim", "gmsd", "fsim"} <= set(row) and set(result["not_computed"]) == {"lpips", "fid"}
 
     # with local backbones (made here) LPIPS and FID are computed
-    from test_perceptual import MeanFeatures, TwoConvs, script
     from safetensors.torch import save_file
+    from test_perceptual import MeanFeatures, TwoConvs, script
 
     save_file({"lin0": torch.ones(8), "lin1": torch.ones(16)}, tmp_path / "lin.safetensors")
-    cli_main(["evaluate", "--model", str(run), "--data", str(sim_data / "test"), "--output", str(tmp_path / "eval2"),
-              "--samples", "2", "--steps", "2", "--lpips-backbone", str(script(TwoConvs(), tmp_path / "a.pt")),
-              "--lpips-linear", str(tmp_path / "lin.safetensors"), "--fid-backbone", str(script(MeanFeatures(), tmp_path / "f.pt"))])
+    cli_main(
+        [
+            "evaluate",
+            "--model",
+            str(run),
+            "--data",
+            str(sim_data / "test"),
+            "--output",
+            str(tmp_path / "eval2"),
+            "--samples",
+            "2",
+            "--steps",
+            "2",
+            "--lpips-backbone",
+            str(script(TwoConvs(), tmp_path / "a.pt")),
+            "--lpips-linear",
+            str(tmp_path / "lin.safetensors"),
+            "--fid-backbone",
+            str(script(MeanFeatures(), tmp_path / "f.pt")),
+        ]
+    )
     result = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
     assert not result["not_computed"]
     assert all({"lpips", "fid"} <= set(r) for r in result["mean"].values())
@@ -185,7 +255,21 @@ def test_evaluate_and_calibrate_cli(trained_run, baseline_run, sim_data, tmp_pat
     assert sorted(p.stem for p in (out / "figures").glob("*.png")) == sorted(names)
     assert "| HazeMatching MMSE |" in (out / "metrics.md").read_text()
 
-    cli_main(["calibrate", "--model", str(run), "--data", str(sim_data / "val"), "--samples", "4", "--steps", "3", "--bins", "5"])
+    cli_main(
+        [
+            "calibrate",
+            "--model",
+            str(run),
+            "--data",
+            str(sim_data / "val"),
+            "--samples",
+            "4",
+            "--steps",
+            "3",
+            "--bins",
+            "5",
+        ]
+    )
     calibration = json.loads((run / "config.json").read_text())["calibration"]
     assert calibration["plot_data"].endswith("test") and (run / "calibration.png").is_file()
     loaded = load_model(run)
@@ -195,8 +279,10 @@ def test_evaluate_and_calibrate_cli(trained_run, baseline_run, sim_data, tmp_pat
     assert np.allclose(cal.std, calibration["scale"] * raw.std + calibration["offset"], rtol=1e-5, atol=1e-4)
 
     # a baseline where a HazeMatching run is needed, and a HazeMatching run as baseline
-    for args in (["evaluate", "--model", str(baseline_run), "--data", str(sim_data / "test")],
-                 ["calibrate", "--model", str(baseline_run), "--data", str(sim_data / "val")],
-                 ["evaluate", "--model", str(run), "--data", str(sim_data / "test"), "--baseline", str(run)]):
+    for args in (
+        ["evaluate", "--model", str(baseline_run), "--data", str(sim_data / "test")],
+        ["calibrate", "--model", str(baseline_run), "--data", str(sim_data / "val")],
+        ["evaluate", "--model", str(run), "--data", str(sim_data / "test"), "--baseline", str(run)],
+    ):
         with pytest.raises(SystemExit, match="baseline"):
             cli_main(args)

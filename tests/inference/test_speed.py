@@ -7,8 +7,8 @@ import torch
 
 from hazematching.core import UNet, sample_posterior
 from hazematching.inference.predict import predict_array
-from hazematching.run import load_model
 from hazematching.inference.speed import FastNetwork, fast_network, samples_per_batch
+from hazematching.run import load_model
 
 
 def small_net() -> UNet:
@@ -54,7 +54,9 @@ def test_failed_compilation_falls_back_to_eager():
 def test_samples_per_batch_divides_k():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert samples_per_batch(cpu, 8, 1) == 1
-    assert samples_per_batch(gpu, 8, 4) == 8 and samples_per_batch(gpu, 50, 4) == 5 and samples_per_batch(gpu, 7, 8) == 1
+    assert (
+        samples_per_batch(gpu, 8, 4) == 8 and samples_per_batch(gpu, 50, 4) == 5 and samples_per_batch(gpu, 7, 8) == 1
+    )
 
 
 def test_fast_predict_matches_plain_predict(trained_run):

@@ -4,7 +4,9 @@ import pytest
 from hazematching.inference.tiling import spans, tiles
 
 
-@pytest.mark.parametrize("length, tile, overlap", [(100, 32, 8), (64, 64, 16), (30, 64, 16), (1000, 256, 64), (257, 128, 32)])
+@pytest.mark.parametrize(
+    "length, tile, overlap", [(100, 32, 8), (64, 64, 16), (30, 64, 16), (1000, 256, 64), (257, 128, 32)]
+)
 def test_kept_regions_partition_the_axis(length, tile, overlap):
     result = spans(length, tile, overlap)
     covered = np.zeros(length, int)
@@ -55,8 +57,15 @@ def test_exported_model_tiles_exactly_like_predict(trained_run):
     image = (np.random.default_rng(0).gamma(2.0, 60.0, (150, 136)) + 100).astype(np.float32)
     tiled = tiles(150, 136, 64, 16, run.model.stride)
     assert tiled[1:] != (64, 64)  # the fitted size is not the requested one here
-    dehazer = Dehazer(run.config.architecture.model_dump(), **run.normalization.to_dict(), samples=2, steps=2, seed=4,
-                      tile_size=64, overlap=16).eval()
+    dehazer = Dehazer(
+        run.config.architecture.model_dump(),
+        **run.normalization.to_dict(),
+        samples=2,
+        steps=2,
+        seed=4,
+        tile_size=64,
+        overlap=16,
+    ).eval()
     dehazer.sampler.net.load_state_dict(run.model.state_dict())
     with torch.no_grad():
         out = dehazer(torch.from_numpy(image)[None, None])[0].numpy()
@@ -68,8 +77,16 @@ def test_exported_model_tiles_exactly_like_predict(trained_run):
 def _dehazer(run, halo):
     from hazematching.core import Dehazer
 
-    dehazer = Dehazer(run.config.architecture.model_dump(), **run.normalization.to_dict(), samples=2, steps=2, seed=4,
-                      tile_size=64, overlap=16, halo=halo).eval()
+    dehazer = Dehazer(
+        run.config.architecture.model_dump(),
+        **run.normalization.to_dict(),
+        samples=2,
+        steps=2,
+        seed=4,
+        tile_size=64,
+        overlap=16,
+        halo=halo,
+    ).eval()
     dehazer.sampler.net.load_state_dict(run.model.state_dict())
     return dehazer
 

@@ -33,7 +33,11 @@ def test_publish_and_rotate(tmp_path):
         tmp.mkdir()
         (tmp / checkpoints.COMPLETE_MARKER).write_text("{}")
         checkpoints.publish(tmp, step)
-    assert [p.name for p in checkpoints.list_checkpoints(tmp_path)] == ["checkpoint-10", "checkpoint-20", "checkpoint-30"]
+    assert [p.name for p in checkpoints.list_checkpoints(tmp_path)] == [
+        "checkpoint-10",
+        "checkpoint-20",
+        "checkpoint-30",
+    ]
     removed = checkpoints.rotate(tmp_path, 2)
     assert [p.name for p in removed] == ["checkpoint-10"]
     assert [p.name for p in checkpoints.list_checkpoints(tmp_path)] == ["checkpoint-20", "checkpoint-30"]

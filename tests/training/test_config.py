@@ -1,18 +1,48 @@
 import json
 
 import pytest
-
 from conftest import run_trainer, write_pair
+
 from hazematching.training.args import parse_train_config
 
 
 def test_flags_mirror_the_config(tmp_path):
     cfg = parse_train_config(
-        ["--data", "d", "--output-dir", "o", "--max-steps", "7", "--batch-size", "3", "--crop-size", "64",
-         "--lr", "0.001", "--gradient-accumulation-steps", "2", "--mixed-precision", "bf16", "--seed", "4",
-         "--checkpointing-steps", "5", "--checkpoints-total-limit", "2", "--resume-from-checkpoint", "latest",
-         "--ema-decay", "0.99", "--validation-steps", "3", "--channel-mults", "1,2", "--sampler-steps", "9",
-         "--no-augment"]
+        [
+            "--data",
+            "d",
+            "--output-dir",
+            "o",
+            "--max-steps",
+            "7",
+            "--batch-size",
+            "3",
+            "--crop-size",
+            "64",
+            "--lr",
+            "0.001",
+            "--gradient-accumulation-steps",
+            "2",
+            "--mixed-precision",
+            "bf16",
+            "--seed",
+            "4",
+            "--checkpointing-steps",
+            "5",
+            "--checkpoints-total-limit",
+            "2",
+            "--resume-from-checkpoint",
+            "latest",
+            "--ema-decay",
+            "0.99",
+            "--validation-steps",
+            "3",
+            "--channel-mults",
+            "1,2",
+            "--sampler-steps",
+            "9",
+            "--no-augment",
+        ]
     )
     assert (cfg.max_steps, cfg.batch_size, cfg.crop_size, cfg.lr) == (7, 3, 64, 0.001)
     assert cfg.gradient_accumulation_steps == 2 and cfg.mixed_precision == "bf16" and cfg.seed == 4
@@ -38,7 +68,10 @@ def test_config_file_with_flag_overrides(tmp_path):
         (["--crop-size", "62"], "multiple of the U-Net stride 4"),
         (["--ema-decay", "1.5"], "--ema-decay"),
         (["--max-steps", "0"], "--max-steps"),
-        (["--checkpoints-total-limit", "2", "--checkpointing-steps", "500", "--max-steps", "100"], "no checkpoint would ever be written"),
+        (
+            ["--checkpoints-total-limit", "2", "--checkpointing-steps", "500", "--max-steps", "100"],
+            "no checkpoint would ever be written",
+        ),
         (["--time-grid-points", "1"], "time_grid_points"),
         (["--lr-warmup-steps", "100", "--max-steps", "50"], "lr_warmup_steps"),
         (["--norm", "batch"], "invalid choice"),
@@ -64,9 +97,17 @@ def test_unknown_field_in_config_file(tmp_path, capsys):
     "setup, flags, message",
     [
         (lambda d: None, [], "data directory does not exist"),
-        (lambda d: write_pair(d / "train" / "x.tif", shape=(48, 48)), ["--crop-size", "64"], "smaller than the crop size 64"),
+        (
+            lambda d: write_pair(d / "train" / "x.tif", shape=(48, 48)),
+            ["--crop-size", "64"],
+            "smaller than the crop size 64",
+        ),
         (lambda d: write_pair(d / "a.tif"), ["--mixed-precision", "fp16"], "fp16 needs a CUDA GPU"),
-        (lambda d: (write_pair(d / "a.tif"), write_pair(d / "b.tif")), ["--resume-from-checkpoint", "nowhere"], "not a complete checkpoint"),
+        (
+            lambda d: (write_pair(d / "a.tif"), write_pair(d / "b.tif")),
+            ["--resume-from-checkpoint", "nowhere"],
+            "not a complete checkpoint",
+        ),
     ],
 )
 def test_trainer_rejects_bad_input_before_training(tmp_path, setup, flags, message):

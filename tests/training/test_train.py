@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, accelerate_launcher, run_trainer
 from safetensors.torch import load_file
 
-from conftest import REPO, accelerate_launcher, run_trainer
 from hazematching.core import sample_posterior
 from hazematching.data.io import read_split
 from hazematching.evaluation.metrics import range_invariant_psnr
@@ -68,15 +68,28 @@ def test_two_processes_train_one_model(sim_data, tmp_path):
 
 
 def test_sigkill_and_resume_latest_continues_exactly(sim_data, tmp_path):
-    common = ["--data", str(sim_data), "--max-steps", "60", "--checkpointing-steps", "10", "--batch-size", "2",
-              "--checkpoints-total-limit", "3", *SMALL]
+    common = [
+        "--data",
+        str(sim_data),
+        "--max-steps",
+        "60",
+        "--checkpointing-steps",
+        "10",
+        "--batch-size",
+        "2",
+        "--checkpoints-total-limit",
+        "3",
+        *SMALL,
+    ]
     reference = tmp_path / "reference"
     check(run_trainer([*common, "--output-dir", str(reference)]))
 
     run = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "trainer" / "train.py"), *common, "--output-dir", str(run)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
     )
     deadline = time.time() + 300
     while not (run / "checkpoints" / "checkpoint-20").exists():
@@ -96,17 +109,42 @@ def test_sigkill_and_resume_latest_continues_exactly(sim_data, tmp_path):
         a = load_file(run / "checkpoints" / "checkpoint-60" / name)
         b = load_file(reference / "checkpoints" / "checkpoint-60" / name)
         assert max_difference(a, b) < 1e-6
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-40", "checkpoint-50", "checkpoint-60"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "checkpoint-40",
+        "checkpoint-50",
+        "checkpoint-60",
+    ]
 
 
 def test_training_learns_to_dehaze(sim_data, tmp_path):
     """A fixed small budget lowers the validation loss and the MMSE beats the widefield input."""
     run = tmp_path / "run"
-    check(run_trainer([
-        "--data", str(sim_data), "--output-dir", str(run), "--max-steps", "300", "--batch-size", "8",
-        "--crop-size", "64", "--lr", "5e-4", "--checkpointing-steps", "300", "--validation-steps", "300",
-        "--sampler-steps", "8", "--seed", "1",
-    ]))
+    check(
+        run_trainer(
+            [
+                "--data",
+                str(sim_data),
+                "--output-dir",
+                str(run),
+                "--max-steps",
+                "300",
+                "--batch-size",
+                "8",
+                "--crop-size",
+                "64",
+                "--lr",
+                "5e-4",
+                "--checkpointing-steps",
+                "300",
+                "--validation-steps",
+                "300",
+                "--sampler-steps",
+                "8",
+                "--seed",
+                "1",
+            ]
+        )
+    )
     losses = [json.loads(line)["val_loss"] for line in (run / "logs" / "validation.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and losses[1] < 0.5 * losses[0], losses
     assert (run / "samples" / "step-0000300.png").is_file()
@@ -133,7 +171,17 @@ def test_deepspeed_configs_run_and_resume(sim_data, tmp_path, config, precision)
     bf16 engine weights fed bf16 inputs, ZeRO-3 parameter gathering for the EMA), not distribution."""
     pytest.importorskip("deepspeed")
     run = tmp_path / "run"
-    common = ["--data", str(sim_data), "--output-dir", str(run), "--batch-size", "2", "--checkpointing-steps", "2", *SMALL]
+    common = [
+        "--data",
+        str(sim_data),
+        "--output-dir",
+        str(run),
+        "--batch-size",
+        "2",
+        "--checkpointing-steps",
+        "2",
+        *SMALL,
+    ]
     if precision != "as shipped":
         common += ["--mixed-precision", precision]
     launcher = accelerate_launcher(config, "--num_processes", "1", "--main_process_port", free_port())
@@ -158,7 +206,17 @@ def test_deepspeed_configs_run_and_resume(sim_data, tmp_path, config, precision)
 
 def test_resume_with_other_model_flags_is_refused(sim_data, tmp_path):
     run = tmp_path / "run"
-    common = ["--data", str(sim_data), "--output-dir", str(run), "--batch-size", "2", "--checkpointing-steps", "2", *SMALL]
+    common = [
+        "--data",
+        str(sim_data),
+        "--output-dir",
+        str(run),
+        "--batch-size",
+        "2",
+        "--checkpointing-steps",
+        "2",
+        *SMALL,
+    ]
     check(run_trainer([*common, "--max-steps", "2"]))
     before = weights(run)
     result = run_trainer([*common, "--max-steps", "4", "--resume-from-checkpoint", "latest", "--base-channels", "16"])
@@ -179,8 +237,19 @@ def test_compiled_training_equals_eager_and_resumes(sim_data, tmp_path):
     check(run_trainer([*common, "--output-dir", str(compiled), "--max-steps", "2", "--compile", "on"]))
     checkpoint = load_file(compiled / "checkpoints" / "checkpoint-2" / "model.safetensors")
     assert checkpoint.keys() == weights(eager).keys()  # no "_orig_mod." prefixes
-    result = run_trainer([*common, "--output-dir", str(compiled), "--max-steps", "4", "--compile", "on",
-                          "--resume-from-checkpoint", "latest"])
+    result = run_trainer(
+        [
+            *common,
+            "--output-dir",
+            str(compiled),
+            "--max-steps",
+            "4",
+            "--compile",
+            "on",
+            "--resume-from-checkpoint",
+            "latest",
+        ]
+    )
     check(result)
     assert "at step 2" in result.stderr
     assert json.loads((compiled / "config.json").read_text())["compiled"] is True
@@ -197,8 +266,13 @@ def test_compile_without_a_compiler_warns_and_trains_eagerly(sim_data, tmp_path)
     eager = tmp_path / "eager"
     check(run_trainer([*common, "--output-dir", str(eager), "--compile", "off"]))
     fallback = tmp_path / "fallback"
-    env = {**os.environ, "CXX": "/nonexistent/g++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
-           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "CXX": "/nonexistent/g++",
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     result = run_trainer([*common, "--output-dir", str(fallback), "--compile", "on"], env=env)
     check(result)
     assert result.stderr.count("torch.compile does not work here") == 1
