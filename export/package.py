@@ -7,11 +7,11 @@ Weight formats: TorchScript (scripted, so loops and sizes stay dynamic; what dee
 optionally the state dict with a generated single-file architecture that imports torch only.
 """
 
+import ast
 import hashlib
 import importlib.resources
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 
@@ -32,13 +32,20 @@ FORMATS = ("torchscript", "pytorch_state_dict")
 PAPER_DOI = "10.48550/arXiv.2506.22397"
 
 
+def strip_relative_imports(source: str) -> str:
+    """``source`` without its module-level relative imports (single- or multi-line), found by ``ast``."""
+    dropped = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            dropped.update(range(node.lineno - 1, node.end_lineno))
+    return "\n".join(line for i, line in enumerate(source.splitlines()) if i not in dropped)
+
+
 def architecture_source() -> str:
     """The core modules as one file (relative imports dropped): the state-dict architecture."""
     parts = ['"""HazeMatching network and sampler (generated from hazematching.core; imports torch only)."""\n']
     for name in CORE_FILES:
-        text = (CORE_DIR / name).read_text()
-        text = "\n".join(line for line in text.splitlines() if not re.match(r"\s*from \.\w* import", line))
-        parts.append(f"# ---- {name} ----\n{text}\n")
+        parts.append(f"# ---- {name} ----\n{strip_relative_imports((CORE_DIR / name).read_text())}\n")
     return "\n".join(parts)
 
 
@@ -212,7 +219,7 @@ def export_model(
         (tmp / "training_config.json").write_bytes(config.to_json())
         calibrated_note = ", calibrated" if calibration else ""
         calibrated_detail = (
-            f", calibrated as {calibration['scale']:.4g} × std + {calibration['offset']:.4g} so that it matches "
+            f", calibrated as {calibration.scale:.4g} × std + {calibration.offset:.4g} so that it matches "
             "the observed error (see Validation)"
             if calibration
             else " (not calibrated: run `hazematching calibrate` before exporting to calibrate it)"

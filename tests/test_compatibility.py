@@ -31,3 +31,26 @@ def test_old_package_reproduces_its_test_output(tmp_path):
         out = model(torch.from_numpy(np.load(tmp_path / "test_input.npy"))).numpy()
     expected = np.load(tmp_path / "test_output.npy")
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4 * float(np.abs(expected).max()))
+
+
+def test_old_calibrated_run_exports_a_package_that_equals_predict(tmp_path):
+    """Export reads the old run's typed description (calibration included): the package's std is the
+    calibrated std that ``predict_array`` gives."""
+    import tifffile
+
+    from hazematching.export import export_model
+
+    image = (np.random.default_rng(1).random((96, 96)) * 800 + 100).astype(np.float32)
+    tifffile.imwrite(tmp_path / "test.tif", image)
+    package = export_model(ASSETS / "run", tmp_path / "old.zip", test_image=tmp_path / "test.tif", test_size=64)
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(tmp_path / "pkg")
+        readme = archive.read("README.md").decode()
+    assert "calibrated as 0.04681 × std + 301.4" in readme
+    model = torch.jit.load(str(tmp_path / "pkg" / "hazematching_torchscript.pt")).eval()
+    test_input = np.load(tmp_path / "pkg" / "test_input.npy")
+    with torch.no_grad():
+        out = model(torch.from_numpy(test_input))[0].numpy()
+    ours = predict_array(load_model(ASSETS / "run"), test_input[0, 0], calibrated=True, progress=False, compile="off")
+    np.testing.assert_allclose(out[0], ours.mean, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(out[1], ours.std, rtol=1e-4, atol=1e-3)

@@ -194,3 +194,17 @@ def test_export_bad_input_is_refused_without_leftovers(trained_run, tmp_path):
     with pytest.raises(SystemExit, match="no model.safetensors"):
         cli_main(["export", "--model", str(no_weights), "--output", str(out / "m.zip")])
     assert not list(out.iterdir())
+
+
+def test_relative_imports_are_dropped_however_they_are_written():
+    from hazematching.export.package import strip_relative_imports
+
+    source = (
+        "import torch\nfrom .tiles import (\n    OVERLAP,\n    TILE_SIZE,\n)\nfrom . import noise\n"
+        "from typing import List\n\ndef f():\n    from .unet import UNet\n    return UNet\n"
+    )
+    stripped = strip_relative_imports(source)
+    assert "from ." not in stripped.split("def f")[0] and "OVERLAP" not in stripped
+    assert "import torch" in stripped and "from typing import List" in stripped
+    assert "    from .unet import UNet" in stripped  # only module-level imports are the concatenation's business
+    compile(stripped, "arch.py", "exec")
