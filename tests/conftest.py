@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,12 @@ def run_trainer(
     cmd = (launcher or [sys.executable]) + [str(REPO / "trainer" / "train.py"), *args]
     env = kwargs.pop("env", None) or {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, **kwargs)
+
+
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
 
 
 def accelerate_launcher(config: str, *extra: str) -> list[str]:

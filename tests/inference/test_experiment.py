@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from conftest import REPO, accelerate_launcher
+from conftest import REPO, accelerate_launcher, free_port
 
 from hazematching.cli import main as cli_main
 from hazematching.data.io import DataError, read_split
@@ -97,8 +97,6 @@ def _flags(run, src, out, **options):
 
 @pytest.mark.slow
 def test_two_processes_write_exactly_the_outputs_of_one(trained_run, sim_data, tmp_path):
-    from test_train import free_port
-
     src = _stacks(sim_data, tmp_path / "in")
     one = predict_experiment(trained_run, src, tmp_path / "one", progress=False, **OPTIONS)
     assert sorted(one["complete"]) == ["timelapse.tif", "zstack.ome.tif"] and one["planes"] == 7 and not one["failed"]
@@ -148,8 +146,6 @@ def test_two_processes_write_exactly_the_outputs_of_one(trained_run, sim_data, t
 @pytest.mark.parametrize("processes", [1, 2])
 def test_killed_run_resumes_without_recomputing(trained_run, sim_data, tmp_path, processes):
     """Killed (all processes at once, as a job scheduler does) and relaunched on one process."""
-    from test_train import free_port
-
     src = tmp_path / "in"
     src.mkdir()
     planes = _widefield_planes(sim_data, 12)

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, accelerate_launcher, run_trainer
+from conftest import REPO, accelerate_launcher, free_port, run_trainer
 from safetensors.torch import load_file
 
 from hazematching.core import sample_posterior
@@ -21,12 +20,6 @@ from hazematching.run import load_model
 
 pytestmark = pytest.mark.slow
 SMALL = ["--crop-size", "64", "--base-channels", "8", "--channel-mults", "1,2", "--validation-steps", "0"]
-
-
-def free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
 
 
 def weights(run) -> dict:

@@ -1,0 +1,154 @@
+"""What a job is made of: the input files, their outputs, the settings that change the numbers."""
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hazematching.data.io import TIFF_SUFFIXES, DataError
+from hazematching.data.stack import StackInfo
+from hazematching.inference.speed import bf16_supported
+from hazematching.run import WEIGHTS_NAME, LoadedRun
+from hazematching.settings import resolve_options
+
+MIN_SIZE = 16
+
+
+class JobError(RuntimeError):
+    """The job as a whole cannot run (output not writable, settings that differ from earlier results)."""
+
+
+@dataclass
+class FileJob:
+    key: str  # output file name, the manifest key
+    input: Path
+    outputs: dict[str, Path]  # "mean", "std", "samples" -> final path
+    name: str = ""  # input path relative to the input folder: keys the noise
+    info: StackInfo | None = None
+    error: str | None = None
+    offsets: dict[str, int] = field(default_factory=dict)  # byte offsets of the work copies
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """('cell', '.ome.tif') for cell.ome.tiff, ('cell', '.tif') for cell.TIF: outputs keep the OME mark."""
+    lower = name.lower()
+    for suffix, kept in ((".ome.tiff", ".ome.tif"), (".ome.tif", ".ome.tif"), (".tiff", ".tif"), (".tif", ".tif")):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)], kept
+    return Path(name).stem, ".tif"
+
+
+def output_names(main: Path, keep_samples: bool, point_predictor: bool) -> dict[str, Path]:
+    base, ext = split_name(main.name)
+    names = {"mean": main}
+    if not point_predictor:
+        names["std"] = main.with_name(f"{base}_std{ext}")
+    if keep_samples:
+        names["samples"] = main.with_name(f"{base}_samples{ext}")
+    return names
+
+
+def list_inputs(input_path: Path, recursive: bool = False, exclude: Path | None = None) -> list[Path]:
+    """The TIFFs of a folder (with ``recursive`` also of its sub-folders), hidden ones and anything
+    under ``exclude`` (the output folder, when it lies inside the input) left out."""
+    input_path = Path(input_path)
+    if not input_path.is_dir():
+        if not input_path.exists():
+            raise DataError(f"{input_path}: does not exist")
+        return [input_path]
+    skip = exclude.resolve() if exclude is not None else None
+    candidates = input_path.rglob("*") if recursive else input_path.iterdir()
+    files = sorted(
+        p
+        for p in candidates
+        if p.suffix.lower() in TIFF_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(input_path).parts)
+        and not (skip is not None and p.resolve().is_relative_to(skip))
+    )
+    if not files:
+        raise DataError(
+            f"{input_path}: no .tif/.tiff files to predict"
+            + ("" if recursive else " (--recursive also looks in sub-folders)")
+        )
+    return files
+
+
+def input_stat(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def result_settings(
+    run: LoadedRun,
+    model_dir: Path,
+    device: torch.device,
+    options: dict,
+    channel,
+    axes,
+    keep_samples: bool,
+    calibrated: bool,
+) -> dict:
+    """Everything that changes the output numbers: outputs made with other settings are never mixed in."""
+    # the options of predict_array that change the numbers (the others change only speed)
+    settings = resolve_options(run.config, options).model_dump()
+    precision = options.get("precision", "auto")
+    settings["precision"] = (
+        "bf16" if precision == "bf16" or (precision == "auto" and bf16_supported(device)) else "fp32"
+    )
+    settings.update(
+        model_sha256=file_sha256(Path(model_dir) / WEIGHTS_NAME),
+        channel=channel,
+        axes=axes,
+        save_samples=keep_samples,
+        calibration=run.config.calibration.model_dump() if calibrated and run.config.calibration else None,
+    )
+    if run.objective == "mse":  # one deterministic prediction: no sampler settings
+        for key in ("samples", "steps", "solver", "seed", "save_samples", "calibration"):
+            settings.pop(key)
+    return settings
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".hazematching-probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise JobError(
+            f"cannot write to the output folder {folder} ({exc.strerror or exc}); choose a writable --output"
+        ) from exc
+
+
+def make_jobs(
+    inputs: list[Path], input_root: Path, output: Path, single_file: bool, keep_samples: bool, point_predictor: bool
+) -> list[FileJob]:
+    """One job per input; sub-folders of the input are mirrored in the output."""
+    jobs = []
+    for path in inputs:
+        relative = path.relative_to(input_root) if input_root.is_dir() else Path(path.name)
+        main = output if single_file else output / relative.parent / "".join(split_name(path.name))
+        key = main.name if single_file else main.relative_to(output).as_posix()
+        jobs.append(FileJob(key, path, output_names(main, keep_samples, point_predictor), relative.as_posix()))
+    inputs_resolved = {j.input.resolve() for j in jobs}
+    seen = {}
+    for job in jobs:
+        for target in job.outputs.values():
+            if target.resolve() in inputs_resolved:
+                raise JobError(f"{target} would overwrite an input; choose another --output")
+            if target in seen:
+                raise JobError(f"{job.input} and {seen[target]} would both write {target}; rename one of them")
+            seen[target] = job.input
+    return jobs

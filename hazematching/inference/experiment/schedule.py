@@ -1,0 +1,89 @@
+"""Which process computes which (file, plane), and the noise seed of each plane."""
+
+import hashlib
+import shutil
+import uuid
+
+from hazematching.data.io import DataError
+from hazematching.data.stack import open_stack
+from hazematching.inference.experiment.jobs import MIN_SIZE, JobError, input_stat
+from hazematching.inference.experiment.manifest import Manifest
+from hazematching.inference.experiment.workfolder import WorkFolder
+
+
+def derive_seed(seed: int, *keys: str | int) -> int:
+    """A 31-bit seed from ``seed`` and keys (input file name, plane index): the noise of a plane then
+    depends on what it is, not on which process computes it or in which order."""
+    digest = hashlib.blake2b("/".join(map(str, (seed, *keys))).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+def balanced(units: list[tuple[int, int]], costs: list[int], world: int) -> list[list[tuple[int, int]]]:
+    """Give each unit to the process with the least work so far (same answer on every process)."""
+    shares, load = [[] for _ in range(world)], [0] * world
+    for unit in units:
+        rank = min(range(world), key=lambda r: (load[r], r))
+        shares[rank].append(unit)
+        load[rank] += costs[unit[0]]
+    return shares
+
+
+def plan_job(
+    jobs,
+    manifest: Manifest,
+    work: WorkFolder,
+    settings: dict,
+    overwrite: bool,
+    channel,
+    axes,
+    keep_samples: bool,
+    single_file: bool,
+) -> dict:
+    """Main process: check inputs, refuse to mix settings, prepare work copies, list pending planes."""
+    conflicts = manifest.conflicts(settings, [job.key for job in jobs])
+    if conflicts and not overwrite:
+        raise JobError(
+            f"{manifest.path} lists results made with other settings:\n  "
+            + "\n  ".join(conflicts[:10])
+            + "\nuse another --output, or --overwrite to recompute these files with the new settings"
+        )
+    for job in jobs:
+        foreign = [p for p in job.outputs.values() if p.exists() and job.key not in manifest.files]
+        if foreign and not overwrite:
+            raise JobError(
+                f"{foreign[0]} exists but was not written by this tool (not in {manifest.path.name}); "
+                "move it, use another --output, or --overwrite"
+            )
+    launch = uuid.uuid4().hex[:12]
+    for old in work.root.glob("launch-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    units, skipped = [], []
+    for index, job in enumerate(jobs):
+        entry = {
+            "input": str(job.input.resolve()),
+            "input_stat": input_stat(job.input),
+            "outputs": {k: p.name for k, p in job.outputs.items()},
+            "settings": settings,
+        }
+        if not overwrite and manifest.complete(job, settings):
+            skipped.append(job.key)
+            continue
+        try:
+            job.info = open_stack(job.input, axes, channel, MIN_SIZE)
+            entry.update(
+                axes=job.info.axes, shape=list(job.info.shape), planes=job.info.planes, channel=job.info.channel
+            )
+            if overwrite:
+                shutil.rmtree(work.folder(job), ignore_errors=True)
+            work.prepare(job, settings, keep_samples)
+            done, _ = work.read_logs(job)  # failures of an earlier launch are retried
+            units += [(index, p) for p in range(job.info.planes) if p not in done]
+            entry.update(status="in progress", error=None)
+        except DataError as exc:
+            if single_file:
+                raise
+            job.error = str(exc)
+            entry.update(status="failed", error=str(exc))
+        manifest.files[job.key] = entry
+    manifest.save()
+    return {"jobs": jobs, "units": units, "skipped": skipped, "launch": launch, "settings": settings}
