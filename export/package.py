@@ -13,6 +13,7 @@ import importlib.resources
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,8 @@ import torch
 import hazematching.core
 from hazematching.core import Dehazer
 from hazematching.data.io import read_split
-from hazematching.run import RunDescription, RunError, load_model
-from hazematching.settings import resolve_settings
+from hazematching.run import LoadedRun, RunDescription, RunError, load_model
+from hazematching.settings import InferenceSettings, resolve_settings
 
 CORE_DIR = Path(hazematching.core.__file__).parent
 TEMPLATE = importlib.resources.files("hazematching.rdf") / "model_README.md"
@@ -138,6 +139,23 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes the consumers see: the halo they add, the smallest input and the size step."""
+
+    halo: int
+    min_size: int
+    step: int
+
+    @classmethod
+    def of(cls, net: torch.nn.Module) -> "Geometry":
+        stride = net.stride
+        halo = -(-receptive_radius(net) // stride) * stride
+        # consumers only accept min + k * step (the network itself takes any size); min is a multiple
+        # of step with a non-empty centre
+        return cls(halo=halo, min_size=(2 * halo // stride + 1) * stride, step=stride)
+
+
 def export_model(
     run_dir: Path,
     output: Path,
@@ -156,10 +174,34 @@ def export_model(
     test_size: int = 256,
 ) -> Path:
     """Write the .zip package atomically; returns its path."""
-    from bioimageio.spec import ValidationContext, save_bioimageio_package
-    from bioimageio.spec.model import v0_5 as bmz
+    from bioimageio.spec import ValidationContext
 
     run_dir, output = Path(run_dir), Path(output)
+    _check_request(output, formats, samples, steps)
+    run = load_model(run_dir)
+    if run.objective != "cfm":
+        raise RunError(f"{run_dir} is a U-Net baseline run; only HazeMatching runs can be exported")
+    settings = resolve_settings(run.config, samples, steps, seed, solver, tile_size, overlap)
+    geometry = Geometry.of(run.model)
+    kwargs = _dehazer_kwargs(run, settings, geometry)
+    model = Dehazer(**kwargs).eval()
+    model.sampler.net.load_state_dict(run.model.state_dict())
+    test_size = max(geometry.min_size, test_size - (test_size - geometry.min_size) % geometry.step)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        scripted = _write_test_files(tmp, model, run.config, test_image, test_size)
+        _write_documentation(tmp, run_dir, run.config, model, settings, geometry, name)
+        weights = _weights(tmp, formats, scripted, model, kwargs)
+        # No network look-ups while building and saving (GitHub user names are checked by the
+        # bioimage.io upload); file hashes are computed when the package is saved.
+        with ValidationContext(perform_io_checks=False):
+            descr = _model_description(tmp, settings, geometry, weights, name, authors, maintainers, license)
+            _save_atomically(descr, output)
+    return output
+
+
+def _check_request(output: Path, formats: tuple[str, ...], samples: int | None, steps: int | None) -> None:
+    """Reject bad flags and an unusable output before any work is done."""
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
         raise ValueError(f"--formats {','.join(formats)}: choose from {','.join(FORMATS)}")
@@ -174,194 +216,214 @@ def export_model(
         raise RunError(f"cannot create the output folder {output.parent}: {exc}") from exc
     if not os.access(output.parent, os.W_OK):
         raise RunError(f"output folder {output.parent} is not writable")
-    run = load_model(run_dir)
-    if run.objective != "cfm":
-        raise RunError(f"{run_dir} is a U-Net baseline run; only HazeMatching runs can be exported")
-    config = run.config
-    settings = resolve_settings(config, samples, steps, seed, solver, tile_size, overlap)
-    samples, steps, seed, solver = settings.samples, settings.steps, settings.seed, settings.solver
-    calibration = config.calibration
-    stride = run.model.stride
-    halo = receptive_radius(run.model)
-    halo = -(-halo // stride) * stride
-    kwargs = {
-        "architecture": config.architecture.model_dump(),
+
+
+def _dehazer_kwargs(run: LoadedRun, settings: InferenceSettings, geometry: Geometry) -> dict:
+    """``Dehazer(**kwargs)``: also the state-dict architecture's kwargs in the RDF."""
+    calibration = run.config.calibration
+    return {
+        "architecture": run.config.architecture.model_dump(),
         **run.normalization.to_dict(),
-        "samples": samples,
-        "steps": steps,
-        "seed": seed,
+        "samples": settings.samples,
+        "steps": settings.steps,
+        "seed": settings.seed,
         "std_scale": calibration.scale if calibration else 1.0,
         "std_offset": calibration.offset if calibration else 0.0,
-        "solver": solver,
+        "solver": settings.solver,
         "tile_size": settings.tile_size,
         "overlap": settings.overlap,
-        "halo": halo,  # consumer padding by the halo is recognised and not computed on
+        "halo": geometry.halo,  # consumer padding by the halo is recognised and not computed on
     }
-    model = Dehazer(**kwargs).eval()
-    model.sampler.net.load_state_dict(run.model.state_dict())
-    step = stride  # consumers only accept min + k * step; the network itself takes any size
-    min_size = (2 * halo // step + 1) * step  # a multiple of step with a non-empty centre
-    test_size = max(min_size, test_size - (test_size - min_size) % step)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        image = _test_image(config, test_image, test_size)
-        test_input = image[None, None]
-        scripted = torch.jit.script(model)
-        with torch.no_grad():
-            test_output = scripted(torch.from_numpy(test_input)).numpy()
-        np.save(tmp / "test_input.npy", test_input)
-        np.save(tmp / "test_output.npy", test_output)
-        # sample tensors: the same data as images (the deepImageJ check feeds the sample input)
-        tifffile.imwrite(tmp / "sample_input.tif", test_input[0, 0])
-        tifffile.imwrite(tmp / "sample_output.tif", test_output[0], metadata={"axes": "CYX"})
-        _cover(image, test_output[0, 0], tmp / "cover.png")
-        (tmp / "training_config.json").write_bytes(config.to_json())
-        calibrated_note = ", calibrated" if calibration else ""
-        calibrated_detail = (
-            f", calibrated as {calibration.scale:.4g} × std + {calibration.offset:.4g} so that it matches "
-            "the observed error (see Validation)"
-            if calibration
-            else " (not calibrated: run `hazematching calibrate` before exporting to calibrate it)"
-        )
-        (tmp / "README.md").write_text(
-            TEMPLATE.read_text().format(
-                name=name,
-                samples=samples,
-                steps=steps,
-                seed=seed,
-                solver=solver.capitalize(),
-                tile_size=model.tile_size,
-                overlap=model.overlap,
-                halo=halo,
-                min_size=min_size,
-                step=step,
-                calibrated_note=calibrated_note,
-                calibrated_detail=calibrated_detail,
-                training_data=config.training.data,
-                validation=_validation_text(run_dir, config),
-            )
-        )
-        weights = {}
-        pytorch_version = bmz.Version(torch.__version__.split("+")[0])
-        if "torchscript" in formats:
-            scripted.save(str(tmp / "hazematching_torchscript.pt"))
-            weights["torchscript"] = bmz.TorchscriptWeightsDescr(
-                source=tmp / "hazematching_torchscript.pt",
-                sha256=_sha256(tmp / "hazematching_torchscript.pt"),
-                pytorch_version=pytorch_version,
-                parent="pytorch_state_dict" if "pytorch_state_dict" in formats else None,
-            )
-        if "pytorch_state_dict" in formats:
-            (tmp / "hazematching_architecture.py").write_text(architecture_source())
-            torch.save(model.state_dict(), tmp / "hazematching_state_dict.pt")
-            weights["pytorch_state_dict"] = bmz.PytorchStateDictWeightsDescr(
-                source=tmp / "hazematching_state_dict.pt",
-                sha256=_sha256(tmp / "hazematching_state_dict.pt"),
-                architecture=bmz.ArchitectureFromFileDescr(
-                    source=tmp / "hazematching_architecture.py",
-                    sha256=_sha256(tmp / "hazematching_architecture.py"),
-                    callable=bmz.Identifier("Dehazer"),
-                    kwargs=kwargs,
-                ),
-                pytorch_version=pytorch_version,
-            )
 
-        space_in = [
-            bmz.SpaceInputAxis(id=bmz.AxisId(a), size=bmz.ParameterizedSize(min=min_size, step=step))
-            for a in ("y", "x")
-        ]
-        space_out = [
-            bmz.SpaceOutputAxisWithHalo(
-                id=bmz.AxisId(a),
-                size=bmz.SizeReference(tensor_id=bmz.TensorId("widefield"), axis_id=bmz.AxisId(a)),
-                halo=halo,
+def _write_test_files(tmp: Path, model: Dehazer, config: RunDescription, test_image: Path | None, size: int):
+    """Test and sample tensors (the genuine output of the scripted model), cover, training config;
+    returns the scripted model."""
+    image = _test_image(config, test_image, size)
+    test_input = image[None, None]
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        test_output = scripted(torch.from_numpy(test_input)).numpy()
+    np.save(tmp / "test_input.npy", test_input)
+    np.save(tmp / "test_output.npy", test_output)
+    # sample tensors: the same data as images (the deepImageJ check feeds the sample input)
+    tifffile.imwrite(tmp / "sample_input.tif", test_input[0, 0])
+    tifffile.imwrite(tmp / "sample_output.tif", test_output[0], metadata={"axes": "CYX"})
+    _cover(image, test_output[0, 0], tmp / "cover.png")
+    (tmp / "training_config.json").write_bytes(config.to_json())
+    return scripted
+
+
+def _write_documentation(
+    tmp: Path,
+    run_dir: Path,
+    config: RunDescription,
+    model: Dehazer,
+    settings: InferenceSettings,
+    geometry: Geometry,
+    name: str,
+) -> None:
+    calibration = config.calibration
+    calibrated_detail = (
+        f", calibrated as {calibration.scale:.4g} × std + {calibration.offset:.4g} so that it matches "
+        "the observed error (see Validation)"
+        if calibration
+        else " (not calibrated: run `hazematching calibrate` before exporting to calibrate it)"
+    )
+    (tmp / "README.md").write_text(
+        TEMPLATE.read_text().format(
+            name=name,
+            samples=settings.samples,
+            steps=settings.steps,
+            seed=settings.seed,
+            solver=settings.solver.capitalize(),
+            tile_size=model.tile_size,
+            overlap=model.overlap,
+            halo=geometry.halo,
+            min_size=geometry.min_size,
+            step=geometry.step,
+            calibrated_note=", calibrated" if calibration else "",
+            calibrated_detail=calibrated_detail,
+            training_data=config.training.data,
+            validation=_validation_text(run_dir, config),
+        )
+    )
+
+
+def _weights(tmp: Path, formats: tuple[str, ...], scripted, model: Dehazer, kwargs: dict) -> dict:
+    """The weight entries: TorchScript (what deepImageJ runs) and the state dict with its architecture."""
+    from bioimageio.spec.model import v0_5 as bmz
+
+    weights = {}
+    pytorch_version = bmz.Version(torch.__version__.split("+")[0])
+    if "torchscript" in formats:
+        scripted.save(str(tmp / "hazematching_torchscript.pt"))
+        weights["torchscript"] = bmz.TorchscriptWeightsDescr(
+            source=tmp / "hazematching_torchscript.pt",
+            sha256=_sha256(tmp / "hazematching_torchscript.pt"),
+            pytorch_version=pytorch_version,
+            parent="pytorch_state_dict" if "pytorch_state_dict" in formats else None,
+        )
+    if "pytorch_state_dict" in formats:
+        (tmp / "hazematching_architecture.py").write_text(architecture_source())
+        torch.save(model.state_dict(), tmp / "hazematching_state_dict.pt")
+        weights["pytorch_state_dict"] = bmz.PytorchStateDictWeightsDescr(
+            source=tmp / "hazematching_state_dict.pt",
+            sha256=_sha256(tmp / "hazematching_state_dict.pt"),
+            architecture=bmz.ArchitectureFromFileDescr(
+                source=tmp / "hazematching_architecture.py",
+                sha256=_sha256(tmp / "hazematching_architecture.py"),
+                callable=bmz.Identifier("Dehazer"),
+                kwargs=kwargs,
+            ),
+            pytorch_version=pytorch_version,
+        )
+    return weights
+
+
+def _model_description(
+    tmp: Path,
+    settings: InferenceSettings,
+    geometry: Geometry,
+    weights: dict,
+    name: str,
+    authors: list[str] | None,
+    maintainers: list[str] | None,
+    license: str,
+):
+    """The RDF, from bioimageio.spec classes: one input, one output with channels [mean, std]."""
+    from bioimageio.spec.model import v0_5 as bmz
+
+    halo, min_size, step = geometry.halo, geometry.min_size, geometry.step
+    samples, steps, solver = settings.samples, settings.steps, settings.solver
+    space_in = [
+        bmz.SpaceInputAxis(id=bmz.AxisId(a), size=bmz.ParameterizedSize(min=min_size, step=step)) for a in ("y", "x")
+    ]
+    space_out = [
+        bmz.SpaceOutputAxisWithHalo(
+            id=bmz.AxisId(a),
+            size=bmz.SizeReference(tensor_id=bmz.TensorId("widefield"), axis_id=bmz.AxisId(a)),
+            halo=halo,
+        )
+        for a in ("y", "x")
+    ]
+    return bmz.ModelDescr(
+        name=name,
+        description=(
+            "Dehazes 2D widefield fluorescence images into confocal-like images with guided conditional flow "
+            f"matching (HazeMatching). One call runs {samples} posterior samples x {steps} {solver} steps and "
+            "returns their mean (MMSE) and per-pixel std as two output channels."
+        ),
+        authors=[bmz.Author(name=a) for a in (authors or ["HazeMatching contributors"])],
+        maintainers=[bmz.Maintainer(github_user=m) for m in (maintainers or [])],
+        cite=[
+            bmz.CiteEntry(
+                text="Ray, A., Ashesh, Jug, F. HazeMatching: Dehazing Light Microscopy Images with Guided "
+                "Conditional Flow Matching. arXiv:2506.22397",
+                doi=bmz.Doi(PAPER_DOI),
             )
-            for a in ("y", "x")
-        ]
-        # No network look-ups while building and saving (GitHub user names are checked by the
-        # bioimage.io upload); file hashes are computed when the package is saved.
-        with ValidationContext(perform_io_checks=False):
-            descr = bmz.ModelDescr(
-                name=name,
-                description=(
-                    "Dehazes 2D widefield fluorescence images into confocal-like images with guided conditional flow "
-                    f"matching (HazeMatching). One call runs {samples} posterior samples x {steps} {solver} steps and "
-                    "returns their mean (MMSE) and per-pixel std as two output channels."
+        ],
+        license=bmz.LicenseId(license),
+        tags=[
+            "dehazing",
+            "widefield",
+            "confocal",
+            "fluorescence-light-microscopy",
+            "flow-matching",
+            "uncertainty",
+            "2d",
+            "pytorch",
+            "image-restoration",
+        ],
+        documentation=bmz.FileDescr(source=tmp / "README.md", sha256=_sha256(tmp / "README.md")),
+        covers=[bmz.FileDescr(source=tmp / "cover.png", sha256=_sha256(tmp / "cover.png"))],
+        attachments=[bmz.FileDescr(source=tmp / "training_config.json", sha256=_sha256(tmp / "training_config.json"))],
+        inputs=[
+            bmz.InputTensorDescr(
+                id=bmz.TensorId("widefield"),
+                description="raw widefield image (float32; normalised inside the model)",
+                axes=[
+                    bmz.BatchAxis(id=bmz.AxisId("batch"), size=1),
+                    bmz.ChannelAxis(id=bmz.AxisId("channel"), channel_names=[bmz.Identifier("widefield")]),
+                    *space_in,
+                ],
+                test_tensor=bmz.FileDescr(source=tmp / "test_input.npy", sha256=_sha256(tmp / "test_input.npy")),
+                sample_tensor=bmz.FileDescr(source=tmp / "sample_input.tif", sha256=_sha256(tmp / "sample_input.tif")),
+                data=bmz.IntervalOrRatioDataDescr(type="float32"),
+            )
+        ],
+        outputs=[
+            bmz.OutputTensorDescr(
+                id=bmz.TensorId("dehazed"),
+                description="channel 'mean': MMSE dehazed image; channel 'std': per-pixel std over the samples",
+                axes=[
+                    bmz.BatchAxis(id=bmz.AxisId("batch"), size=1),
+                    bmz.ChannelAxis(
+                        id=bmz.AxisId("channel"), channel_names=[bmz.Identifier("mean"), bmz.Identifier("std")]
+                    ),
+                    *space_out,
+                ],
+                test_tensor=bmz.FileDescr(source=tmp / "test_output.npy", sha256=_sha256(tmp / "test_output.npy")),
+                sample_tensor=bmz.FileDescr(
+                    source=tmp / "sample_output.tif", sha256=_sha256(tmp / "sample_output.tif")
                 ),
-                authors=[bmz.Author(name=a) for a in (authors or ["HazeMatching contributors"])],
-                maintainers=[bmz.Maintainer(github_user=m) for m in (maintainers or [])],
-                cite=[
-                    bmz.CiteEntry(
-                        text="Ray, A., Ashesh, Jug, F. HazeMatching: Dehazing Light Microscopy Images with Guided "
-                        "Conditional Flow Matching. arXiv:2506.22397",
-                        doi=bmz.Doi(PAPER_DOI),
-                    )
-                ],
-                license=bmz.LicenseId(license),
-                tags=[
-                    "dehazing",
-                    "widefield",
-                    "confocal",
-                    "fluorescence-light-microscopy",
-                    "flow-matching",
-                    "uncertainty",
-                    "2d",
-                    "pytorch",
-                    "image-restoration",
-                ],
-                documentation=bmz.FileDescr(source=tmp / "README.md", sha256=_sha256(tmp / "README.md")),
-                covers=[bmz.FileDescr(source=tmp / "cover.png", sha256=_sha256(tmp / "cover.png"))],
-                attachments=[
-                    bmz.FileDescr(source=tmp / "training_config.json", sha256=_sha256(tmp / "training_config.json"))
-                ],
-                inputs=[
-                    bmz.InputTensorDescr(
-                        id=bmz.TensorId("widefield"),
-                        description="raw widefield image (float32; normalised inside the model)",
-                        axes=[
-                            bmz.BatchAxis(id=bmz.AxisId("batch"), size=1),
-                            bmz.ChannelAxis(id=bmz.AxisId("channel"), channel_names=[bmz.Identifier("widefield")]),
-                            *space_in,
-                        ],
-                        test_tensor=bmz.FileDescr(
-                            source=tmp / "test_input.npy", sha256=_sha256(tmp / "test_input.npy")
-                        ),
-                        sample_tensor=bmz.FileDescr(
-                            source=tmp / "sample_input.tif", sha256=_sha256(tmp / "sample_input.tif")
-                        ),
-                        data=bmz.IntervalOrRatioDataDescr(type="float32"),
-                    )
-                ],
-                outputs=[
-                    bmz.OutputTensorDescr(
-                        id=bmz.TensorId("dehazed"),
-                        description="channel 'mean': MMSE dehazed image; channel 'std': per-pixel std over the samples",
-                        axes=[
-                            bmz.BatchAxis(id=bmz.AxisId("batch"), size=1),
-                            bmz.ChannelAxis(
-                                id=bmz.AxisId("channel"), channel_names=[bmz.Identifier("mean"), bmz.Identifier("std")]
-                            ),
-                            *space_out,
-                        ],
-                        test_tensor=bmz.FileDescr(
-                            source=tmp / "test_output.npy", sha256=_sha256(tmp / "test_output.npy")
-                        ),
-                        sample_tensor=bmz.FileDescr(
-                            source=tmp / "sample_output.tif", sha256=_sha256(tmp / "sample_output.tif")
-                        ),
-                        data=bmz.IntervalOrRatioDataDescr(type="float32"),
-                    )
-                ],
-                weights=bmz.WeightsDescr(**weights),
-                version="0.1.0",
-                config=bmz.Config(bioimageio=bmz.BioimageioConfig(architecture_type="U-Net, guided flow matching")),
+                data=bmz.IntervalOrRatioDataDescr(type="float32"),
             )
-            partial = output.with_name(f".{output.name}.partial.zip")
-            try:
-                save_bioimageio_package(descr, output_path=partial)
-            except BaseException:
-                partial.unlink(missing_ok=True)
-                raise
-            os.replace(partial, output)
-    return output
+        ],
+        weights=bmz.WeightsDescr(**weights),
+        version="0.1.0",
+        config=bmz.Config(bioimageio=bmz.BioimageioConfig(architecture_type="U-Net, guided flow matching")),
+    )
+
+
+def _save_atomically(descr, output: Path) -> None:
+    """Written under a hidden name and renamed: a package under its final name is always complete."""
+    from bioimageio.spec import save_bioimageio_package
+
+    partial = output.with_name(f".{output.name}.partial.zip")
+    try:
+        save_bioimageio_package(descr, output_path=partial)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, output)
