@@ -96,3 +96,19 @@ def test_ruff_check_and_format_are_clean():
             [sys.executable, "-m", "ruff", *command, str(root)], capture_output=True, text=True, cwd=root
         )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
+
+
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        (["trainer/train.py", "--help"], "--compile {auto,on,off}"),
+        (["-m", "hazematching.training", "--help"], "--resume-from-checkpoint"),
+        (["-m", "hazematching", "predict", "--help"], "--tile-size"),
+    ],
+)
+def test_entry_points(command, expected):
+    """The script users launch, the installed trainer module and ``python -m hazematching`` all work."""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, *command], capture_output=True, text=True, cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert expected in result.stdout
