@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 
 from hazematching.config import SamplerConfig, TrainConfig
-from hazematching.core import UNet
+from hazematching.core import SOLVERS, UNet
 from hazematching.data.normalization import Normalization
 from hazematching.version import __version__
 
@@ -124,6 +124,22 @@ class Calibration(BaseModel):
     mean_abs_deviation_after: float | None = None
 
 
+class SamplerRecommendation(BaseModel):
+    """Written by ``hazematching tune``: the fewest network evaluations per sample whose MMSE stays
+    within the stated tolerances of the reference (Euler, 20 steps) at the same K on held-out pairs."""
+
+    model_config = ConfigDict(extra="allow")
+
+    solver: Literal[SOLVERS]
+    steps: int = Field(ge=1)
+    samples: int = Field(ge=1, description="K the comparison was made at")
+    psnr_delta: float = Field(description="MMSE PSNR minus the reference's, dB")
+    ms3im_delta: float = Field(description="MMSE MicroMS3IM minus the reference's")
+    speedup: float = Field(description="network evaluations of the reference / of this setting")
+    data: str = ""
+    seed: int = 0
+
+
 class RunDescription(BaseModel):
     """A run's ``config.json``: what was trained, how, and what the sampler defaults to."""
 
@@ -142,10 +158,15 @@ class RunDescription(BaseModel):
     versions: dict[str, str] = {}
     rank_weight_checksums: list[float] | None = None
     calibration: Calibration | None = None
+    recommended_sampler: SamplerRecommendation | None = None
 
     def to_json(self) -> bytes:
         data = self.model_dump(mode="json")
-        for key in ("rank_weight_checksums", "calibration"):  # absent, not null, until they exist
+        for key in (
+            "rank_weight_checksums",
+            "calibration",
+            "recommended_sampler",
+        ):  # absent, not null, until they exist
             if data.get(key) is None:
                 data.pop(key, None)
         return json.dumps(data, indent=2).encode()

@@ -1,6 +1,7 @@
 """Inference settings, resolved in one place for every entry point (predict, the experiment runner,
-evaluate, calibrate, export): explicit options win over the run's stored sampler defaults, which
-win over the package defaults (``SamplerConfig`` for the sampler, ``core.tiles`` for tiling)."""
+evaluate, calibrate, export): explicit options win over the run's recommended solver and steps
+(``hazematching tune``), which win over the run's stored sampler defaults, which win over the package
+defaults (``SamplerConfig`` for the sampler, ``core.tiles`` for tiling)."""
 
 from typing import Literal
 
@@ -35,6 +36,9 @@ def resolve_settings(
 ) -> InferenceSettings:
     """Explicit values (None: not given) over the run's sampler defaults over the package defaults."""
     stored = description.sampler
+    recommended = description.recommended_sampler
+    if recommended is not None and solver is None and steps is None:  # solver and steps go together
+        solver, steps = recommended.solver, recommended.steps
     solver = solver or stored.solver
     evaluations_per_step(solver)  # "unknown solver ...: expected one of ..."
     try:

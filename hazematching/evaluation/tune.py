@@ -1,0 +1,174 @@
+"""Per-model sampler settings: quality against network evaluations on held-out pairs.
+
+For each K and each (solver, steps) of a grid, the MMSE's PSNR and MicroMS3IM, one sample's PSNR and
+the calibration slope (RMSE ~ a * RMV) are measured on held-out pairs with a fixed seed. The
+recommendation at a K is the setting with the fewest network evaluations per sample whose MMSE is
+within ``psnr_tolerance`` dB PSNR and ``ms3im_tolerance`` MicroMS3IM of Euler with 20 steps (the
+paper's sampler) at the same K: PSNR alone would reward the blur of a two-step solve.
+"""
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from hazematching.core import SOLVERS, evaluations_per_step
+from hazematching.data.io import DataError, read_split
+from hazematching.evaluation.calibration import calibration_curve, fit_calibration
+from hazematching.evaluation.metrics import micro_ms3im, range_invariant_psnr
+from hazematching.inference.predict import predict_array
+from hazematching.run import LoadedRun, SamplerRecommendation
+
+REFERENCE = ("euler", 20)
+MS3IM_MIN_SIZE = 161  # microssim's 5-scale pyramid with an 11 px kernel
+GRID = (
+    ("euler", 20), ("euler", 10), ("euler", 5), ("euler", 3), ("euler", 2),
+    ("midpoint", 5), ("midpoint", 3), ("midpoint", 2), ("midpoint", 1),
+    ("heun", 5), ("heun", 3), ("heun", 2), ("heun", 1),
+)  # fmt: skip
+
+
+@dataclass
+class TuneRow:
+    samples: int
+    solver: str
+    steps: int
+    evaluations: int  # network evaluations per sample
+    psnr: float  # MMSE, range-invariant, mean over pairs
+    ms3im: float  # MMSE MicroMS3IM
+    sample_psnr: float  # one sample's PSNR
+    calibration_slope: float  # a of RMSE ~ a * RMV + b (1 = calibrated as sampled)
+    seconds: float
+
+
+def parse_grid(text: str) -> tuple[tuple[str, int], ...]:
+    """'euler:20,heun:3' -> (('euler', 20), ('heun', 3)); the reference Euler-20 is always added."""
+    grid = []
+    for item in text.split(","):
+        solver, _, steps = item.strip().partition(":")
+        if solver not in SOLVERS or not steps.isdigit() or int(steps) < 1:
+            raise ValueError(f"--settings item {item!r}: expected SOLVER:STEPS with SOLVER in {', '.join(SOLVERS)}")
+        grid.append((solver, int(steps)))
+    return tuple(dict.fromkeys([REFERENCE, *grid]))
+
+
+def measure(
+    run: LoadedRun,
+    data_dir: Path,
+    samples: tuple[int, ...],
+    grid: tuple[tuple[str, int], ...] = GRID,
+    seed: int = 0,
+    progress: bool = True,
+    **predict_options,
+) -> list[TuneRow]:
+    """The table: one row per (K, solver, steps), every row on the same pairs with the same seed."""
+    if not samples or min(samples) < 2:
+        raise ValueError(f"--samples {samples}: each K must be at least 2 (the std needs two samples)")
+    pairs = read_split(Path(data_dir))
+    if not pairs:
+        raise DataError(f"{data_dir}: no image pairs to tune on")
+    small = [p.name for p in pairs if min(p.input.shape) < MS3IM_MIN_SIZE]
+    if small:
+        raise DataError(
+            f"{data_dir}: MicroMS3IM needs images of at least {MS3IM_MIN_SIZE} px a side; {small[:3]} are smaller"
+        )
+    rows = []
+    jobs = [(k, solver, steps) for k in samples for solver, steps in grid]
+    for k, solver, steps in tqdm(jobs, desc="tuning", disable=not progress):
+        tic = time.perf_counter()
+        psnrs, ms3ims, single, stds, errors = [], [], [], [], []
+        for pair in pairs:
+            options = dict(samples=k, steps=steps, seed=seed, solver=solver, job_planes=len(pairs) * len(jobs))
+            pred = predict_array(run, pair.input, keep_samples=True, progress=False, **options, **predict_options)
+            psnrs.append(range_invariant_psnr(pred.mean, pair.target))
+            ms3ims.append(micro_ms3im(pred.mean, pair.target))
+            single.append(range_invariant_psnr(pred.samples[0], pair.target))
+            stds.append(pred.std.ravel())
+            errors.append((pred.mean - pair.target).ravel())
+        slope, _ = fit_calibration(calibration_curve(np.concatenate(stds), np.concatenate(errors)))
+        nfe = steps * evaluations_per_step(solver)
+        quality = (float(np.mean(psnrs)), float(np.mean(ms3ims)), float(np.mean(single)), slope)
+        rows.append(TuneRow(k, solver, steps, nfe, *quality, time.perf_counter() - tic))
+    return rows
+
+
+def recommend(
+    rows: list[TuneRow], samples: int, psnr_tolerance: float = 0.2, ms3im_tolerance: float = 0.01
+) -> tuple[TuneRow, TuneRow]:
+    """(recommended row, reference row) at K = ``samples``: fewest evaluations within the tolerances
+    (ties: the higher PSNR)."""
+    at_k = [r for r in rows if r.samples == samples]
+    reference = next(r for r in at_k if (r.solver, r.steps) == REFERENCE)
+    psnr_floor, ms3im_floor = reference.psnr - psnr_tolerance, reference.ms3im - ms3im_tolerance
+    good = [r for r in at_k if r.psnr >= psnr_floor and r.ms3im >= ms3im_floor]
+    return min(good, key=lambda r: (r.evaluations, -r.psnr)), reference
+
+
+def recommendation(best: TuneRow, reference: TuneRow, data_dir: Path, seed: int) -> SamplerRecommendation:
+    return SamplerRecommendation(
+        solver=best.solver,
+        steps=best.steps,
+        samples=best.samples,
+        psnr_delta=best.psnr - reference.psnr,
+        ms3im_delta=best.ms3im - reference.ms3im,
+        speedup=reference.evaluations / best.evaluations,
+        data=str(data_dir),
+        seed=seed,
+    )
+
+
+def markdown(rows: list[TuneRow], chosen: TuneRow | None = None) -> str:
+    lines = [
+        "| K | solver | steps | NFE | MMSE PSNR (dB) | Δ PSNR | MicroMS3IM | sample PSNR | calibration slope "
+        "| seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ref = next(x for x in rows if x.samples == r.samples and (x.solver, x.steps) == REFERENCE)
+        mark = "**" if r is chosen else ""
+        lines.append(
+            f"| {r.samples} | {mark}{r.solver}{mark} | {r.steps} | {r.evaluations} | {r.psnr:.2f} | "
+            f"{r.psnr - ref.psnr:+.2f} | {r.ms3im:.3f} | {r.sample_psnr:.2f} | {r.calibration_slope:.2f} | "
+            f"{r.seconds:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def as_dicts(rows: list[TuneRow]) -> list[dict]:
+    return [asdict(r) for r in rows]
+
+
+def tune(
+    model_dir: Path,
+    data_dir: Path,
+    samples: tuple[int, ...] | None = None,
+    grid: tuple[tuple[str, int], ...] = GRID,
+    seed: int = 0,
+    device: str = "auto",
+    store: bool = True,
+    progress: bool = True,
+) -> tuple[list[TuneRow], SamplerRecommendation]:
+    """Measure the table on ``data_dir``, write it to RUN/tuning/, and (``store``) keep the
+    recommendation for the run's K in config.json, where predict, experiments and export find it."""
+    import json
+
+    from hazematching.evaluation.evaluate import load_flow_run
+    from hazematching.run import atomic_write_bytes, write_description
+
+    model_dir, data_dir = Path(model_dir), Path(data_dir)
+    run = load_flow_run(model_dir, device)
+    samples = samples or (run.config.sampler.samples,)
+    rows = measure(run, data_dir, samples, grid, seed, progress)
+    k = run.config.sampler.samples if run.config.sampler.samples in samples else max(samples)
+    best, reference = recommend(rows, k)
+    chosen = recommendation(best, reference, data_dir, seed)
+    folder = model_dir / "tuning"
+    folder.mkdir(exist_ok=True)
+    table = {"data": str(data_dir), "seed": seed, "rows": as_dicts(rows), "recommended": chosen.model_dump()}
+    atomic_write_bytes(folder / "tune.json", json.dumps(table, indent=2).encode())
+    atomic_write_bytes(folder / "tune.md", (markdown(rows, best) + "\n").encode())
+    if store:
+        write_description(model_dir, run.config.model_copy(update={"recommended_sampler": chosen}))
+    return rows, chosen

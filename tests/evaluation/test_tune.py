@@ -1,0 +1,104 @@
+"""hazematching tune: a reproducible table, a recommendation stored in the run and used by default."""
+
+import json
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import tifffile
+
+from hazematching.data.io import DataError, read_split
+from hazematching.evaluation.tune import REFERENCE, TuneRow, measure, parse_grid, recommend, tune
+from hazematching.inference.predict import predict_array
+from hazematching.run import RunError, load_model
+
+
+def row(solver, steps, psnr, ms3im, k=4):
+    nfe = steps * (1 if solver == "euler" else 2)
+    return TuneRow(k, solver, steps, nfe, psnr, ms3im, psnr - 1, 1.0, 0.0)
+
+
+def test_recommendation_is_the_fewest_evaluations_within_both_tolerances():
+    rows = [
+        row("euler", 20, 30.0, 0.90),
+        row("euler", 2, 30.3, 0.80),  # PSNR better, MicroMS3IM 0.1 worse: the blur of two steps
+        row("heun", 1, 29.0, 0.95),  # 1.0 dB worse
+        row("heun", 2, 29.85, 0.895),  # within 0.2 dB and 0.01
+        row("euler", 5, 29.9, 0.90),
+        row("euler", 4, 30.0, 0.90, k=8),  # another K does not count
+    ]
+    best, reference = recommend(rows, samples=4)
+    assert (reference.solver, reference.steps) == REFERENCE
+    assert (best.solver, best.steps) == ("heun", 2)
+    assert recommend(rows[:1], samples=4)[0] is rows[0]  # nothing faster: the reference itself
+
+
+def test_bad_requests_are_clear(trained_run, tmp_path):
+    with pytest.raises(ValueError, match="SOLVER:STEPS"):
+        parse_grid("rk4:3")
+    with pytest.raises(ValueError, match="SOLVER:STEPS"):
+        parse_grid("euler:0")
+    assert parse_grid("heun:3")[0] == REFERENCE
+    run = load_model(trained_run)
+    with pytest.raises(ValueError, match="at least 2"):
+        measure(run, tmp_path, (1,))
+    (tmp_path / "input").mkdir()
+    tifffile.imwrite(tmp_path / "input" / "a.tif", np.zeros((32, 32), np.uint16))
+    with pytest.raises(DataError, match="target"):
+        measure(run, tmp_path, (2,))
+
+
+def held_out(sim_data, folder):
+    """The simulated validation pairs at twice the size (MicroMS3IM needs more than 160 px a side)."""
+    folder.mkdir()
+    for i, pair in enumerate(read_split(sim_data / "val")):
+        big = [np.kron(a, np.ones((2, 2), np.float32)) for a in (pair.target, pair.input)]
+        tifffile.imwrite(folder / f"pair_{i}.tif", np.stack(big))
+    return folder
+
+
+def test_tune_stores_a_reproducible_recommendation_that_predict_and_export_use(trained_run, sim_data, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    with pytest.raises(DataError, match="at least 161 px"):
+        measure(load_model(run_dir), sim_data / "val", (2,))
+    data = held_out(sim_data, tmp_path / "held_out")
+    grid = parse_grid("euler:2,heun:1")
+    rows, chosen = tune(run_dir, data, (2,), grid, seed=3, device="cpu", progress=False)
+    again = measure(load_model(run_dir), data, (2,), grid, seed=3, progress=False)
+    assert [(r.psnr, r.ms3im, r.sample_psnr, r.calibration_slope) for r in rows] == [
+        (r.psnr, r.ms3im, r.sample_psnr, r.calibration_slope) for r in again
+    ]
+    table = json.loads((run_dir / "tuning" / "tune.json").read_text())
+    assert len(table["rows"]) == 3 and table["recommended"]["solver"] == chosen.solver
+
+    run = load_model(run_dir)
+    assert run.config.recommended_sampler == chosen
+    image = read_split(sim_data / "test")[0].input
+    default = predict_array(run, image, samples=2, progress=False)
+    explicit = predict_array(run, image, samples=2, solver=chosen.solver, steps=chosen.steps, progress=False)
+    np.testing.assert_array_equal(default.mean, explicit.mean)
+    # an explicit flag wins: the run's own stored steps with Euler differ from the recommendation
+    stored = predict_array(run, image, samples=2, solver="euler", progress=False)
+    if (chosen.solver, chosen.steps) != ("euler", run.config.sampler.steps):
+        assert not np.array_equal(stored.mean, default.mean)
+
+    from hazematching.export import export_model
+
+    package = export_model(run_dir, tmp_path / "tuned.zip", test_size=64)
+    with zipfile.ZipFile(package) as archive:
+        rdf = archive.read("rdf.yaml").decode()
+        readme = archive.read("README.md").decode()
+    assert f"solver: {chosen.solver}" in rdf and f"steps: {chosen.steps}" in rdf
+    assert "tuned setting" in readme
+
+
+def test_a_stored_setting_it_cannot_read_is_a_clear_error(trained_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    config = json.loads((run_dir / "config.json").read_text())
+    config["recommended_sampler"] = {"solver": "rk4", "steps": 3}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunError, match="recommended_sampler"):
+        load_model(run_dir)
