@@ -34,7 +34,8 @@ def resolve_settings(
     tile_size: int | None = None,
     overlap: int | None = None,
 ) -> InferenceSettings:
-    """Explicit values (None: not given) over the run's sampler defaults over the package defaults."""
+    """Explicit values (None: not given) over the run's tuned solver and steps (used only when neither
+    is given) over the run's sampler defaults over the package defaults."""
     stored = description.sampler
     recommended = description.recommended_sampler
     if recommended is not None and solver is None and steps is None:  # solver and steps go together
