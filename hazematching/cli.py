@@ -6,6 +6,7 @@ from pathlib import Path
 
 from hazematching.core.sampler import SOLVERS
 from hazematching.core.tiles import OVERLAP, TILE_SIZE
+from hazematching.settings import DEFAULT_NOISE, NOISE_KEYING
 
 
 def _simulate(args) -> None:
@@ -13,7 +14,7 @@ def _simulate(args) -> None:
 
     try:
         counts = simulate_dataset(Path(args.out), args.num_images, args.size, args.seed, depth=args.depth)
-    except ValueError as exc:
+    except (ValueError, ImportError) as exc:
         sys.exit(f"error: {exc}")
     print(f"wrote {sum(counts.values())} pairs to {args.out} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
 
@@ -36,9 +37,10 @@ def _predict(args) -> None:
             keep_samples=args.save_samples,
             calibrated=args.calibrated,
             progress=not args.quiet,
+            noise=args.noise,
             **_sampler_options(args),
         )
-    except (DataError, RunError, JobError) as exc:
+    except (DataError, RunError, JobError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     if "complete" not in result:  # not the main process: the main one reports
         return
@@ -220,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser(
         "simulate",
-        help="write simulated widefield/confocal pairs (microsim)",
+        help='write simulated widefield/confocal pairs (microsim; pip install "hazematching[simulate]")',
         description="Simulate paired widefield/confocal images: OUT/{train,val,test}/*.tif, channel 0 = "
         "confocal target, channel 1 = widefield input.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -268,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
     pred.add_argument("--save-samples", action="store_true", help="also write all samples")
     pred.add_argument("--calibrated", action="store_true", help="write the calibrated std a*std+b (see calibrate)")
+    pred.add_argument(
+        "--noise",
+        choices=list(NOISE_KEYING),
+        default=DEFAULT_NOISE,
+        help="; ".join(f"{k}: {v}" for k, v in NOISE_KEYING.items()),
+    )
     pred.set_defaults(func=_predict)
 
     ev = sub.add_parser(

@@ -11,6 +11,15 @@ from hazematching.core.sampler import SOLVERS, evaluations_per_step
 from hazematching.core.tiles import OVERLAP, TILE_SIZE
 from hazematching.run import RunDescription
 
+# How the experiment runner seeds each plane (``predict --noise``); changes the numbers, so it is
+# recorded with the other settings in the manifest.
+NOISE_KEYING = {
+    "per-plane": "each plane's noise is keyed on (seed, input file name, plane index)",
+    "package": "every plane uses the seed itself, as an exported bioimage.io package does: a 2D image then gives "
+    "the package's numbers",
+}
+DEFAULT_NOISE = "per-plane"
+
 
 class InferenceSettings(BaseModel):
     """What changes the numbers of a prediction: K samples of an N-step solve from a seed, tiled."""

@@ -1,4 +1,5 @@
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,11 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def sim_data(tmp_path_factory) -> Path:
-    """A small microsim data set shared by the training tests (12 pairs of 128 x 128)."""
-    from hazematching.data.simulate import simulate_dataset
-
-    out = tmp_path_factory.mktemp("sim")
-    simulate_dataset(out, num_images=12, size=128, seed=3, depth=24, progress=False)
+    """A small microsim data set shared by the training tests (12 pairs of 128 x 128), committed in
+    tests/assets/sim so that tests run without microsim; copied so that no test writes into the repo."""
+    out = tmp_path_factory.mktemp("sim") / "data"
+    shutil.copytree(REPO / "tests" / "assets" / "sim", out, ignore=shutil.ignore_patterns("*.md"))
     return out
 
 

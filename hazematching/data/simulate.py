@@ -8,6 +8,7 @@ Every image is a pure function of (seed, image index), so a data set is reproduc
 """
 
 import contextlib
+import importlib.util
 import io
 import logging
 import math
@@ -21,6 +22,13 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 VOXEL_NM = (250.0, 100.0, 100.0)  # z, y, x sampling of the ground truth and the images
+INSTALL_HINT = 'pip install "hazematching[simulate]"'
+
+
+def require_microsim() -> None:
+    """microsim is an optional extra (it pins numpy<2 and zarr<3); say how to get it before any work."""
+    if importlib.util.find_spec("microsim") is None:
+        raise ImportError(f"hazematching simulate needs microsim, which is not installed: {INSTALL_HINT}")
 
 
 def _add_filaments(volume: np.ndarray, rng: np.random.Generator, count: int) -> None:
@@ -112,6 +120,7 @@ def simulate_dataset(
     """Write ``out/{train,val,test}/sim_XXXX.tif``; returns the split sizes."""
     if size < 32:
         raise ValueError(f"--size must be >= 32, got {size}")
+    require_microsim()
     out = Path(out)
     counts = split_counts(num_images)
     index = 0

@@ -7,7 +7,20 @@ from hazematching.data.io import read_split
 from hazematching.data.simulate import split_counts
 
 
+def test_simulate_without_microsim_says_what_to_install(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "microsim" else real(name, *a))
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["simulate", "--out", str(tmp_path / "x"), "--num-images", "3", "--size", "64"])
+    message = str(exc.value)
+    assert 'pip install "hazematching[simulate]"' in message and "\n" not in message
+    assert not (tmp_path / "x").exists()
+
+
 def test_simulate_cli_layout_and_reproducibility(tmp_path, capsys):
+    pytest.importorskip("microsim", reason='needs the simulate extra: pip install "hazematching[simulate]"')
     for name, seed in [("a", 1), ("b", 1), ("c", 2)]:
         cli_main(
             [

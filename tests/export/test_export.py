@@ -109,6 +109,20 @@ def test_bioimageio_predict_matches_hazematching_predict(package, trained_run, s
     for got, expected in ((out[0], ours.mean), (out[1], ours.std)):
         assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
 
+    # the command a user runs: `hazematching predict --noise package` gives the package's numbers, the
+    # default (noise keyed per file and plane) does not
+    seed = str(load_model(trained_run).config.sampler.seed)
+    for noise in ("package", "per-plane"):
+        cli_main(
+            ["predict", "--model", str(trained_run), "--input", str(tmp_path / "img.tif")]
+            + ["--output", str(tmp_path / noise / "img.tif"), "--samples", "2", "--steps", "2", "--seed", seed]
+            + ["--noise", noise, "--quiet"]
+        )
+    for noise, equal in (("package", True), ("per-plane", False)):
+        for got, name in ((out[0], "img.tif"), (out[1], "img_std.tif")):
+            cli = tifffile.imread(tmp_path / noise / name)
+            assert bool(np.abs(got - cli).max() <= 1e-4 * np.abs(cli).max()) is equal, (noise, name)
+
 
 def test_torchscript_runs_without_the_project(package, tmp_path):
     with zipfile.ZipFile(package) as zf:

@@ -6,8 +6,8 @@ import tifffile
 import torch
 
 from hazematching.cli import main as cli_main
-from hazematching.data.io import DataError, read_split
-from hazematching.data.simulate import ground_truth, render_pair
+from hazematching.data.io import DataError, read_split, read_two_channel
+from hazematching.data.sample import SAMPLE_PAIR
 from hazematching.evaluation.metrics import psnr
 from hazematching.inference.experiment import predict_experiment as predict_files
 from hazematching.inference.predict import predict_array
@@ -17,9 +17,7 @@ from hazematching.run import RunError, load_model
 @pytest.fixture(scope="module")
 def big_image():
     """A 256 x 256 widefield image: several tiles at tile size 64."""
-    rng = np.random.default_rng(42)
-    _, widefield = render_pair(ground_truth(rng, 256, 24), seed=1)
-    return widefield.astype(np.float32)
+    return read_two_channel(SAMPLE_PAIR).input
 
 
 def test_tiled_prediction_matches_whole_image_and_has_no_seams(trained_run, big_image):

@@ -7,7 +7,8 @@ to every process, and each computes its share of the planes and writes them in p
 as done once its line is in that process's log, written after its pixels were synced, so a relaunch
 (with any number of processes) continues where the last run stopped. A finished file is renamed
 to its final name, so every file under a final name is complete. Noise is keyed on (seed, input file
-name, plane index): results do not depend on how the work was split.
+name, plane index), or on the seed alone with ``noise="package"``: results do not depend on how the
+work was split.
 
 Launch on several processes/GPUs/nodes with ``accelerate launch -m hazematching predict ...``; the
 output folder must then be on a file system that all nodes share.
@@ -26,9 +27,10 @@ from hazematching.data.stack import PlaneReader, PlaneWriter, parse_axes
 from hazematching.inference.experiment.jobs import JobError, check_writable, list_inputs, make_jobs, result_settings
 from hazematching.inference.experiment.manifest import MANIFEST_NAME, Manifest
 from hazematching.inference.experiment.monitor import Monitor
-from hazematching.inference.experiment.schedule import balanced, derive_seed, plan_job
+from hazematching.inference.experiment.schedule import balanced, plan_job, plane_seed
 from hazematching.inference.experiment.workfolder import WORK_NAME, WorkFolder
 from hazematching.run import RunError, atomic_write_bytes, load_model
+from hazematching.settings import DEFAULT_NOISE
 
 
 def predict_experiment(
@@ -43,10 +45,12 @@ def predict_experiment(
     keep_samples: bool = False,
     calibrated: bool = False,
     progress: bool = True,
+    noise: str = DEFAULT_NOISE,
     **options,
 ) -> dict:
     """Dehaze a TIFF or every TIFF of a folder plane by plane on all processes of this launch; returns
-    the summary (also on non-main processes, with what they did). ``options`` go to ``predict_array``."""
+    the summary (also on non-main processes, with what they did). ``options`` go to ``predict_array``;
+    ``noise`` is a key of ``schedule.NOISE_KEYING``."""
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
@@ -66,6 +70,8 @@ def predict_experiment(
         try:
             run = load_model(model_dir, device="cpu")
             settings = result_settings(run, model_dir, run_device, options, channel, axes, keep_samples, calibrated)
+            plane_seed(0, noise, "", 0)  # an unknown mode fails here, before any output exists
+            settings["noise"] = noise
             if run.objective == "mse" and (keep_samples or calibrated):
                 raise RunError("a U-Net baseline run predicts one image: it has no samples and no std to calibrate")
             if calibrated and run.config.calibration is None:
@@ -129,7 +135,7 @@ def predict_experiment(
                         for name in job.outputs
                     }
                 image = reader.read(plane)
-                seed = derive_seed(plan["settings"].get("seed", 0), job.name, plane)
+                seed = plane_seed(plan["settings"].get("seed", 0), noise, job.name, plane)
                 result = predict_array(
                     run,
                     image,

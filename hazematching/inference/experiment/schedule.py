@@ -9,6 +9,16 @@ from hazematching.data.stack import open_stack
 from hazematching.inference.experiment.jobs import MIN_SIZE, JobError, input_stat
 from hazematching.inference.experiment.manifest import Manifest
 from hazematching.inference.experiment.workfolder import WorkFolder
+from hazematching.settings import NOISE_KEYING
+
+
+def plane_seed(seed: int, noise: str, name: str, plane: int) -> int:
+    """The seed ``predict_array`` gets for one plane under a ``NOISE_KEYING`` mode."""
+    if noise not in NOISE_KEYING:
+        raise ValueError(f"unknown noise keying {noise!r}: expected one of {', '.join(NOISE_KEYING)}")
+    if noise == "package":
+        return seed
+    return derive_seed(seed, name, plane)
 
 
 def derive_seed(seed: int, *keys: str | int) -> int:
