@@ -113,3 +113,19 @@ def baseline_run(sim_data, tmp_path_factory) -> Path:
         "--objective",
         "mse",
     )
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("running as root without permission to mount a read-only file system")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)

@@ -1,4 +1,5 @@
-"""N-D TIFF stacks (ImageJ hyperstacks, OME-TIFF, plain TIFF) read and written one 2D YX plane at a time.
+"""N-D TIFF stacks (ImageJ hyperstacks, OME-TIFF, plain TIFF) read and written one 2D YX plane at a time;
+OME-Zarr images go through the same functions (``omezarr`` holds their format).
 
 Why plane by plane: an experiment's stack can be larger than RAM while the method is 2D. Reading
 follows the file's layout (uncompressed contiguous pixels: one positioned read per plane; otherwise
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from hazematching.data import omezarr
 from hazematching.data.io import SUPPORTED_DTYPES, DataError, is_tiff
 
 KNOWN_AXES = "TZCYX"  # time, depth, channel and the plane; ImageJ's order
@@ -42,7 +44,7 @@ class StackInfo:
     """Where the planes of one input are and what the outputs look like."""
 
     path: Path
-    kind: str  # "imagej", "ome" or "plain": the output is written in the same kind where it can be
+    kind: str  # "imagej", "ome", "plain" or "ome-zarr": the output is written in the same kind where it can be
     axes: str  # of the stored series, singleton axes dropped, e.g. "TZCYX"
     shape: tuple[int, ...]
     dtype: np.dtype  # including the file's byte order
@@ -50,6 +52,7 @@ class StackInfo:
     pixel_sizes: PixelSizes = field(default_factory=PixelSizes)
     offset: int | None = None  # start of contiguous uncompressed pixel data, else None
     per_page: int = 1  # planes stored in one TIFF page
+    ngff: omezarr.NgffImage | None = None  # OME-Zarr only
 
     @property
     def out_axes(self) -> str:
@@ -58,6 +61,16 @@ class StackInfo:
     @property
     def out_shape(self) -> tuple[int, ...]:
         return tuple(n for a, n in zip(self.axes, self.shape) if a != "C")
+
+    def output_layout(self, samples: int | None = None) -> tuple[str, tuple[int, ...]]:
+        """Axes and shape of an output: one value per input plane, or ``samples`` values as a C axis."""
+        if samples is None:
+            return self.out_axes, self.out_shape
+        if self.kind == "ome-zarr":
+            axes = omezarr.out_letters(self.axes, samples=True)
+            sizes = dict(zip(self.out_axes, self.out_shape), C=samples)
+            return axes, tuple(sizes[a] for a in axes)
+        return self.out_axes[:-2] + "CYX", (*self.out_shape[:-2], samples, *self.out_shape[-2:])
 
     @property
     def planes(self) -> int:
@@ -143,10 +156,43 @@ def parse_axes(axes: str) -> str:
     return axes
 
 
+def _check_plane_and_channel(
+    path: Path, file_axes: str, shape: tuple, channel: int | None, min_size: int
+) -> int | None:
+    """Planes at least ``min_size`` wide, the requested channel present; returns the channel index
+    (None without a C axis)."""
+    if min(shape[-2:]) < min_size:
+        raise DataError(
+            f"{path}: YX planes of {shape[-2]} x {shape[-1]} are smaller than the minimum {min_size} x {min_size}"
+        )
+    if "C" in file_axes:
+        channels = shape[file_axes.index("C")]
+        if channel is None and channels > 1:
+            raise DataError(
+                f"{path}: has {channels} channels (axes {file_axes}); pick the one the model was trained "
+                "for with --channel C (e.g. --channel 1 for the widefield channel of paired files)"
+            )
+        if channel is not None and not 0 <= channel < channels:
+            raise DataError(
+                f"{path}: --channel {channel} requested but the image (axes {file_axes}, shape {shape}) has "
+                f"{channels} channel(s)"
+            )
+        channel = channel or 0
+    elif channel not in (None, 0):
+        raise DataError(
+            f"{path}: --channel {channel} requested but the image (axes {file_axes}, shape {shape}) has one channel"
+        )
+    else:
+        channel = None
+    return channel
+
+
 def open_stack(path: Path, axes: str | None = None, channel: int | None = None, min_size: int = 16) -> StackInfo:
     """Read the layout of one TIFF (no pixels) and check everything that can be checked up front:
     readable, known axes, the channel present, planes at least ``min_size`` wide, no truncation."""
     path = Path(path)
+    if omezarr.is_zarr(path):
+        return _open_ome_zarr(path, axes, channel, min_size)
     if not is_tiff(path):
         raise DataError(f"{path}: not a TIFF file (expected suffix .tif/.tiff)")
     if not path.is_file():
@@ -216,29 +262,7 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
                 "axis is time, depth or channel; pass --axes, e.g. --axes "
                 f"{'TZYX'[-len(shape) :] if len(shape) <= 4 else 'TZCYX'}"
             )
-    if min(shape[-2:]) < min_size:
-        raise DataError(
-            f"{path}: YX planes of {shape[-2]} x {shape[-1]} are smaller than the minimum {min_size} x {min_size}"
-        )
-    if "C" in file_axes:
-        channels = shape[file_axes.index("C")]
-        if channel is None and channels > 1:
-            raise DataError(
-                f"{path}: has {channels} channels (axes {file_axes}); pick the one the model was trained "
-                "for with --channel C (e.g. --channel 1 for the widefield channel of paired files)"
-            )
-        if channel is not None and not 0 <= channel < channels:
-            raise DataError(
-                f"{path}: --channel {channel} requested but the image (axes {file_axes}, shape {shape}) has "
-                f"{channels} channel(s)"
-            )
-        channel = channel or 0
-    elif channel not in (None, 0):
-        raise DataError(
-            f"{path}: --channel {channel} requested but the image (axes {file_axes}, shape {shape}) has one channel"
-        )
-    else:
-        channel = None
+    channel = _check_plane_and_channel(path, file_axes, shape, channel, min_size)
     per_page = math.prod(page_shape) // (shape[-2] * shape[-1])
     if page_shape[-2:] != shape[-2:] or per_page * num_pages != math.prod(shape[:-2]):
         raise DataError(
@@ -248,13 +272,29 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
     return StackInfo(path, kind, file_axes, shape, dtype, channel, pixel_sizes, offset, per_page)
 
 
+def _open_ome_zarr(path: Path, axes: str | None, channel: int | None, min_size: int) -> StackInfo:
+    """``open_stack`` for an OME-Zarr image: axes and scale from its NGFF metadata (all axes kept, so
+    that outputs have the input's layout), the full-resolution level."""
+    ngff, letters = omezarr.read_metadata(path)
+    if axes is not None and parse_axes(axes) != letters:
+        raise DataError(f"{path}: --axes {axes} disagrees with the image's NGFF axes {letters}; leave --axes out")
+    shape, dtype = omezarr.layout(path, ngff, letters)
+    channel = _check_plane_and_channel(path, letters, shape, channel, min_size)
+    units = {a["name"].lower(): a.get("unit") for a in ngff.axes}
+    scale = {a: omezarr.scale_of(ngff, i) for i, a in enumerate(letters)}
+    sizes = PixelSizes(scale["X"], scale["Y"], scale.get("Z"), _normalize_unit(units.get("x")))
+    return StackInfo(path, "ome-zarr", letters, shape, dtype, channel, sizes, ngff=ngff)
+
+
 class PlaneReader:
     """Reads single planes of one stack as float32; keeps the file open until ``close``."""
 
     def __init__(self, info: StackInfo):
         self.info = info
-        self._fd = os.open(info.path, os.O_RDONLY) if info.offset is not None else None
-        self._tif = tifffile.TiffFile(info.path) if info.offset is None else None
+        zarr = info.kind == "ome-zarr"
+        self._zarr = omezarr.ZarrPlaneReader(info) if zarr else None
+        self._fd = os.open(info.path, os.O_RDONLY) if info.offset is not None and not zarr else None
+        self._tif = tifffile.TiffFile(info.path) if info.offset is None and not zarr else None
 
     def __enter__(self):
         return self
@@ -275,7 +315,9 @@ class PlaneReader:
         index = info.stored_index(plane)
         height, width = info.plane_shape
         try:
-            if self._fd is not None:
+            if self._zarr is not None:
+                array = self._zarr.read_raw(plane)
+            elif self._fd is not None:
                 nbytes = height * width * info.dtype.itemsize
                 data = os.pread(self._fd, nbytes, info.offset + index * nbytes)
                 if len(data) != nbytes:
@@ -326,7 +368,11 @@ def _metadata(kind: str, axes: str, sizes: PixelSizes, description: str) -> dict
 
 def create_output(path: Path, info: StackInfo, axes: str, shape: tuple[int, ...], description: str = "") -> int:
     """An all-zero float32 TIFF of ``shape`` with the input's calibration; returns the byte offset of
-    its (contiguous, little-endian) pixel data for ``PlaneWriter``."""
+    its (contiguous, little-endian) pixel data for ``PlaneWriter``. An OME-Zarr input gets an
+    OME-Zarr output with its NGFF metadata (offset 0: zarr addresses planes by index)."""
+    if info.kind == "ome-zarr":
+        omezarr.create(path, info.ngff, info.axes, axes, shape, description)
+        return 0
     kind = output_kind(info, axes)
     sizes = info.pixel_sizes
     resolution = None
@@ -362,11 +408,26 @@ class PlaneWriter:
         if os.pwrite(self._fd, data, self.offset + index * self.nbytes) != len(data):
             raise OSError(f"short write at plane {index}")
 
+    def write_plane(self, plane: int, data: np.ndarray) -> None:
+        """Output plane ``plane``: (Y, X), or (K, Y, X) for an output with K values per plane."""
+        self.write(plane * (data.shape[0] if data.ndim == 3 else 1), data)
+
     def sync(self) -> None:
         os.fsync(self._fd)
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def open_writer(path: Path, info: StackInfo, offset: int, samples: int | None = None):
+    """A writer with ``write_plane``/``sync``/``close`` for an output made by ``create_output``."""
+    if info.kind == "ome-zarr":
+        return omezarr.ZarrPlaneWriter(path, info.ngff, info.output_layout(samples)[0])
+    return PlaneWriter(path, offset, info.plane_shape)
+
+
+def output_suffix(info: StackInfo) -> str:
+    return ".ome.zarr" if info.kind == "ome-zarr" else ".tif"
 
 
 def describe(info: StackInfo) -> str:

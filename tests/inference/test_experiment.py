@@ -258,22 +258,6 @@ def test_settings_are_never_mixed_and_foreign_files_never_overwritten(trained_ru
         predict_experiment(trained_run, src, out, progress=False, axes="XY")
 
 
-@pytest.fixture
-def read_only_folder(tmp_path):
-    folder = tmp_path / "read_only"
-    folder.mkdir()
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
-        return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip("running as root without permission to mount a read-only file system")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
-
-
 def test_read_only_output_folder_is_a_clear_error(trained_run, sim_data, tmp_path, read_only_folder):
     src = tmp_path / "in"
     src.mkdir()

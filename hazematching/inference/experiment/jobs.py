@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from hazematching.data.io import TIFF_SUFFIXES, DataError
+from hazematching.data.omezarr import is_zarr, metadata_file
 from hazematching.data.stack import StackInfo
 from hazematching.inference.speed import bf16_supported
 from hazematching.run import WEIGHTS_NAME, LoadedRun
@@ -35,7 +36,14 @@ class FileJob:
 def split_name(name: str) -> tuple[str, str]:
     """('cell', '.ome.tif') for cell.ome.tiff, ('cell', '.tif') for cell.TIF: outputs keep the OME mark."""
     lower = name.lower()
-    for suffix, kept in ((".ome.tiff", ".ome.tif"), (".ome.tif", ".ome.tif"), (".tiff", ".tif"), (".tif", ".tif")):
+    for suffix, kept in (
+        (".ome.tiff", ".ome.tif"),
+        (".ome.tif", ".ome.tif"),
+        (".tiff", ".tif"),
+        (".tif", ".tif"),
+        (".ome.zarr", ".ome.zarr"),
+        (".zarr", ".zarr"),
+    ):
         if lower.endswith(suffix):
             return name[: -len(suffix)], kept
     return Path(name).stem, ".tif"
@@ -51,34 +59,51 @@ def output_names(main: Path, keep_samples: bool, point_predictor: bool) -> dict[
     return names
 
 
+def _is_input(path: Path) -> bool:
+    return (path.suffix.lower() in TIFF_SUFFIXES and path.is_file()) or (
+        path.suffix.lower() == ".zarr" and path.is_dir()
+    )
+
+
+def _candidates(folder: Path, recursive: bool):
+    """Entries of ``folder`` (with ``recursive`` of its sub-folders too, never inside a Zarr store)."""
+    if not recursive:
+        yield from folder.iterdir()
+        return
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            yield Path(root) / name
+        dirs[:] = [d for d in dirs if not d.lower().endswith(".zarr")]
+
+
 def list_inputs(input_path: Path, recursive: bool = False, exclude: Path | None = None) -> list[Path]:
-    """The TIFFs of a folder (with ``recursive`` also of its sub-folders), hidden ones and anything
-    under ``exclude`` (the output folder, when it lies inside the input) left out."""
+    """The TIFFs and OME-Zarr images (``*.zarr``) of a folder (with ``recursive`` also of its
+    sub-folders), hidden ones and anything under ``exclude`` (the output folder, when it lies inside
+    the input) left out. A single file or Zarr image is its own list."""
     input_path = Path(input_path)
-    if not input_path.is_dir():
+    if not input_path.is_dir() or is_zarr(input_path):
         if not input_path.exists():
             raise DataError(f"{input_path}: does not exist")
         return [input_path]
     skip = exclude.resolve() if exclude is not None else None
-    candidates = input_path.rglob("*") if recursive else input_path.iterdir()
     files = sorted(
         p
-        for p in candidates
-        if p.suffix.lower() in TIFF_SUFFIXES
-        and p.is_file()
+        for p in _candidates(input_path, recursive)
+        if _is_input(p)
         and not any(part.startswith(".") for part in p.relative_to(input_path).parts)
         and not (skip is not None and p.resolve().is_relative_to(skip))
     )
     if not files:
         raise DataError(
-            f"{input_path}: no .tif/.tiff files to predict"
+            f"{input_path}: no .tif/.tiff files or .zarr images to predict"
             + ("" if recursive else " (--recursive also looks in sub-folders)")
         )
     return files
 
 
 def input_stat(path: Path) -> list[int]:
-    stat = path.stat()
+    """Size and time of a file, or of a Zarr image's metadata: what tells that an input changed."""
+    stat = (metadata_file(path) if is_zarr(path) else path).stat()
     return [stat.st_size, stat.st_mtime_ns]
 
 
@@ -138,7 +163,13 @@ def make_jobs(
     """One job per input; sub-folders of the input are mirrored in the output."""
     jobs = []
     for path in inputs:
-        relative = path.relative_to(input_root) if input_root.is_dir() else Path(path.name)
+        if single_file and is_zarr(path) != (output.suffix.lower() == ".zarr"):
+            raise JobError(
+                f"--output {output}: an {'OME-Zarr' if is_zarr(path) else 'TIFF'} input is written in its own format; "
+                f"give --output NAME{'.ome.zarr' if is_zarr(path) else '.tif'} or a folder"
+            )
+        folder_input = input_root.is_dir() and not is_zarr(input_root)
+        relative = path.relative_to(input_root) if folder_input else Path(path.name)
         main = output if single_file else output / relative.parent / "".join(split_name(path.name))
         key = main.name if single_file else main.relative_to(output).as_posix()
         jobs.append(FileJob(key, path, output_names(main, keep_samples, point_predictor), relative.as_posix()))

@@ -41,7 +41,7 @@ class Manifest:
             entry.get("status") == "complete"
             and entry.get("settings") == settings
             and entry.get("input_stat") == input_stat(job.input)
-            and all(p.is_file() for p in job.outputs.values())
+            and all(p.exists() for p in job.outputs.values())
         )
 
     def conflicts(self, settings: dict, keys: list[str]) -> list[str]:

@@ -63,7 +63,11 @@ class Monitor:
         for name in sorted(job.outputs, key=lambda n: n == "mean"):
             partial = self.work.partial(job, name)
             job.outputs[name].parent.mkdir(parents=True, exist_ok=True)
-            if partial.exists():
+            if partial.is_dir():  # an OME-Zarr image: a folder cannot replace another in one step
+                if job.outputs[name].is_dir():
+                    shutil.rmtree(job.outputs[name])
+                os.replace(partial, job.outputs[name])
+            elif partial.exists():
                 with open(partial, "rb+") as f:
                     os.fsync(f.fileno())
                 os.replace(partial, job.outputs[name])

@@ -1,4 +1,5 @@
-"""Dehaze a whole experiment: every YX plane of every TIFF of a folder, on every process, resumable.
+"""Dehaze a whole experiment: every YX plane of every TIFF or OME-Zarr image of a folder, on every process,
+resumable.
 
 Work units are (file, plane). The main process checks all inputs, keeps the manifest
 (``hazematching_manifest.json`` in the output folder: settings, model hash, per-file status) and
@@ -23,7 +24,8 @@ import numpy as np
 import torch
 
 from hazematching.data.io import TIFF_SUFFIXES, DataError
-from hazematching.data.stack import PlaneReader, PlaneWriter, parse_axes
+from hazematching.data.omezarr import is_zarr
+from hazematching.data.stack import PlaneReader, open_writer, parse_axes
 from hazematching.inference.experiment.jobs import JobError, check_writable, list_inputs, make_jobs, result_settings
 from hazematching.inference.experiment.manifest import MANIFEST_NAME, Manifest
 from hazematching.inference.experiment.monitor import Monitor
@@ -60,7 +62,8 @@ def predict_experiment(
     state = PartialState(cpu=(wanted is not None and wanted.type == "cpu") or not torch.cuda.is_available())
     run_device = wanted if wanted is not None and wanted.type == "cpu" else state.device
     model_dir, input_path, output_path = Path(model_dir), Path(input_path), Path(output_path)
-    single_file = not input_path.is_dir() and output_path.suffix.lower() in TIFF_SUFFIXES
+    single_input = is_zarr(input_path) or not input_path.is_dir()
+    single_file = single_input and output_path.suffix.lower() in (*TIFF_SUFFIXES, ".zarr")
     folder = output_path.parent if single_file else output_path
     work = WorkFolder(folder / WORK_NAME)
     axes = parse_axes(axes) if axes else None
@@ -78,12 +81,12 @@ def predict_experiment(
                 raise RunError(
                     "this run is not calibrated: run `hazematching calibrate --model RUN --data VAL_DIR` first"
                 )
-            if input_path.is_dir() and folder.resolve() == input_path.resolve():
+            if not single_input and folder.resolve() == input_path.resolve():
                 raise JobError(
                     f"--output {output_path} is the input folder: outputs would mix with the inputs; choose another "
                     "--output"
                 )
-            inputs = list_inputs(input_path, recursive, exclude=None if single_file else output_path)
+            inputs = list_inputs(input_path, recursive, exclude=None if single_input else output_path)
             jobs = make_jobs(inputs, input_path, output_path, single_file, keep_samples, run.objective == "mse")
             check_writable(folder)
             work.root.mkdir(exist_ok=True)
@@ -131,7 +134,12 @@ def predict_experiment(
                     current, reader, writers = index, None, {}
                     reader = PlaneReader(job.info)
                     writers = {
-                        name: PlaneWriter(work.partial(job, name), job.offsets[name], job.info.plane_shape)
+                        name: open_writer(
+                            work.partial(job, name),
+                            job.info,
+                            job.offsets[name],
+                            plan["settings"]["samples"] if name == "samples" else None,
+                        )
                         for name in job.outputs
                     }
                 image = reader.read(plane)
@@ -146,10 +154,7 @@ def predict_experiment(
                     **{**options, "seed": seed},
                 )
                 for name, writer in writers.items():
-                    if name == "samples":
-                        writer.write(plane * result.samples.shape[0], result.samples)
-                    else:
-                        writer.write(plane, getattr(result, name))
+                    writer.write_plane(plane, getattr(result, name))
                     writer.sync()
                 work.log(job, state.process_index, f"done {plane}")
                 computed += 1

@@ -4,8 +4,8 @@ import json
 import shutil
 from pathlib import Path
 
-from hazematching.data.stack import create_output
-from hazematching.inference.experiment.jobs import FileJob
+from hazematching.data.stack import create_output, output_suffix
+from hazematching.inference.experiment.jobs import FileJob, input_stat
 from hazematching.run import atomic_write_bytes
 from hazematching.version import __version__
 
@@ -34,14 +34,14 @@ class WorkFolder:
                 break
 
     def partial(self, job: FileJob, name: str) -> Path:
-        return self.folder(job) / f"{name}.tif"
+        return self.folder(job) / f"{name}{output_suffix(job.info)}"
 
     def prepare(self, job: FileJob, settings: dict, keep_samples: bool) -> None:
         """Reuse the work copies of an interrupted run with the same settings, else start afresh."""
         folder, info = self.folder(job), job.info
         state = {
             "settings": settings,
-            "input_size": job.input.stat().st_size,
+            "input_size": input_stat(job.input)[0],
             "axes": info.axes,
             "shape": list(info.shape),
         }
@@ -49,7 +49,7 @@ class WorkFolder:
         try:
             old = json.loads(state_path.read_text())
             if old["state"] == json.loads(json.dumps(state, default=str)) and all(
-                self.partial(job, name).is_file() for name in job.outputs
+                self.partial(job, name).exists() for name in job.outputs
             ):
                 job.offsets = old["offsets"]
                 return
@@ -59,9 +59,7 @@ class WorkFolder:
         folder.mkdir(parents=True)
         description = f"hazematching {__version__} {json.dumps(settings, default=str)}"
         for name in job.outputs:
-            axes, shape = info.out_axes, info.out_shape
-            if name == "samples":
-                axes, shape = axes[:-2] + "CYX", (*shape[:-2], settings["samples"], *shape[-2:])
+            axes, shape = info.output_layout(settings["samples"] if name == "samples" else None)
             job.offsets[name] = create_output(self.partial(job, name), info, axes, shape, f"{name}: {description}")
         atomic_write_bytes(state_path, json.dumps({"state": state, "offsets": job.offsets}, default=str).encode())
 
