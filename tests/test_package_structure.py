@@ -75,6 +75,24 @@ def test_the_cycle_check_sees_cycles(tmp_path, monkeypatch):
         raise AssertionError("the cycle was not found")
 
 
+def test_the_napari_plugin_stays_out_of_the_core_install():
+    """No module outside the plugin imports it, and importing the package and its CLI loads no Qt."""
+    users = [
+        m
+        for m, deps in graph().items()
+        if not m.startswith("hazematching.napari") and any(d.startswith("hazematching.napari") for d in deps)
+    ]
+    assert not users
+    code = (
+        "import sys, hazematching, hazematching.cli, hazematching.inference.predict\n"
+        "gui = ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide6', 'magicgui', 'vispy')\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in gui)\n"
+        "assert not bad, bad"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_core_imports_torch_only():
     for path in (PACKAGE / "core").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

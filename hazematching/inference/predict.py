@@ -8,6 +8,7 @@ serves the U-Net baseline run, which gives a single deterministic prediction.
 ``accelerate launch -m hazematching predict ...`` on several processes, GPUs and nodes.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,13 +66,16 @@ def predict_array(
     precision: str = "auto",
     sample_batch: int | None = None,
     job_planes: int = 1,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Prediction:
     """Dehaze one 2D image (raw intensities). Sampler and tiling settings not given are resolved by
     ``settings.resolve_settings`` (the run's stored defaults, then the package's).
 
     ``compile``/``precision`` (see ``speed.fast_network``) and ``sample_batch`` (samples per network
     call, default by device) change speed, not results beyond floating-point rounding. ``job_planes``:
-    how many images of this size the caller will predict, so that ``compile="auto"`` judges the job."""
+    how many images of this size the caller will predict, so that ``compile="auto"`` judges the job.
+    ``on_progress(done, total)`` is called as samples of tile batches finish (an exception it raises,
+    e.g. a user's cancel, stops the prediction there)."""
     if image.ndim != 2 or min(image.shape) < MIN_SIZE:
         raise DataError(f"image of shape {image.shape}: expected a 2D image of at least {MIN_SIZE} x {MIN_SIZE}")
     if not np.isfinite(image).all():
@@ -108,6 +112,14 @@ def predict_array(
     )
     full = len(batches[0])
     with tqdm(total=total, desc="predicting", unit="sample", disable=not progress, leave=False) as bar:
+        done = [0]  # a disabled tqdm does not count
+
+        def advance(count: int = 1) -> None:
+            bar.update(count)
+            done[0] += count
+            if on_progress is not None:
+                on_progress(done[0], total)
+
         for batch in batches:
             windows = [normalized[t.window(th, tw)] for t in batch]
             if net.compiled is not None:  # one shape for every call: a smaller last batch would recompile
@@ -115,7 +127,7 @@ def predict_array(
             cond = torch.from_numpy(np.stack(windows)[:, None]).to(device)
             if point_predictor:
                 out_mean, out_std, out_samples = net(torch.zeros_like(cond), cond, None), None, None
-                bar.update()
+                advance()
             else:
                 # noise frame centred on the image, as in the exported model (core/dehazer.py)
                 padded = batch + batch[-1:] * (len(windows) - len(batch))
@@ -130,7 +142,7 @@ def predict_array(
                     keep_samples=keep_samples,
                     origin_y=origin_y,
                     origin_x=origin_x,
-                    on_sample=bar.update,
+                    on_sample=advance,
                     solver=solver,
                     samples_per_batch=per_call,
                 )
