@@ -115,12 +115,12 @@ def _calibrate(args) -> None:
 
 def _tune(args) -> None:
     from hazematching.data.io import DataError
-    from hazematching.evaluation.tune import GRID, markdown, parse_grid, tune
+    from hazematching.evaluation.tune import markdown, parse_grid, tune
     from hazematching.run import RunError
 
     try:
         samples = tuple(int(k) for k in args.samples.split(",")) if args.samples else None
-        grid = parse_grid(args.settings) if args.settings else GRID
+        grid = parse_grid(args.settings) if args.settings else None
         rows, chosen = tune(
             Path(args.model), Path(args.data), samples, grid, args.seed, args.device, store=not args.dry_run
         )
@@ -329,7 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     tun.add_argument("--model", required=True, help="HazeMatching run directory (config.json is updated)")
     tun.add_argument("--data", required=True, help="paired held-out folder, e.g. DATA/val")
     tun.add_argument("--samples", default=None, help="comma-separated K values (default: the run's K)")
-    tun.add_argument("--settings", default=None, help="comma-separated SOLVER:STEPS (default: 13 settings)")
+    tun.add_argument(
+        "--settings",
+        default=None,
+        help="comma-separated SOLVER:STEPS (default: 13 settings, plus shortcut:4,2,1 for a run trained with "
+        "--shortcut-fraction)",
+    )
     tun.add_argument("--seed", type=int, default=0, help="noise seed of every row")
     tun.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     tun.add_argument("--dry-run", action="store_true", help="print and write the table, keep config.json as it is")

@@ -48,7 +48,9 @@ class SamplerConfig(BaseModel):
     steps: int = Field(20, ge=1)
     samples: int = Field(8, ge=1)
     seed: int = Field(0, ge=0)
-    solver: Literal[SOLVERS] = Field("euler", description="midpoint/heun: 2 network calls per step")
+    solver: Literal[SOLVERS] = Field(
+        "euler", description="midpoint/heun: 2 network calls per step; shortcut: needs shortcut_fraction > 0"
+    )
 
 
 class TrainConfig(BaseModel):
@@ -82,6 +84,18 @@ class TrainConfig(BaseModel):
     validation_steps: int = Field(500, ge=0, description="validation loss + sample grid every N steps (0: never)")
     validation_crops: int = Field(8, ge=1)
     time_grid_points: int = Field(0, ge=0, description="0: t ~ U[0,1); G: t on linspace(0, 1, G) as the reference code")
+    shortcut_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="shortcut models: the fraction of each batch trained for self-consistency of large steps "
+        "(0: plain flow matching; 0.25 as in the paper); adds step-size conditioning, sample with --solver shortcut",
+    )
+    init_from: Path | None = Field(
+        None,
+        description="start from this run's weights and normalisation (fine-tuning, e.g. with --shortcut-fraction); "
+        "the model flags must match that run's",
+    )
     augment: bool = True
     num_workers: int | None = Field(
         None,
@@ -116,6 +130,10 @@ class TrainConfig(BaseModel):
                 f"checkpoints_total_limit is set but checkpointing_steps ({self.checkpointing_steps}) > "
                 f"max_steps ({self.max_steps}): no checkpoint would ever be written"
             )
+        if self.shortcut_fraction > 0 and self.objective != "cfm":
+            raise ValueError("shortcut_fraction needs objective 'cfm' (the U-Net baseline takes no steps)")
+        if self.sampler.solver == "shortcut" and self.shortcut_fraction == 0:
+            raise ValueError("sampler solver 'shortcut' needs shortcut_fraction > 0 (a step-conditioned network)")
         if self.lr_warmup_steps >= self.max_steps:
             raise ValueError(f"lr_warmup_steps ({self.lr_warmup_steps}) must be < max_steps ({self.max_steps})")
         return self

@@ -98,6 +98,7 @@ class Architecture(BaseModel):
     norm: Literal["channel", "group", "none"] = "channel"
     dropout: float = 0.0
     time_conditioning: bool = True
+    step_conditioning: bool = False  # shortcut models (core/shortcut.py)
 
 
 class NormalizationStats(BaseModel):
@@ -172,8 +173,9 @@ class RunDescription(BaseModel):
         return json.dumps(data, indent=2).encode()
 
 
-def architecture_kwargs(model_config, objective: str) -> dict:
-    """UNet(**kwargs) for a ModelConfig; the point predictor has no time conditioning."""
+def architecture_kwargs(model_config, objective: str, step_conditioning: bool = False) -> dict:
+    """UNet(**kwargs) for a ModelConfig; the point predictor has no time conditioning. The key
+    ``step_conditioning`` appears only when set, so plain runs keep their architecture unchanged."""
     return {
         "in_channels": 1,
         "cond_channels": 1,
@@ -185,7 +187,7 @@ def architecture_kwargs(model_config, objective: str) -> dict:
         "norm": model_config.norm,
         "dropout": model_config.dropout,
         "time_conditioning": objective == "cfm",
-    }
+    } | ({"step_conditioning": True} if step_conditioning else {})
 
 
 def save_run(run_dir: Path, state: dict[str, torch.Tensor], description: RunDescription) -> None:

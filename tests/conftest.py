@@ -98,6 +98,32 @@ def trained_run(sim_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shortcut_run(sim_data, trained_run, tmp_path_factory) -> Path:
+    """``trained_run`` fine-tuned briefly as a shortcut model (step-size conditioning)."""
+    return _train_once(
+        tmp_path_factory,
+        "shortcut",
+        sim_data,
+        "--init-from",
+        str(trained_run),
+        "--shortcut-fraction",
+        "0.25",
+        "--max-steps",
+        "20",
+        "--checkpointing-steps",
+        "10",
+        "--validation-steps",
+        "0",
+        "--sampler-solver",
+        "shortcut",
+        "--sampler-steps",
+        "2",
+        "--sampler-samples",
+        "4",
+    )
+
+
+@pytest.fixture(scope="session")
 def baseline_run(sim_data, tmp_path_factory) -> Path:
     """The U-Net point-predictor baseline, same backbone, trained briefly."""
     return _train_once(

@@ -1,7 +1,8 @@
 """The one ODE sampler: posterior samples of dx/dt = v_theta(t, [x, c]) from t=0 to t=1.
 
 ``ODESampler.draw`` makes samples (hash noise keyed on seed, sample index and pixel position, then
-N steps of Euler, midpoint or Heun); ``update_moments`` folds them into the running mean/std.
+N steps of Euler, midpoint or Heun, or N shortcut steps of size 1/N for a network trained with step
+conditioning, see ``shortcut.py``); ``update_moments`` folds them into the running mean/std.
 Everything that samples (validation grids, predict, the exported bioimage.io model) uses these two.
 Sample k is therefore the same whether it is drawn alone, with ``first_sample=k``, or batched with
 other samples and tiles, on any device. Both are TorchScript-compatible, so the exported model runs
@@ -16,14 +17,14 @@ from torch import nn
 
 from .noise import hash_normal
 
-SOLVERS = ("euler", "midpoint", "heun")
+SOLVERS = ("euler", "midpoint", "heun", "shortcut")
 
 
 def evaluations_per_step(solver: str) -> int:
-    """Network evaluations per step: Euler 1, midpoint and Heun 2 (second order)."""
+    """Network evaluations per step: Euler and shortcut 1, midpoint and Heun 2 (second order)."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
-    return 1 if solver == "euler" else 2
+    return 2 if solver in ("midpoint", "heun") else 1
 
 
 @dataclass
@@ -48,6 +49,11 @@ class ODESampler(nn.Module):
     def __init__(self, net: nn.Module, out_channels: int = 1, solver: str = "euler"):
         super().__init__()
         evaluations_per_step(solver)
+        if solver == "shortcut" and not getattr(net, "step_conditioning", False):
+            raise ValueError(
+                "the shortcut solver needs a network trained with step conditioning (train or fine-tune with "
+                "--shortcut-fraction)"
+            )
         self.net = net
         self.out_channels = out_channels
         self.solver = solver
@@ -56,11 +62,20 @@ class ODESampler(nn.Module):
         tt = torch.full([x.shape[0]], t, device=x.device, dtype=x.dtype)
         return self.net(x, cond, tt).to(x.dtype)
 
+    def shortcut(self, x: torch.Tensor, cond: torch.Tensor, t: float, d: float) -> torch.Tensor:
+        """The average velocity over a step of size ``d`` (shortcut models)."""
+        tt = torch.full([x.shape[0]], t, device=x.device, dtype=x.dtype)
+        dd = torch.full([x.shape[0]], d, device=x.device, dtype=x.dtype)
+        return self.net(x, cond, tt, dd).to(x.dtype)
+
     def integrate(self, x: torch.Tensor, cond: torch.Tensor, steps: int) -> torch.Tensor:
         """From t=0 to t=1 in ``steps`` equal steps; no host-device synchronisation inside."""
         dt = 1.0 / steps
         for i in range(steps):
             t = i * dt
+            if self.solver == "shortcut":
+                x = x + dt * self.shortcut(x, cond, t, dt)
+                continue
             v = self.velocity(x, cond, t)
             if self.solver == "midpoint":
                 x = x + dt * self.velocity(x + (0.5 * dt) * v, cond, t + 0.5 * dt)

@@ -142,14 +142,18 @@ class UNet(nn.Module):
         norm: str = "channel",
         dropout: float = 0.0,
         time_conditioning: bool = True,
+        step_conditioning: bool = False,
     ):
         super().__init__()
+        if step_conditioning and not time_conditioning:
+            raise ValueError("step_conditioning needs time_conditioning (the step size joins the time embedding)")
         if any(level >= len(channel_mults) for level in attention_levels):
             raise ValueError(f"attention_levels {attention_levels} outside 0..{len(channel_mults) - 1}")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.cond_channels = cond_channels
         self.time_conditioning = time_conditioning
+        self.step_conditioning = step_conditioning
         self.stride = 2 ** (len(channel_mults) - 1)
         self.base_channels = base_channels
         emb_dim = 4 * base_channels if time_conditioning else 0
@@ -158,6 +162,16 @@ class UNet(nn.Module):
             if time_conditioning
             else None
         )
+        # shortcut models: the step size d joins the time embedding through its own MLP, whose last
+        # layer starts at zero, so a network fine-tuned from a plain run starts as that run
+        self.step_mlp = (
+            nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            if step_conditioning
+            else None
+        )
+        if self.step_mlp is not None:
+            nn.init.zeros_(self.step_mlp[2].weight)
+            nn.init.zeros_(self.step_mlp[2].bias)
         widths = [base_channels * m for m in channel_mults]
         self.stem = nn.Conv2d(in_channels + cond_channels, widths[0], 3, padding=1)
         self.down = nn.ModuleList()
@@ -180,7 +194,11 @@ class UNet(nn.Module):
             cin = widths[i]
         self.head = nn.Sequential(make_norm(norm, cin), nn.SiLU(), nn.Conv2d(cin, out_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor | None = None, d: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Velocity at (x_t, t) given ``cond``; ``d``: the step size of a shortcut network (None: 0,
+        the instantaneous velocity; ignored by networks without step conditioning)."""
         h_in, w_in = x.shape[-2], x.shape[-1]
         pad_h = (-h_in) % self.stride
         pad_w = (-w_in) % self.stride
@@ -195,6 +213,9 @@ class UNet(nn.Module):
             # which is the weights' dtype when DeepSpeed runs the network in bf16/fp16
             t = t.float().reshape(-1).expand(h.shape[0])
             emb = self.time_mlp(sinusoidal_embedding(t, self.base_channels).to(h.dtype))
+            if self.step_mlp is not None:
+                step = torch.zeros_like(t) if d is None else d.float().reshape(-1).expand(h.shape[0])
+                emb = emb + self.step_mlp(sinusoidal_embedding(step, self.base_channels).to(h.dtype))
         h = self.stem(h)
         skips: list[torch.Tensor] = []
         i = 0

@@ -28,6 +28,7 @@ GRID = (
     ("midpoint", 5), ("midpoint", 3), ("midpoint", 2), ("midpoint", 1),
     ("heun", 5), ("heun", 3), ("heun", 2), ("heun", 1),
 )  # fmt: skip
+SHORTCUT_GRID = (("shortcut", 4), ("shortcut", 2), ("shortcut", 1))  # added for step-conditioned runs
 
 
 @dataclass
@@ -144,14 +145,15 @@ def tune(
     model_dir: Path,
     data_dir: Path,
     samples: tuple[int, ...] | None = None,
-    grid: tuple[tuple[str, int], ...] = GRID,
+    grid: tuple[tuple[str, int], ...] | None = None,
     seed: int = 0,
     device: str = "auto",
     store: bool = True,
     progress: bool = True,
 ) -> tuple[list[TuneRow], SamplerRecommendation]:
     """Measure the table on ``data_dir``, write it to RUN/tuning/, and (``store``) keep the
-    recommendation for the run's K in config.json, where predict, experiments and export find it."""
+    recommendation for the run's K in config.json, where predict, experiments and export find it.
+    ``grid`` None: ``GRID``, plus ``SHORTCUT_GRID`` for a run trained with step conditioning."""
     import json
 
     from hazematching.evaluation.evaluate import load_flow_run
@@ -160,6 +162,8 @@ def tune(
     model_dir, data_dir = Path(model_dir), Path(data_dir)
     run = load_flow_run(model_dir, device)
     samples = samples or (run.config.sampler.samples,)
+    if grid is None:
+        grid = GRID + (SHORTCUT_GRID if run.config.architecture.step_conditioning else ())
     rows = measure(run, data_dir, samples, grid, seed, progress)
     k = run.config.sampler.samples if run.config.sampler.samples in samples else max(samples)
     best, reference = recommend(rows, k)

@@ -56,23 +56,27 @@ class FastNetwork(nn.Module):
         # another size) recompiles once with symbolic sizes, which then serve every later size
         self.compiled = torch.compile(net, dynamic=None, options={"freezing": True}) if compile else None
         self.out_channels = getattr(net, "out_channels", 1)
+        self.step_conditioning = getattr(net, "step_conditioning", False)
 
-    def _call(self, fn, x, cond, t):
+    def _call(self, fn, x, cond, t, d):
+        args = (x, cond, t) if d is None else (x, cond, t, d)
         if self.bf16:
             with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                return fn(x, cond, t).float()
-        return fn(x, cond, t)
+                return fn(*args).float()
+        return fn(*args)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, d: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.compiled is not None:
             try:
-                return self._call(self.compiled, x, cond, t)
+                return self._call(self.compiled, x, cond, t, d)
             except Exception as exc:  # compilation problems surface at the first call
                 warnings.warn(
                     f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); running eagerly", stacklevel=2
                 )
                 self.compiled = None
-        return self._call(self.net, x, cond, t)
+        return self._call(self.net, x, cond, t, d)
 
 
 def fast_network(

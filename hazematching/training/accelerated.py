@@ -52,8 +52,12 @@ def engine_forward(model, dtype: torch.dtype | None):
     if dtype is None:
         return model
 
-    def forward(x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-        return model(x.to(dtype), cond.to(dtype), t)
+    def forward(
+        x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor | None = None, d: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if d is None:  # networks without step conditioning take three arguments
+            return model(x.to(dtype), cond.to(dtype), t)
+        return model(x.to(dtype), cond.to(dtype), t, d)
 
     return forward
 

@@ -25,17 +25,21 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from hazematching.config import TrainConfig
-from hazematching.core import UNet, cfm_loss, keyed_normal, keyed_time, mse_loss
+from hazematching.core import UNet, cfm_loss, keyed_normal, keyed_time, mse_loss, shortcut_loss
 from hazematching.data.dataset import FixedCropDataset, RandomCropDataset
 from hazematching.data.io import DataError, load_splits
 from hazematching.data.normalization import Normalization
 from hazematching.data.sampling import StepBatchSampler
 from hazematching.run import (
     FORMAT_VERSION,
+    WEIGHTS_NAME,
+    Architecture,
     RunDescription,
+    RunError,
     architecture_kwargs,
     atomic_save_safetensors,
     atomic_write_bytes,
+    read_description,
     save_run,
     versions,
 )
@@ -90,7 +94,12 @@ class Trainer:
             if config.resume_from_checkpoint == "latest" and resume_path is None:
                 print("no complete checkpoint found: starting a new training run", file=sys.stderr)
 
-        self.normalization = Normalization.from_pairs(train_pairs)
+        self.base_state = None  # weights of --init-from, loaded into the new network
+        if config.init_from is not None:
+            base = self._base_run(config.init_from)
+            self.normalization = Normalization(**base.normalization.model_dump())  # what the network was trained on
+        else:
+            self.normalization = Normalization.from_pairs(train_pairs)
         self.train_set = RandomCropDataset(
             train_pairs, config.crop_size, self.normalization, seed=config.seed, augment=config.augment
         )
@@ -125,10 +134,34 @@ class Trainer:
             ),
         )
 
+    def _base_run(self, run_dir: Path) -> RunDescription:
+        """The run that ``--init-from`` fine-tunes: same network apart from step conditioning."""
+        try:
+            base = read_description(run_dir)
+            self.base_state = load_file(Path(run_dir) / WEIGHTS_NAME)
+        except (RunError, OSError) as exc:
+            raise TrainingError(f"--init-from {run_dir}: {exc}") from exc
+        wanted = Architecture(**architecture_kwargs(self.config.model, self.config.objective)).model_dump()
+        have = base.architecture.model_dump()
+        wanted.pop("step_conditioning"), have.pop("step_conditioning")
+        if base.objective != self.config.objective or have != wanted:
+            raise TrainingError(
+                f"--init-from {run_dir}: that run is a {base.objective} network {have}, but the flags ask for "
+                f"{self.config.objective} {wanted}; give the same model flags as that run"
+            )
+        return base
+
     def _model_and_optimizer(self) -> None:
         config, accelerator = self.config, self.accelerator
         torch.manual_seed(config.seed)  # identical initial weights on every process
-        model = UNet(**architecture_kwargs(config.model, config.objective))
+        model = UNet(**architecture_kwargs(config.model, config.objective, config.shortcut_fraction > 0))
+        if self.base_state is not None:
+            missing, unexpected = model.load_state_dict(self.base_state, strict=False)
+            if unexpected or any(not key.startswith("step_mlp.") for key in missing):
+                raise TrainingError(
+                    f"--init-from {config.init_from}: weights do not fit (missing {missing[:3]}, unexpected "
+                    f"{unexpected[:3]})"
+                )
         self.ema = EMA(model, config.ema_decay)
         deepspeed = accelerator.state.deepspeed_plugin
         if accelerator.device.type == "cuda" and deepspeed is None:
@@ -149,7 +182,9 @@ class Trainer:
     def _architecture(self) -> dict:
         return {
             "objective": self.config.objective,
-            "architecture": architecture_kwargs(self.config.model, self.config.objective),
+            "architecture": architecture_kwargs(
+                self.config.model, self.config.objective, self.config.shortcut_fraction > 0
+            ),
         }
 
     def _resume(self, resume_path: Path) -> int:
@@ -215,6 +250,9 @@ class Trainer:
         keys = batch["key"].to(device, non_blocking=True)
         noise = keyed_normal(keys, config.seed, *target.shape[1:])
         t = keyed_time(keys, config.seed, config.time_grid_points)
+        if config.shortcut_fraction > 0:
+            consistency = max(1, round(config.shortcut_fraction * len(keys)))
+            return shortcut_loss(self.forward, noise, target, t, cond, keys, config.seed, consistency)
         return cfm_loss(self.forward, noise, target, t, cond)
 
     def train(self) -> None:

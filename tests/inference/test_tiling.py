@@ -137,3 +137,38 @@ def test_exported_model_uses_real_context_of_a_block(trained_run):
     assert torch.equal(out[..., :174, :160], whole)
     # without the context the block's top-left pixels would come out differently
     assert (out[0, 0, 24:40, 24:40] - inner_only[0, 0, :16, :16]).abs().max() > 1e-2 * whole.abs().max()
+
+
+def test_shortcut_sampling_is_the_same_batched_tiled_and_exported(shortcut_run):
+    """A shortcut run's few steps: the scripted exported model equals predict_array (tiles, batches of
+    tiles and of samples), and differs from Euler with the same step count (the step size is used)."""
+    import torch
+
+    from hazematching.core import Dehazer
+    from hazematching.inference.predict import predict_array
+    from hazematching.run import load_model
+
+    run = load_model(shortcut_run)
+    assert run.config.sampler.solver == "shortcut"
+    image = (np.random.default_rng(2).gamma(2.0, 60.0, (150, 136)) + 100).astype(np.float32)
+    options = dict(samples=3, steps=2, seed=4, tile_size=64, overlap=16, progress=False)
+    ours = predict_array(run, image, solver="shortcut", **options)
+    batched = predict_array(run, image, solver="shortcut", batch_size=4, sample_batch=3, **options)
+    np.testing.assert_allclose(batched.mean, ours.mean, rtol=1e-5, atol=1e-4)
+    dehazer = Dehazer(
+        run.config.architecture.model_dump(),
+        **run.normalization.to_dict(),
+        samples=3,
+        steps=2,
+        seed=4,
+        solver="shortcut",
+        tile_size=64,
+        overlap=16,
+    ).eval()
+    dehazer.sampler.net.load_state_dict(run.model.state_dict())
+    with torch.no_grad():
+        out = torch.jit.script(dehazer)(torch.from_numpy(image)[None, None])[0].numpy()
+    np.testing.assert_allclose(out[0], ours.mean, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(out[1], ours.std, rtol=1e-4, atol=1e-3)
+    euler = predict_array(run, image, solver="euler", **options)
+    assert np.abs(euler.mean - ours.mean).max() > 1e-3

@@ -272,3 +272,33 @@ def test_compile_without_a_compiler_warns_and_trains_eagerly(sim_data, tmp_path)
     assert "training eagerly" in result.stderr
     assert json.loads((fallback / "config.json").read_text())["compiled"] is False
     assert max_difference(weights(fallback), weights(eager)) == 0
+
+
+def test_shortcut_fine_tuning_starts_from_the_run_resumes_exactly_and_checks_flags(sim_data, trained_run, tmp_path):
+    """--init-from + --shortcut-fraction: the base run's weights and normalisation, a zero step MLP,
+    an exact resume of the new objective; other model flags than the base run's are refused."""
+    base = load_model(trained_run)
+    common = ["--data", str(sim_data), "--init-from", str(trained_run), "--shortcut-fraction", "0.25"]
+    common += ["--batch-size", "4", "--crop-size", "64", "--validation-steps", "0"]
+
+    start = tmp_path / "start"
+    check(run_trainer([*common, "--output-dir", str(start), "--max-steps", "1", "--lr", "1e-12"]))
+    tuned = load_model(start)
+    assert tuned.config.architecture.step_conditioning and tuned.config.normalization == base.config.normalization
+    state, base_state = weights(start), weights(trained_run)
+    assert max(float((state[k] - base_state[k]).abs().max()) for k in base_state) < 1e-6
+    assert float(state["step_mlp.2.weight"].abs().max()) < 1e-6
+
+    reference = tmp_path / "reference"
+    flags = [*common, "--max-steps", "20", "--checkpointing-steps", "10"]
+    check(run_trainer([*flags, "--output-dir", str(reference)]))
+    resumed = tmp_path / "resumed"
+    check(run_trainer([*flags, "--output-dir", str(resumed), "--max-steps", "10"]))
+    check(run_trainer([*flags, "--output-dir", str(resumed), "--resume-from-checkpoint", "latest"]))
+    assert max_difference(weights(resumed), weights(reference)) < 1e-6
+    assert (
+        max_difference(weights(reference), base_state | {k: state[k] for k in state if k.startswith("step_mlp")}) > 1e-4
+    )
+
+    result = run_trainer([*common, "--output-dir", str(tmp_path / "bad"), "--max-steps", "1", "--base-channels", "8"])
+    assert result.returncode != 0 and "give the same model flags as that run" in result.stderr
