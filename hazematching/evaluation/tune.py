@@ -141,6 +141,11 @@ def as_dicts(rows: list[TuneRow]) -> list[dict]:
     return [asdict(r) for r in rows]
 
 
+def default_grid(description) -> tuple[tuple[str, int], ...]:
+    """``GRID``, plus ``SHORTCUT_GRID`` for a run trained with step conditioning."""
+    return GRID + (SHORTCUT_GRID if description.architecture.step_conditioning else ())
+
+
 def tune(
     model_dir: Path,
     data_dir: Path,
@@ -153,7 +158,7 @@ def tune(
 ) -> tuple[list[TuneRow], SamplerRecommendation]:
     """Measure the table on ``data_dir``, write it to RUN/tuning/, and (``store``) keep the
     recommendation for the run's K in config.json, where predict, experiments and export find it.
-    ``grid`` None: ``GRID``, plus ``SHORTCUT_GRID`` for a run trained with step conditioning."""
+    ``grid`` None: ``default_grid``."""
     import json
 
     from hazematching.evaluation.evaluate import load_flow_run
@@ -162,8 +167,7 @@ def tune(
     model_dir, data_dir = Path(model_dir), Path(data_dir)
     run = load_flow_run(model_dir, device)
     samples = samples or (run.config.sampler.samples,)
-    if grid is None:
-        grid = GRID + (SHORTCUT_GRID if run.config.architecture.step_conditioning else ())
+    grid = grid or default_grid(run.config)
     rows = measure(run, data_dir, samples, grid, seed, progress)
     k = run.config.sampler.samples if run.config.sampler.samples in samples else max(samples)
     best, reference = recommend(rows, k)

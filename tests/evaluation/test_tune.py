@@ -102,3 +102,15 @@ def test_a_stored_setting_it_cannot_read_is_a_clear_error(trained_run, tmp_path)
     (run_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(RunError, match="recommended_sampler"):
         load_model(run_dir)
+
+
+def test_a_shortcut_run_is_tuned_with_shortcut_steps_too(shortcut_run, trained_run, sim_data, tmp_path):
+    from hazematching.evaluation.tune import GRID, SHORTCUT_GRID, default_grid
+
+    assert default_grid(load_model(shortcut_run).config) == GRID + SHORTCUT_GRID
+    assert default_grid(load_model(trained_run).config) == GRID
+    data = held_out(sim_data, tmp_path / "held_out")
+    rows = measure(load_model(shortcut_run), data, (2,), SHORTCUT_GRID, seed=1, progress=False)
+    assert [(r.solver, r.steps, r.evaluations) for r in rows] == [(s, n, n) for s, n in SHORTCUT_GRID]
+    with pytest.raises(ValueError, match="step conditioning"):  # a plain run has no shortcut steps
+        measure(load_model(trained_run), data, (2,), (("shortcut", 2),), progress=False)
