@@ -19,11 +19,13 @@ def main() -> None:
     args = parser.parse_args()
 
     import napari
+    from napari.settings import get_settings
     from qtpy.QtWidgets import QApplication
 
     from hazematching.napari.sample import sample_pair
     from hazematching.napari.widget import DehazeWidget
 
+    get_settings().application.gui_notification_level = "none"  # no toasts over the layers
     viewer = napari.Viewer(title="HazeMatching")
     viewer.window.resize(1500, 760)
     for data, meta, _ in sample_pair():

@@ -61,7 +61,7 @@ class RunModel:
 
         settings = resolve_settings(self.run.config)
         tuned = self.run.config.recommended_sampler is not None
-        note = f"run {self.path.name}: " + ("tuned sampler setting" if tuned else "the run's sampler defaults")
+        note = f"run {self.path}: " + ("its tuned sampler setting" if tuned else "its sampler defaults")
         return Defaults(settings, self.run.config.calibration is not None, note)
 
     def plane(self, image, settings: dict, seed: int, keep_samples: bool, calibrated: bool, on_progress) -> tuple:
@@ -103,7 +103,7 @@ class PackageModel:
         self.output_id = description.outputs[0].id
 
     def defaults(self) -> Defaults:
-        return Defaults(None, False, f"package {self.path.name}: sampler settings are part of the package")
+        return Defaults(None, False, f"package {self.path.name}: its sampler settings are part of the package")
 
     def plane(self, image, settings: dict, seed: int, keep_samples: bool, calibrated: bool, on_progress) -> tuple:
         """One plane as ``bioimageio predict`` computes it (the package pads and keys its own noise)."""

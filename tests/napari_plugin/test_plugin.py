@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import tifffile
 
-if not all(importlib.util.find_spec(m) for m in ("napari", "pytestqt", "PyQt5")):
+if not all(importlib.util.find_spec(m) for m in ("napari", "pytestqt")) or not any(
+    importlib.util.find_spec(m) for m in ("PyQt6", "PyQt5", "PySide6")
+):
     pytest.skip('needs the napari extra and pytest-qt: pip install ".[napari]" pytest-qt', allow_module_level=True)
 if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
     pytest.skip("needs a display: run the tests under xvfb-run -a", allow_module_level=True)
