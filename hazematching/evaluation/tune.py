@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from hazematching.core import SOLVERS, evaluations_per_step
 from hazematching.data.io import DataError, read_split
 from hazematching.evaluation.calibration import calibration_curve, fit_calibration
-from hazematching.evaluation.metrics import micro_ms3im, range_invariant_psnr
+from hazematching.evaluation.metrics import fsim, gmsd, micro_ms3im, range_invariant_psnr
 from hazematching.inference.predict import predict_array
 from hazematching.run import LoadedRun, SamplerRecommendation
 
@@ -42,6 +42,8 @@ class TuneRow:
     sample_psnr: float  # one sample's PSNR
     calibration_slope: float  # a of RMSE ~ a * RMV + b (1 = calibrated as sampled)
     seconds: float
+    sample_fsim: float = float("nan")  # one sample's FSIM (higher is better)
+    sample_gmsd: float = float("nan")  # one sample's GMSD (lower is better)
 
 
 def parse_grid(text: str) -> tuple[tuple[str, int], ...]:
@@ -79,19 +81,22 @@ def measure(
     jobs = [(k, solver, steps) for k in samples for solver, steps in grid]
     for k, solver, steps in tqdm(jobs, desc="tuning", disable=not progress):
         tic = time.perf_counter()
-        psnrs, ms3ims, single, stds, errors = [], [], [], [], []
+        psnrs, ms3ims, single, stds, errors, fsims, gmsds = [], [], [], [], [], [], []
         for pair in pairs:
             options = dict(samples=k, steps=steps, seed=seed, solver=solver, job_planes=len(pairs) * len(jobs))
             pred = predict_array(run, pair.input, keep_samples=True, progress=False, **options, **predict_options)
             psnrs.append(range_invariant_psnr(pred.mean, pair.target))
             ms3ims.append(micro_ms3im(pred.mean, pair.target))
             single.append(range_invariant_psnr(pred.samples[0], pair.target))
+            fsims.append(fsim(pred.samples[0], pair.target))
+            gmsds.append(gmsd(pred.samples[0], pair.target))
             stds.append(pred.std.ravel())
             errors.append((pred.mean - pair.target).ravel())
         slope, _ = fit_calibration(calibration_curve(np.concatenate(stds), np.concatenate(errors)))
         nfe = steps * evaluations_per_step(solver)
         quality = (float(np.mean(psnrs)), float(np.mean(ms3ims)), float(np.mean(single)), slope)
-        rows.append(TuneRow(k, solver, steps, nfe, *quality, time.perf_counter() - tic))
+        seconds = time.perf_counter() - tic
+        rows.append(TuneRow(k, solver, steps, nfe, *quality, seconds, float(np.mean(fsims)), float(np.mean(gmsds))))
     return rows
 
 
@@ -122,17 +127,17 @@ def recommendation(best: TuneRow, reference: TuneRow, data_dir: Path, seed: int)
 
 def markdown(rows: list[TuneRow], chosen: TuneRow | None = None) -> str:
     lines = [
-        "| K | solver | steps | NFE | MMSE PSNR (dB) | Δ PSNR | MicroMS3IM | sample PSNR | calibration slope "
-        "| seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| K | solver | steps | NFE | MMSE PSNR (dB) | Δ PSNR | MicroMS3IM | sample PSNR | sample FSIM "
+        "| sample GMSD | calibration slope | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ref = next(x for x in rows if x.samples == r.samples and (x.solver, x.steps) == REFERENCE)
         mark = "**" if r is chosen else ""
         lines.append(
             f"| {r.samples} | {mark}{r.solver}{mark} | {r.steps} | {r.evaluations} | {r.psnr:.2f} | "
-            f"{r.psnr - ref.psnr:+.2f} | {r.ms3im:.3f} | {r.sample_psnr:.2f} | {r.calibration_slope:.2f} | "
-            f"{r.seconds:.1f} |"
+            f"{r.psnr - ref.psnr:+.2f} | {r.ms3im:.3f} | {r.sample_psnr:.2f} | {r.sample_fsim:.3f} | "
+            f"{r.sample_gmsd:.3f} | {r.calibration_slope:.2f} | {r.seconds:.1f} |"
         )
     return "\n".join(lines)
 
