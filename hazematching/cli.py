@@ -6,7 +6,7 @@ from pathlib import Path
 
 from hazematching.core.sampler import SOLVERS
 from hazematching.core.tiles import OVERLAP, TILE_SIZE
-from hazematching.settings import DEFAULT_NOISE, NOISE_KEYING
+from hazematching.settings import DEFAULT_NOISE, MS3IM_TOLERANCE, NOISE_KEYING, PSNR_TOLERANCE
 
 
 def _simulate(args) -> None:
@@ -122,7 +122,15 @@ def _tune(args) -> None:
         samples = tuple(int(k) for k in args.samples.split(",")) if args.samples else None
         grid = parse_grid(args.settings) if args.settings else None
         rows, chosen = tune(
-            Path(args.model), Path(args.data), samples, grid, args.seed, args.device, store=not args.dry_run
+            Path(args.model),
+            Path(args.data),
+            samples,
+            grid,
+            args.seed,
+            args.device,
+            store=not args.dry_run,
+            psnr_tolerance=args.psnr_tolerance,
+            ms3im_tolerance=args.ms3im_tolerance,
         )
     except (DataError, RunError, RuntimeError, ValueError) as exc:
         sys.exit(f"error: {exc}")
@@ -336,6 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--shortcut-fraction)",
     )
     tun.add_argument("--seed", type=int, default=0, help="noise seed of every row")
+    tun.add_argument(
+        "--psnr-tolerance",
+        type=float,
+        default=PSNR_TOLERANCE,
+        help="dB of MMSE PSNR the recommended setting may lose against Euler-20 (raise it to trade quality for speed)",
+    )
+    tun.add_argument(
+        "--ms3im-tolerance",
+        type=float,
+        default=MS3IM_TOLERANCE,
+        help="MicroMS3IM the recommended setting may lose against Euler-20",
+    )
     tun.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     tun.add_argument("--dry-run", action="store_true", help="print and write the table, keep config.json as it is")
     tun.set_defaults(func=_tune)

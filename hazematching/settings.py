@@ -20,6 +20,9 @@ NOISE_KEYING = {
 }
 DEFAULT_NOISE = "per-plane"
 
+# How much quality `hazematching tune`'s recommended setting may give up against Euler-20 at the same K.
+PSNR_TOLERANCE, MS3IM_TOLERANCE = 0.2, 0.01
+
 
 class InferenceSettings(BaseModel):
     """What changes the numbers of a prediction: K samples of an N-step solve from a seed, tiled."""

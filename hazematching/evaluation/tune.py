@@ -20,6 +20,7 @@ from hazematching.evaluation.calibration import calibration_curve, fit_calibrati
 from hazematching.evaluation.metrics import fsim, gmsd, micro_ms3im, range_invariant_psnr
 from hazematching.inference.predict import predict_array
 from hazematching.run import LoadedRun, SamplerRecommendation
+from hazematching.settings import MS3IM_TOLERANCE, PSNR_TOLERANCE
 
 REFERENCE = ("euler", 20)
 MS3IM_MIN_SIZE = 161  # microssim's 5-scale pyramid with an 11 px kernel
@@ -101,7 +102,7 @@ def measure(
 
 
 def recommend(
-    rows: list[TuneRow], samples: int, psnr_tolerance: float = 0.2, ms3im_tolerance: float = 0.01
+    rows: list[TuneRow], samples: int, psnr_tolerance: float = PSNR_TOLERANCE, ms3im_tolerance: float = MS3IM_TOLERANCE
 ) -> tuple[TuneRow, TuneRow]:
     """(recommended row, reference row) at K = ``samples``: fewest evaluations within the tolerances
     (ties: the higher PSNR)."""
@@ -160,6 +161,8 @@ def tune(
     device: str = "auto",
     store: bool = True,
     progress: bool = True,
+    psnr_tolerance: float = PSNR_TOLERANCE,
+    ms3im_tolerance: float = MS3IM_TOLERANCE,
 ) -> tuple[list[TuneRow], SamplerRecommendation]:
     """Measure the table on ``data_dir``, write it to RUN/tuning/, and (``store``) keep the
     recommendation for the run's K in config.json, where predict, experiments and export find it.
@@ -175,7 +178,7 @@ def tune(
     grid = grid or default_grid(run.config)
     rows = measure(run, data_dir, samples, grid, seed, progress)
     k = run.config.sampler.samples if run.config.sampler.samples in samples else max(samples)
-    best, reference = recommend(rows, k)
+    best, reference = recommend(rows, k, psnr_tolerance, ms3im_tolerance)
     chosen = recommendation(best, reference, data_dir, seed)
     folder = model_dir / "tuning"
     folder.mkdir(exist_ok=True)
