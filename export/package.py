@@ -13,6 +13,7 @@ import importlib.resources
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,8 @@ import torch
 
 import hazematching.core
 from hazematching.core import Dehazer
-from hazematching.data.io import read_split
+from hazematching.data.io import DataError, read_split
+from hazematching.inference.predict import CalibrationWarning
 from hazematching.run import LoadedRun, RunDescription, RunError, load_model
 from hazematching.settings import InferenceSettings, resolve_settings
 
@@ -86,9 +88,9 @@ def _cover(image: np.ndarray, output: np.ndarray, path: Path) -> None:
     Image.fromarray(np.concatenate([scaled(image), scaled(output)], axis=1)).save(path, optimize=True)
 
 
-def _validation_text(run_dir: Path, config: RunDescription) -> str:
+def _validation_text(evaluation: Path, config: RunDescription) -> str:
     lines = []
-    metrics_path = run_dir / "evaluation" / "metrics.json"
+    metrics_path = evaluation / "metrics.json"
     if metrics_path.is_file():
         from hazematching.evaluation.evaluate import markdown_table
 
@@ -100,7 +102,7 @@ def _validation_text(run_dir: Path, config: RunDescription) -> str:
             markdown_table(result["mean"]),
         ]
     else:
-        lines.append("No `hazematching evaluate` results were found in the run directory when this package was made.")
+        lines.append(f"No `hazematching evaluate` results were found in `{evaluation}` when this package was made.")
     calibration = config.calibration
     if calibration:
         lines.append(
@@ -172,16 +174,23 @@ def export_model(
     formats: tuple[str, ...] = FORMATS,
     test_image: Path | None = None,
     test_size: int = 256,
+    evaluation: Path | None = None,
 ) -> Path:
-    """Write the .zip package atomically; returns its path."""
+    """Write the .zip package atomically; returns its path. ``evaluation``: the folder of
+    ``hazematching evaluate``'s metrics.json for the README (default: RUN/evaluation, if it exists)."""
     from bioimageio.spec import ValidationContext
 
     run_dir, output = Path(run_dir), Path(output)
     _check_request(output, formats, samples, steps)
+    if evaluation is not None and not (Path(evaluation) / "metrics.json").is_file():
+        raise DataError(f"--evaluation {evaluation}: no metrics.json there (write it with `hazematching evaluate`)")
+    evaluation = Path(evaluation) if evaluation is not None else run_dir / "evaluation"
     run = load_model(run_dir)
     if run.objective != "cfm":
         raise RunError(f"{run_dir} is a U-Net baseline run; only HazeMatching runs can be exported")
     settings = resolve_settings(run.config, samples, steps, seed, solver, tile_size, overlap)
+    if run.config.calibration is not None and (problem := run.config.calibration.mismatch(settings)):
+        warnings.warn(f"the package applies the std calibration, but {problem}", CalibrationWarning, stacklevel=2)
     geometry = Geometry.of(run.model)
     kwargs = _dehazer_kwargs(run, settings, geometry)
     model = Dehazer(**kwargs).eval()
@@ -190,7 +199,7 @@ def export_model(
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         scripted = _write_test_files(tmp, model, run.config, test_image, test_size)
-        _write_documentation(tmp, run_dir, run.config, model, settings, geometry, name)
+        _write_documentation(tmp, evaluation, run.config, model, settings, geometry, name)
         weights = _weights(tmp, formats, scripted, model, kwargs)
         # No network look-ups while building and saving (GitHub user names are checked by the
         # bioimage.io upload); file hashes are computed when the package is saved.
@@ -256,7 +265,7 @@ def _write_test_files(tmp: Path, model: Dehazer, config: RunDescription, test_im
 
 def _write_documentation(
     tmp: Path,
-    run_dir: Path,
+    evaluation: Path,
     config: RunDescription,
     model: Dehazer,
     settings: InferenceSettings,
@@ -285,7 +294,7 @@ def _write_documentation(
             calibrated_note=", calibrated" if calibration else "",
             calibrated_detail=calibrated_detail,
             training_data=config.training.data,
-            validation=_validation_text(run_dir, config),
+            validation=_validation_text(evaluation, config),
             sampler_note=_sampler_note(config, settings),
         )
     )

@@ -1,7 +1,14 @@
-"""The ``hazematching`` console command."""
+"""Dehaze widefield fluorescence images with a trained HazeMatching run.
+
+Training is trainer/train.py (accelerate). This command covers the rest of the journey: simulate
+demo pairs, predict (dehaze TIFF/OME-Zarr images, stacks and folders), evaluate against confocal
+targets, calibrate the uncertainty, tune the sampler for speed, and export a bioimage.io package.
+K is the number of samples averaged into the MMSE (--samples), N the number of ODE solver steps per
+sample (--steps)."""
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from hazematching.core.sampler import SOLVERS
@@ -170,6 +177,7 @@ def _export(args) -> None:
             formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
             test_image=args.test_image and Path(args.test_image),
             test_size=args.test_size,
+            evaluation=args.evaluation and Path(args.evaluation),
         )
     except (DataError, RunError, ValueError) as exc:
         sys.exit(f"error: {exc}")
@@ -178,25 +186,59 @@ def _export(args) -> None:
         print("note: no --maintainers given; uploading to bioimage.io needs at least one maintainer's GitHub user name")
 
 
-def _add_sampler_flags(parser) -> None:
-    parser.add_argument("--samples", type=int, default=None, help="posterior samples K (default: the run's)")
-    parser.add_argument("--steps", type=int, default=None, help="ODE steps N (default: the run's)")
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows a flag's default once: from the help text when it names it (e.g. "the run's"), else the
+    value argparse has, and nothing for flags without a default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _add_settings_flags(parser, where: str = "") -> None:
+    """The flags that change the numbers (K, N, solver, seed, tiling); ``where`` qualifies them for export."""
+    parser.add_argument(
+        "--samples", type=int, default=None, help=f"samples K averaged into the MMSE{where} (default: the run's)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"steps N of the ODE solver per sample{where} (default: the run's tuned setting, else the run's)",
+    )
     parser.add_argument(
         "--solver",
         choices=SOLVERS,
         default=None,
-        help="ODE solver; midpoint/heun use 2 network calls per step (default: the run's, euler)",
+        help=f"ODE solver{where}; midpoint/heun use 2 network calls per step, shortcut needs a run trained with "
+        "--shortcut-fraction (default: the run's tuned setting, else the run's)",
     )
-    parser.add_argument("--seed", type=int, default=None, help="noise seed (default: the run's)")
+    parser.add_argument("--seed", type=int, default=None, help=f"noise seed{where} (default: the run's)")
     parser.add_argument(
         "--tile-size",
         type=int,
         default=None,
-        help=f"tile edge in pixels (memory ~ tile^2 x batch; default: {TILE_SIZE})",
+        help=f"larger images are processed in overlapping tiles of this edge in pixels{where} (memory ~ tile^2 x "
+        f"batch; default: {TILE_SIZE})",
     )
     parser.add_argument(
         "--overlap", type=int, default=None, help=f"overlap of neighbouring tiles in pixels (default: {OVERLAP})"
     )
+
+
+def _add_device_flag(parser) -> None:
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the network runs; auto: the GPU when there is one (default: auto)",
+    )
+
+
+def _add_sampler_flags(parser) -> None:
+    _add_settings_flags(parser)
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -222,18 +264,18 @@ def _add_sampler_flags(parser) -> None:
         default="auto",
         help="network precision (auto: bf16 autocast on GPUs that support it, else fp32)",
     )
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_device_flag(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hazematching", description=__doc__)
+    parser = argparse.ArgumentParser(prog="hazematching", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser(
         "simulate",
         help='write simulated widefield/confocal pairs (microsim; pip install "hazematching[simulate]")',
         description="Simulate paired widefield/confocal images: OUT/{train,val,test}/*.tif, channel 0 = "
         "confocal target, channel 1 = widefield input.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sim.add_argument("--out", required=True, help="output folder")
     sim.add_argument("--num-images", type=int, default=24, help="pairs in total (70/15/15 train/val/test)")
@@ -250,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         "NAME_std.tif (per-pixel std over samples) and with --save-samples NAME_samples.tif, plus "
         "hazematching_manifest.json. Interrupted runs continue where they stopped when relaunched. On several "
         "processes/GPUs/nodes: accelerate launch [--config_file ...] -m hazematching predict --model ... ",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     pred.add_argument("--model", required=True, help="run directory (model.safetensors + config.json)")
     pred.add_argument("--input", required=True, help="TIFF file or folder of TIFFs (2D or N-D)")
@@ -292,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare the widefield input, an optional U-Net baseline, the HazeMatching MMSE and single "
         "samples with the confocal targets (range-invariant PSNR, MS-SSIM, MicroMS3IM, FSIM, GMSD; LPIPS and FID "
         "with local backbones).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     ev.add_argument("--model", required=True, help="HazeMatching run directory")
     ev.add_argument("--data", required=True, help="paired split folder, e.g. DATA/test")
@@ -314,14 +356,20 @@ def build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser(
         "calibrate",
         help="fit the std calibration a*std+b on validation data and store it in the run",
-        description="Bin pixels by predicted std, compare RMSE with RMV per bin, fit RMSE = a*RMV + b on --data "
-        "and plot both curves on a held-out split (--eval-data, default DATA/../test).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Bin pixels by predicted std, compare the RMSE (root mean squared error) with the RMV (root "
+        "mean variance, i.e. the predicted std) per bin, fit RMSE = a*RMV + b on --data and plot both curves on a "
+        "held-out split. The fit holds for the K, N and solver it was made with: predict --calibrated warns when "
+        "they differ.",
+        formatter_class=HelpFormatter,
     )
     cal.add_argument("--model", required=True, help="HazeMatching run directory (config.json is updated)")
     cal.add_argument("--data", required=True, help="paired validation folder, e.g. DATA/val")
-    cal.add_argument("--eval-data", default=None, help="held-out paired folder for the plot")
-    cal.add_argument("--bins", type=int, default=15, help="std bins")
+    cal.add_argument(
+        "--eval-data",
+        default=None,
+        help="held-out paired folder for the plot (default: DATA/../test when it exists, else --data)",
+    )
+    cal.add_argument("--bins", type=int, default=15, help="number of std bins of the RMSE/RMV curves")
     _add_sampler_flags(cal)
     cal.set_defaults(func=_calibrate)
 
@@ -332,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         "slope for each solver and step count (and each K), print the table, and store the setting with the fewest "
         "network evaluations within 0.2 dB PSNR and 0.01 MicroMS3IM of Euler with 20 steps at the run's K. predict, "
         "experiments and export then use it unless --solver or --steps is given.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     tun.add_argument("--model", required=True, help="HazeMatching run directory (config.json is updated)")
     tun.add_argument("--data", required=True, help="paired held-out folder, e.g. DATA/val")
@@ -356,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=MS3IM_TOLERANCE,
         help="MicroMS3IM the recommended setting may lose against Euler-20",
     )
-    tun.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_device_flag(tun)
     tun.add_argument("--dry-run", action="store_true", help="print and write the table, keep config.json as it is")
     tun.set_defaults(func=_tune)
 
@@ -364,23 +412,20 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="pack a run as a bioimage.io model (.zip) for bioimageio.core, ilastik and deepImageJ",
         description="Export a HazeMatching run as a bioimage.io model package whose single call runs the whole "
-        "sampler (K samples x N Euler steps) and returns [mean, std] as two channels of one output.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "sampler (K samples x N steps of the ODE solver) and returns [mean, std] as two channels of one output. "
+        "The settings are fixed inside the package; its README includes MODEL/evaluation/metrics.json (written by "
+        "`hazematching evaluate`) when it exists.",
+        formatter_class=HelpFormatter,
     )
     exp.add_argument("--model", required=True, help="HazeMatching run directory")
     exp.add_argument("--output", required=True, help="package path, e.g. model.zip")
-    exp.add_argument("--samples", type=int, default=None, help="posterior samples K (default: the run's)")
-    exp.add_argument("--steps", type=int, default=None, help="Euler steps N (default: the run's)")
-    exp.add_argument("--seed", type=int, default=None, help="fixed noise seed inside the model (default: the run's)")
-    exp.add_argument("--solver", choices=SOLVERS, default=None, help="ODE solver inside the model (default: the run's)")
+    _add_settings_flags(exp, " inside the package")
     exp.add_argument(
-        "--tile-size",
-        type=int,
+        "--evaluation",
         default=None,
-        help="the model processes larger images in overlapping tiles of this size, as predict does (default: "
-        f"{TILE_SIZE})",
+        help="folder with the metrics.json of `hazematching evaluate` for the package's README (default: "
+        "MODEL/evaluation, where evaluate writes)",
     )
-    exp.add_argument("--overlap", type=int, default=None, help=f"overlap of those tiles in pixels (default: {OVERLAP})")
     exp.add_argument("--name", default="HazeMatching widefield dehazing", help="model name (5-128 characters)")
     exp.add_argument("--authors", nargs="+", default=None, help="author names")
     exp.add_argument("--maintainers", nargs="+", default=None, help="maintainers' GitHub user names")
@@ -394,8 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning  # a user's terminal needs the message, not our line number
     args.func(args)
 
 

@@ -19,12 +19,14 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base_channels: int = Field(32, ge=4)
-    channel_mults: tuple[int, ...] = (1, 2, 4)
-    num_res_blocks: int = Field(1, ge=1)
-    attention_levels: tuple[int, ...] = ()
-    norm: Literal["channel", "group", "none"] = "channel"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    base_channels: int = Field(32, ge=4, description="feature channels of the first U-Net level (network width)")
+    channel_mults: tuple[int, ...] = Field(
+        (1, 2, 4), description="width multiplier per U-Net level; L levels downsample by 2 ** (L - 1)"
+    )
+    num_res_blocks: int = Field(1, ge=1, description="residual blocks per U-Net level")
+    attention_levels: tuple[int, ...] = Field((), description="U-Net levels (0-based) with self-attention")
+    norm: Literal["channel", "group", "none"] = Field("channel", description="normalisation inside residual blocks")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability inside residual blocks")
 
     @model_validator(mode="after")
     def _check_levels(self):
@@ -45,11 +47,17 @@ class SamplerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(20, ge=1)
-    samples: int = Field(8, ge=1)
-    seed: int = Field(0, ge=0)
+    steps: int = Field(
+        20, ge=1, description="steps N of the ODE solver per sample, stored in the run for predict and export"
+    )
+    samples: int = Field(
+        8, ge=1, description="samples K averaged into the MMSE, stored in the run for predict and export"
+    )
+    seed: int = Field(0, ge=0, description="noise seed of predictions, stored in the run for predict and export")
     solver: Literal[SOLVERS] = Field(
-        "euler", description="midpoint/heun: 2 network calls per step; shortcut: needs shortcut_fraction > 0"
+        "euler",
+        description="ODE solver stored in the run for predict and export; midpoint/heun: 2 network calls per step; "
+        "shortcut: needs --shortcut-fraction > 0",
     )
 
 
@@ -58,7 +66,11 @@ class TrainConfig(BaseModel):
 
     data: Path = Field(description="folder with train/ (and val/) sub-folders, or one split folder")
     output_dir: Path = Field(description="run directory: weights, config.json, checkpoints, logs, sample grids")
-    val_data: Path | None = Field(None, description="validation folder; None: DATA/val or a held-out fraction")
+    val_data: Path | None = Field(
+        None,
+        description="validation folder (default: DATA/val when it exists, else a held-out --val-fraction of the "
+        "training pairs)",
+    )
     val_fraction: float = Field(
         0.15, gt=0.0, lt=1.0, description="held-out fraction when there is no validation folder"
     )
@@ -68,21 +80,31 @@ class TrainConfig(BaseModel):
     max_steps: int = Field(10000, ge=1, description="optimizer steps in total")
     batch_size: int = Field(16, ge=1, description="crops per process per micro-step")
     crop_size: int = Field(128, ge=16, description="random square crop size (multiple of the U-Net stride)")
-    lr: float = Field(1e-4, gt=0.0)
-    lr_warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_grad_norm: float = Field(1.0, gt=0.0)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = Field(
-        None, description="None: as the accelerate config says"
+    lr: float = Field(
+        1e-4, gt=0.0, description="learning rate of AdamW (constant after the warm-up, as in the reference code)"
     )
-    seed: int = Field(0, ge=0)
-    checkpointing_steps: int = Field(1000, ge=1)
-    checkpoints_total_limit: int | None = Field(None, ge=1)
-    resume_from_checkpoint: str | None = Field(None, description="'latest' or a checkpoint folder")
+    lr_warmup_steps: int = Field(0, ge=0, description="steps of linear learning-rate warm-up")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="gradients are clipped to this global norm")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="micro-steps per optimizer step (effective batch = batch x processes x this)"
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = Field(
+        None, description="no, fp16 or bf16 (default: what the accelerate config says; no without accelerate launch)"
+    )
+    seed: int = Field(0, ge=0, description="seed of weights, crops and noise: the same seed and data give the same run")
+    checkpointing_steps: int = Field(1000, ge=1, description="save a resumable checkpoint every this many steps")
+    checkpoints_total_limit: int | None = Field(
+        None, ge=1, description="keep only the newest this many checkpoints (default: keep all)"
+    )
+    resume_from_checkpoint: str | None = Field(
+        None, description="continue a run: 'latest' (the newest checkpoint in --output-dir) or a checkpoint folder"
+    )
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="decay of the weight average saved as the model")
-    validation_steps: int = Field(500, ge=0, description="validation loss + sample grid every N steps (0: never)")
-    validation_crops: int = Field(8, ge=1)
+    validation_steps: int = Field(
+        500, ge=0, description="validation loss and sample grid every this many steps (0: never)"
+    )
+    validation_crops: int = Field(8, ge=1, description="validation crops in the loss and the sample grid")
     time_grid_points: int = Field(0, ge=0, description="0: t ~ U[0,1); G: t on linspace(0, 1, G) as the reference code")
     shortcut_fraction: float = Field(
         0.0,
@@ -96,18 +118,20 @@ class TrainConfig(BaseModel):
         description="start from this run's weights and normalisation (fine-tuning, e.g. with --shortcut-fraction); "
         "the model flags must match that run's",
     )
-    augment: bool = True
+    augment: bool = Field(
+        True, description="random flips and 90-degree rotations of the training crops (--no-augment: off)"
+    )
     num_workers: int | None = Field(
         None,
         ge=0,
-        description="data-loading worker processes per training process (None: 4 on a GPU, 0 on a CPU, where workers "
-        "compete with the model for cores)",
+        description="data-loading worker processes per training process (default: 4 on a GPU, 0 on a CPU, where "
+        "workers compete with the model for cores)",
     )
     compile: Literal["auto", "on", "off"] = Field(
         "auto",
         description="torch.compile the network for training: auto = on when training on a CUDA GPU without DeepSpeed",
     )
-    log_steps: int = Field(10, ge=1)
+    log_steps: int = Field(10, ge=1, description="log loss, learning rate and samples/s every this many steps")
     model: ModelConfig = Field(default_factory=ModelConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
 

@@ -10,7 +10,7 @@ import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -123,6 +123,26 @@ class Calibration(BaseModel):
     settings: dict = {}
     mean_abs_deviation_before: float | None = None
     mean_abs_deviation_after: float | None = None
+
+    # The spread of K samples after N solver steps depends on all three, so a fit holds only for them.
+    TIED_TO: ClassVar[tuple[str, ...]] = ("samples", "steps", "solver")
+
+    def mismatch(self, settings) -> str | None:
+        """Why this fit may not hold for ``settings`` (anything with samples/steps/solver), or None."""
+        fitted = {key: self.settings[key] for key in self.TIED_TO if self.settings.get(key) is not None}
+        used = {key: getattr(settings, key) for key in fitted}
+        if fitted == used:
+            return None
+        flags = " ".join(f"--{key} {value}" for key, value in used.items())
+        return (
+            f"the std calibration was fitted with {_describe(fitted)} but these predictions use {_describe(used)}, "
+            f"so the calibrated std may be off; refit it for these settings with `hazematching calibrate --model RUN "
+            f"--data VAL_DIR {flags}`"
+        )
+
+
+def _describe(settings: dict) -> str:
+    return ", ".join(f"{ {'samples': 'K', 'steps': 'N'}.get(key, key) } = {value}" for key, value in settings.items())
 
 
 class SamplerRecommendation(BaseModel):

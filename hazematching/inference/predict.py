@@ -8,6 +8,7 @@ serves the U-Net baseline run, which gives a single deterministic prediction.
 ``accelerate launch -m hazematching predict ...`` on several processes, GPUs and nodes.
 """
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,6 +39,10 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda requested but no CUDA GPU is available")
     return torch.device(device)
+
+
+class CalibrationWarning(UserWarning):
+    """The std calibration is applied to predictions made with other K, N or solver than it was fitted with."""
 
 
 def calibration(run: LoadedRun) -> tuple[float, float]:
@@ -85,6 +90,8 @@ def predict_array(
         raise RunError("a U-Net baseline run predicts one image: it has no samples and no std to calibrate")
     cal = calibration(run) if calibrated else None
     settings = resolve_settings(run.config, samples, steps, seed, solver, tile_size, overlap)
+    if cal is not None and (problem := run.config.calibration.mismatch(settings)):
+        warnings.warn(problem, CalibrationWarning, stacklevel=2)  # shown once per call site, not per plane
     samples, steps, seed, solver = settings.samples, settings.steps, settings.seed, settings.solver
     per_step = evaluations_per_step(solver)
     stride = getattr(run.model, "stride", 1)

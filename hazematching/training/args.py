@@ -37,14 +37,20 @@ def _comma_list(item_type):
     return parse
 
 
+def _shown(value) -> str:
+    """A default as it is typed on the command line: 1,2,4 for tuples, the bare value otherwise."""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def _add_fields(parser, model: type[BaseModel], prefix: str, dest_prefix: str) -> None:
     for name, field in model.model_fields.items():
         if name in _NESTED:
             continue
         flag = "--" + prefix + name.replace("_", "-")
         kind, is_tuple = _base_type(field.annotation)
-        default = "required" if field.is_required() else f"default: {field.get_default(call_default_factory=True)!r}"
-        help_text = f"{field.description or ''} ({default})".strip()
+        value = None if field.is_required() else field.get_default(call_default_factory=True)
+        default = " (required)" if field.is_required() else "" if value is None else f" (default: {_shown(value)})"
+        help_text = f"{field.description or ''}{default}"
         choices = None
         if typing.get_origin(field.annotation) is typing.Literal:
             choices = typing.get_args(field.annotation)
