@@ -445,8 +445,11 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    warnings.formatwarning = _one_line_warning  # a user's terminal needs the message, not our line number
-    args.func(args)
+    shown, warnings.formatwarning = warnings.formatwarning, _one_line_warning  # the message, not our line
+    try:
+        args.func(args)
+    finally:
+        warnings.formatwarning = shown
 
 
 if __name__ == "__main__":

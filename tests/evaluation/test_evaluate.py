@@ -1,6 +1,7 @@
 """The evaluate and calibrate commands end to end on a trained run (and its U-Net baseline)."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from hazematching.cli import main as cli_main
 from hazematching.data.io import read_split
-from hazematching.inference.predict import predict_array
+from hazematching.inference.predict import CalibrationWarning, predict_array
 from hazematching.run import load_model
 
 
@@ -93,8 +94,18 @@ def test_evaluate_and_calibrate_cli(trained_run, baseline_run, sim_data, tmp_pat
     loaded = load_model(run)
     image = read_split(sim_data / "test")[0].input
     raw = predict_array(loaded, image, samples=3, steps=2, progress=False)
-    cal = predict_array(loaded, image, samples=3, steps=2, calibrated=True, progress=False)
+    with pytest.warns(CalibrationWarning, match=r"fitted with K = 4, N = 3, solver = euler but .* K = 3, N = 2"):
+        cal = predict_array(loaded, image, samples=3, steps=2, calibrated=True, progress=False)
     assert np.allclose(cal.std, calibration["scale"] * raw.std + calibration["offset"], rtol=1e-5, atol=1e-4)
+    with warnings.catch_warnings():  # the settings it was fitted with: no warning
+        warnings.simplefilter("error", CalibrationWarning)
+        predict_array(loaded, image, samples=4, steps=3, calibrated=True, progress=False)
+    # the CLI warns too (as one line: "warning: the std calibration was fitted with ...")
+    with pytest.warns(CalibrationWarning, match="fitted with K = 4, N = 3, solver = euler but .* K = 2, N = 3"):
+        cli_main(
+            ["predict", "--model", str(run), "--input", str(sim_data / "test"), "--output", str(tmp_path / "p")]
+            + ["--channel", "1", "--samples", "2", "--steps", "3", "--calibrated", "--quiet"]
+        )
 
     # a baseline where a HazeMatching run is needed, and a HazeMatching run as baseline
     for args in (
