@@ -1,7 +1,7 @@
 """Export a trained run as a bioimage.io model package (RDF 0.5, built from bioimageio.spec classes).
 
 The package's single model call is ``hazematching.core.Dehazer``: normalisation, in-graph hash noise,
-K samples x N Euler steps, mean and (calibrated) std, as one output tensor with channels
+K samples x N solver steps, mean and (calibrated) std, as one output tensor with channels
 [mean, std] (ilastik accepts only one output, and it must have a channel axis).
 Weight formats: TorchScript (scripted, so loops and sizes stay dynamic; what deepImageJ runs) and
 optionally the state dict with a generated single-file architecture that imports torch only.
@@ -31,6 +31,7 @@ from hazematching.settings import InferenceSettings, resolve_settings
 CORE_DIR = Path(hazematching.core.__file__).parent
 TEMPLATE = importlib.resources.files("hazematching.rdf") / "model_README.md"
 CORE_FILES = ("noise.py", "tiles.py", "unet.py", "sampler.py", "dehazer.py")  # dependency order
+TEST_SIZE = 256  # edge of the test tensors' crop, unless the test image is smaller
 FORMATS = ("torchscript", "pytorch_state_dict")
 PAPER_DOI = "10.48550/arXiv.2506.22397"
 
@@ -119,11 +120,13 @@ def _validation_text(evaluation: Path, config: RunDescription) -> str:
     return "\n".join(lines)
 
 
-def _test_image(config: RunDescription, test_image: Path | None, size: int) -> np.ndarray:
+def _test_image(config: RunDescription, test_image: Path | None, size: int | None, geometry: "Geometry") -> np.ndarray:
+    """A centred square crop of ``size`` (None: ``TEST_SIZE``, or less where the image is smaller),
+    fitted to the sizes the package accepts."""
     if test_image is not None:
         from hazematching.data.io import read_image_2d
 
-        image = read_image_2d(Path(test_image), size)
+        image = read_image_2d(Path(test_image), geometry.min_size)
     else:
         data = config.training.data
         val = data / "val" if (data / "val").is_dir() else data
@@ -131,8 +134,12 @@ def _test_image(config: RunDescription, test_image: Path | None, size: int) -> n
             image = read_split(val)[0].input
         except Exception as exc:
             raise RunError(f"no test image: the run's data {val} cannot be read ({exc}); pass --test-image") from exc
+    size = geometry.fit(min(TEST_SIZE, min(image.shape)) if size is None else size)
     if min(image.shape) < size:
-        raise RunError(f"test image of shape {image.shape} is smaller than the test tensor size {size}")
+        raise RunError(
+            f"test image of shape {image.shape} is smaller than the test tensor size {size}; give a smaller "
+            "--test-size or a larger --test-image"
+        )
     y0, x0 = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
     return np.ascontiguousarray(image[y0 : y0 + size, x0 : x0 + size], dtype=np.float32)
 
@@ -148,6 +155,10 @@ class Geometry:
     halo: int
     min_size: int
     step: int
+
+    def fit(self, size: int) -> int:
+        """The largest accepted size (min + k * step) not above ``size``, at least ``min_size``."""
+        return max(self.min_size, size - (size - self.min_size) % self.step)
 
     @classmethod
     def of(cls, net: torch.nn.Module) -> "Geometry":
@@ -173,7 +184,7 @@ def export_model(
     license: str = "BSD-3-Clause",
     formats: tuple[str, ...] = FORMATS,
     test_image: Path | None = None,
-    test_size: int = 256,
+    test_size: int | None = None,
     evaluation: Path | None = None,
 ) -> Path:
     """Write the .zip package atomically; returns its path. ``evaluation``: the folder of
@@ -195,10 +206,9 @@ def export_model(
     kwargs = _dehazer_kwargs(run, settings, geometry)
     model = Dehazer(**kwargs).eval()
     model.sampler.net.load_state_dict(run.model.state_dict())
-    test_size = max(geometry.min_size, test_size - (test_size - geometry.min_size) % geometry.step)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        scripted = _write_test_files(tmp, model, run.config, test_image, test_size)
+        scripted = _write_test_files(tmp, model, run.config, test_image, test_size, geometry)
         _write_documentation(tmp, evaluation, run.config, model, settings, geometry, name)
         weights = _weights(tmp, formats, scripted, model, kwargs)
         # No network look-ups while building and saving (GitHub user names are checked by the
@@ -245,10 +255,12 @@ def _dehazer_kwargs(run: LoadedRun, settings: InferenceSettings, geometry: Geome
     }
 
 
-def _write_test_files(tmp: Path, model: Dehazer, config: RunDescription, test_image: Path | None, size: int):
+def _write_test_files(
+    tmp: Path, model: Dehazer, config: RunDescription, test_image: Path | None, size: int | None, geometry: "Geometry"
+):
     """Test and sample tensors (the genuine output of the scripted model), cover, training config;
     returns the scripted model."""
-    image = _test_image(config, test_image, size)
+    image = _test_image(config, test_image, size, geometry)
     test_input = image[None, None]
     scripted = torch.jit.script(model)
     with torch.no_grad():

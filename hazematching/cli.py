@@ -434,7 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--test-image", default=None, help="2D TIFF for the test tensors (default: the run's first validation image)"
     )
-    exp.add_argument("--test-size", type=int, default=256, help="edge of the square test tensor crop")
+    exp.add_argument(
+        "--test-size",
+        type=int,
+        default=None,
+        help="edge of the square test tensor crop (default: 256, or less when the test image is smaller)",
+    )
     exp.set_defaults(func=_export)
     return parser
 
