@@ -1,8 +1,10 @@
 """Checkpoint folders that are either complete or invisible.
 
-A checkpoint is written into ``checkpoints/.tmp-checkpoint-<step>`` and renamed to
-``checkpoint-<step>`` only after every file is on disk, so a kill at any moment leaves nothing that
-``latest`` would pick up half written. Leftover ``.tmp-*`` folders are removed on the next save.
+A checkpoint is written into ``checkpoints/.tmp-checkpoint-<step>`` by every process and renamed to
+``checkpoint-<step>`` by the main process only after all processes have finished writing (a barrier)
+and every process's files are found there (``missing_process_files``), so neither a kill at any
+moment nor a slow process leaves anything that ``latest`` would pick up half written. Leftover
+``.tmp-*`` folders are removed on the next save.
 """
 
 import os
@@ -46,21 +48,41 @@ def resolve_resume(value: str | None, checkpoint_dir: Path) -> Path | None:
     return path
 
 
+def missing_process_files(folder: Path, num_processes: int) -> list[str]:
+    """The per-process files of a checkpoint written by ``num_processes`` processes that are not in
+    ``folder``: accelerate's ``random_states_<rank>.pkl`` and, for DeepSpeed ZeRO, each rank's
+    optimizer shard (``*zero_pp_rank_<rank>_*optim_states.pt``). Non-empty means some process wrote
+    elsewhere (an output folder that is not shared between nodes) or has not finished."""
+    folder = Path(folder)
+    missing = [f"random_states_{rank}.pkl" for rank in range(num_processes)]
+    missing = [name for name in missing if not (folder / name).is_file()]
+    for engine in (p for p in folder.iterdir() if p.is_dir() and (p / "mp_rank_00_model_states.pt").is_file()):
+        for rank in range(num_processes):
+            if not any(engine.glob(f"*zero_pp_rank_{rank}_mp_rank_*optim_states.pt")):
+                missing.append(f"{engine.name}/*zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+    return missing
+
+
 def temporary_dir(checkpoint_dir: Path, step: int) -> Path:
     return Path(checkpoint_dir) / f".tmp-checkpoint-{step}"
 
 
 def clean_temporary(checkpoint_dir: Path) -> None:
-    for path in Path(checkpoint_dir).glob(".tmp-checkpoint-*"):
+    for path in Path(checkpoint_dir).glob(".tmp-*"):
         shutil.rmtree(path, ignore_errors=True)
 
 
 def publish(tmp_dir: Path, step: int) -> Path:
     """Atomically turn a fully written temporary folder into ``checkpoint-<step>``."""
     final = tmp_dir.parent / f"checkpoint-{step}"
-    if final.exists():  # same step written again after a resume: replace the old one
-        shutil.rmtree(final)
-    os.replace(tmp_dir, final)
+    if final.exists():  # same step written again after a resume: the old one stays until the new is in place
+        old = tmp_dir.parent / f".tmp-replaced-checkpoint-{step}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp_dir, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp_dir, final)
     fd = os.open(tmp_dir.parent, os.O_RDONLY)
     try:
         os.fsync(fd)

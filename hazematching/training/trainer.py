@@ -13,13 +13,15 @@ continues exactly, and N processes with batch b train like one process with batc
 import json
 import math
 import os
+import socket
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, broadcast_object_list, gather_object
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -93,6 +95,7 @@ class Trainer:
             self.checkpoint_dir.mkdir(exist_ok=True)
             if config.resume_from_checkpoint == "latest" and resume_path is None:
                 print("no complete checkpoint found: starting a new training run", file=sys.stderr)
+        self._check_shared_output()
 
         self.base_state = None  # weights of --init-from, loaded into the new network
         if config.init_from is not None:
@@ -117,10 +120,39 @@ class Trainer:
         }
         self.accelerator.init_trackers("hazematching", config=hparams)
 
+    def _check_shared_output(self) -> None:
+        """Every process must see the checkpoint folder the main process writes (one folder shared by all
+        nodes); found out here, not at the first checkpoint hours later."""
+        accelerator = self.accelerator
+        if accelerator.num_processes == 1:
+            return
+        token = broadcast_object_list([uuid.uuid4().hex if self.main_process else None])[0]
+        probe = self.checkpoint_dir / f".tmp-shared-{token}"
+        if self.main_process:
+            probe.write_text(token)
+        accelerator.wait_for_everyone()
+        seen = gather_object([(accelerator.process_index, socket.gethostname(), probe.is_file())])
+        accelerator.wait_for_everyone()
+        if self.main_process:
+            probe.unlink()
+        blind = [f"process {rank} on {host}" for rank, host, ok in seen if not ok]
+        if blind:
+            raise TrainingError(
+                f"--output-dir {self.output_dir} is not shared between the processes: {', '.join(blind)} cannot "
+                "see the files process 0 writes there. Checkpoints hold files of every process, so a multi-node "
+                "run needs an --output-dir on a file system that every node mounts (NFS, Lustre, GPFS), given as "
+                "the same absolute path on every node"
+            )
+
     def _accelerator(self) -> Accelerator:
         config = self.config
         use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
         compiled = resolve_compile(config.compile, use_deepspeed)
+        handlers = []
+        if use_deepspeed and not torch.cuda.is_available():
+            # DeepSpeed on CPU: without a named backend accelerate counts one process while DeepSpeed's
+            # group has all of them (and then rejects the batch size); gloo makes both agree.
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
         return Accelerator(
             # On CPU, cpu=True makes torchrun's processes one gloo group; it would also silently drop a
             # DeepSpeed plugin, so DeepSpeed keeps cpu=False (DeepSpeed then uses its CPU accelerator).
@@ -129,6 +161,7 @@ class Trainer:
             gradient_accumulation_steps=config.gradient_accumulation_steps,
             dynamo_backend="inductor" if compiled else "no",  # compiled in prepare(), after DDP/DeepSpeed wrapping
             log_with="tensorboard",
+            kwargs_handlers=handlers,
             project_config=ProjectConfiguration(
                 project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")
             ),
@@ -195,6 +228,12 @@ class Trainer:
             raise TrainingError(
                 f"{resume_path} was trained as {saved}, but the flags ask for {wanted}; resume with the same model "
                 "flags"
+            )
+        saved_processes, processes = state.get("num_processes"), self.accelerator.num_processes
+        if self.accelerator.state.deepspeed_plugin is not None and saved_processes not in (None, processes):
+            raise TrainingError(
+                f"{resume_path} was written by {saved_processes} DeepSpeed processes and this launch has {processes}: "
+                f"ZeRO checkpoints are sharded per process, so resume with --num_processes {saved_processes}"
             )
         self.accelerator.load_state(str(resume_path))
         self.ema.load_state_dict(load_file(resume_path / EMA_NAME))
@@ -308,21 +347,35 @@ class Trainer:
             log_jsonl(self.output_dir / "logs" / "train.jsonl", {"step": self.global_step, **record})
 
     def save_checkpoint(self) -> None:
-        """Written into a hidden folder and renamed when complete: a kill never leaves half a checkpoint."""
+        """Every process writes its part into a hidden folder; once all have finished (a barrier) and
+        all their files are there, the main process renames it: a kill never leaves half a checkpoint,
+        and a slow process never finds its folder gone (issue 26)."""
         step, accelerator = self.global_step, self.accelerator
         tmp = checkpoints.temporary_dir(self.checkpoint_dir, step)
         if self.main_process:
             checkpoints.clean_temporary(self.checkpoint_dir)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()  # every process's files are written before anything is published
+        failure = None
         if self.main_process:
-            atomic_save_safetensors(self.ema.state_dict(), tmp / EMA_NAME)
-            state = {"step": step, **self._architecture()}
-            atomic_write_bytes(tmp / checkpoints.COMPLETE_MARKER, json.dumps(state).encode())
-            checkpoints.publish(tmp, step)
-            checkpoints.rotate(self.checkpoint_dir, self.config.checkpoints_total_limit)
-            save_run(self.output_dir, self.ema.state_dict(), self.description())
-        accelerator.wait_for_everyone()
+            missing = checkpoints.missing_process_files(tmp, accelerator.num_processes)
+            if missing:
+                failure = (
+                    f"checkpoint {tmp} lacks {', '.join(missing[:4])} after every process saved: the processes "
+                    f"do not share {self.output_dir} (a multi-node run needs an --output-dir on a file system "
+                    "that every node mounts)"
+                )
+            else:
+                atomic_save_safetensors(self.ema.state_dict(), tmp / EMA_NAME)
+                state = {"step": step, "num_processes": accelerator.num_processes, **self._architecture()}
+                atomic_write_bytes(tmp / checkpoints.COMPLETE_MARKER, json.dumps(state).encode())
+                checkpoints.publish(tmp, step)
+                checkpoints.rotate(self.checkpoint_dir, self.config.checkpoints_total_limit)
+                save_run(self.output_dir, self.ema.state_dict(), self.description())
+        failure = broadcast_object_list([failure])[0]  # every process stops, or none does
+        if failure is not None:
+            raise TrainingError(failure)
 
     def validate(self) -> None:
         accelerator, step = self.accelerator, self.global_step
@@ -367,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_train_config(argv, description=__doc__.split("\n")[0])
     try:
         trainer = Trainer(config)
+        trainer.train()
     except TrainingError as exc:
         sys.exit(f"error: {exc}")
-    trainer.train()
     trainer.finish()
