@@ -14,7 +14,9 @@ DATA=${1:?usage: sbatch scripts/slurm_train.sh DATA_DIR OUTPUT_DIR [extra traine
 OUTPUT=${2:?usage: sbatch scripts/slurm_train.sh DATA_DIR OUTPUT_DIR [extra trainer flags]}
 shift 2
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-MAIN_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# not `| head -n 1`: under pipefail, head closing the pipe early kills the script with SIGPIPE (exit 141)
+mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+MAIN_NODE=${NODES[0]}
 MAIN_PORT=${MAIN_PORT:-29500}
 NUM_PROCESSES=$((SLURM_NNODES * GPUS_PER_NODE))
 

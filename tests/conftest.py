@@ -1,8 +1,10 @@
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,32 @@ def free_port() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return str(s.getsockname()[1])
+
+
+def descendants(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return children + [d for c in children for d in descendants(c)]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a launcher and every process it started (torchrun's workers run in their own sessions),
+    then wait until none of them runs any more."""
+    pids = [pid, *descendants(pid)]
+    for p in pids:
+        os.kill(p, signal.SIGKILL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        states = []
+        for p in pids[1:]:
+            try:
+                states.append(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                pass
+        if all(state == "Z" for state in states):
+            return
+        time.sleep(0.05)
 
 
 def accelerate_launcher(config: str, *extra: str) -> list[str]:

@@ -2,16 +2,14 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
-from conftest import REPO, accelerate_launcher, free_port
+from conftest import REPO, accelerate_launcher, free_port, kill_tree
 
 from hazematching.cli import main as cli_main
 from hazematching.data.io import DataError, read_split
@@ -60,32 +58,6 @@ def _launch(args, launcher=None, **kwargs):
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO, **kwargs
     )
-
-
-def _descendants(pid: int) -> list[int]:
-    children = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        children += [int(c) for c in (task / "children").read_text().split()]
-    return children + [d for c in children for d in _descendants(c)]
-
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL a launcher and every process it started (torchrun's workers run in their own sessions),
-    then wait until none of them runs any more."""
-    pids = [pid, *_descendants(pid)]
-    for p in pids:
-        os.kill(p, signal.SIGKILL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        states = []
-        for p in pids[1:]:
-            try:
-                states.append(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0])
-            except OSError:
-                pass
-        if all(state == "Z" for state in states):
-            return
-        time.sleep(0.05)
 
 
 def _flags(run, src, out, **options):
@@ -165,7 +137,7 @@ def test_killed_run_resumes_without_recomputing(trained_run, sim_data, tmp_path,
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the job ended before it could be interrupted"
-    _kill_tree(proc.pid)
+    kill_tree(proc.pid)
     proc.wait()
 
     status = {k: v["status"] for k, v in json.loads(manifest.read_text())["files"].items()}
@@ -301,3 +273,17 @@ def test_samples_of_a_stack_get_a_channel_axis(trained_run, sim_data, tmp_path):
     np.testing.assert_allclose(
         values.std(axis=2), tifffile.imread(tmp_path / "out" / "t_std.tif"), rtol=1e-3, atol=1e-2
     )
+
+
+def test_plane_logs_count_only_whole_lines(tmp_path):
+    """A plane log read while another process is half-way through a line ("done 1" of "done 12", as a
+    shared file system can show it) counts only the lines that are complete."""
+    from hazematching.inference.experiment.jobs import FileJob
+    from hazematching.inference.experiment.workfolder import WorkFolder
+
+    work, job = WorkFolder(tmp_path), FileJob("a.tif", tmp_path / "a.tif", {})
+    work.folder(job).mkdir()
+    (work.folder(job) / "rank0.log").write_text("done 0\ndone 2\n")
+    (work.folder(job) / "rank1.log").write_text("done 3\nfail 12 out of memory\ndone 1")
+    done, failed = work.read_logs(job)
+    assert done == {0, 2, 3} and failed == {12: "out of memory"}

@@ -44,3 +44,34 @@ def test_publish_and_rotate(tmp_path):
     (tmp_path / ".tmp-checkpoint-40").mkdir()
     checkpoints.clean_temporary(tmp_path)
     assert not (tmp_path / ".tmp-checkpoint-40").exists()
+
+
+def test_missing_process_files_names_each_rank_and_zero_shard(tmp_path):
+    """What the main process checks before it publishes: every rank's RNG state and, for a DeepSpeed
+    engine folder, every rank's ZeRO optimizer shard."""
+    folder = tmp_path / ".tmp-checkpoint-2"
+    engine = folder / "pytorch_model"
+    engine.mkdir(parents=True)
+    (folder / "random_states_0.pkl").write_bytes(b"")
+    (engine / "mp_rank_00_model_states.pt").write_bytes(b"")
+    (engine / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"")
+    assert checkpoints.missing_process_files(folder, 1) == []
+    assert checkpoints.missing_process_files(folder, 2) == [
+        "random_states_1.pkl",
+        "pytorch_model/*zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]
+    (folder / "random_states_1.pkl").write_bytes(b"")
+    (engine / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"")
+    assert checkpoints.missing_process_files(folder, 2) == []
+
+
+def test_publishing_a_step_again_replaces_it_whole(tmp_path):
+    """A resumed run writes the same step again: the new folder replaces the old one, no mix of both."""
+    old = make(tmp_path, 10)
+    (old / "stale.bin").write_bytes(b"old")
+    tmp = checkpoints.temporary_dir(tmp_path, 10)
+    tmp.mkdir()
+    (tmp / checkpoints.COMPLETE_MARKER).write_text(json.dumps({"step": 10}))
+    final = checkpoints.publish(tmp, 10)
+    assert sorted(p.name for p in final.iterdir()) == [checkpoints.COMPLETE_MARKER]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10"]

@@ -54,7 +54,7 @@ def predict_experiment(
     the summary (also on non-main processes, with what they did). ``options`` go to ``predict_array``;
     ``noise`` is a key of ``schedule.NOISE_KEYING``."""
     from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list
+    from accelerate.utils import broadcast_object_list, gather_object
 
     from hazematching.inference.predict import predict_array, resolve_device
 
@@ -107,6 +107,16 @@ def predict_experiment(
             lock.close()
         raise failure or JobError(f"the main process failed to start the job: {plan['error']}")
 
+    launch_dir = work.root / f"launch-{plan['launch']}"
+    blind = [rank for rank, seen in gather_object([(state.process_index, launch_dir.is_dir())]) if not seen]
+    if blind:
+        if lock is not None:
+            lock.close()
+        raise JobError(
+            f"--output {output_path} is not shared between the processes: process(es) {blind} cannot see the "
+            "folders process 0 made there; a multi-node launch needs an output folder on a file system that every "
+            "node mounts, given as the same absolute path"
+        )
     jobs = plan["jobs"]
     costs = [int(np.prod(j.info.plane_shape)) if j.info is not None else 0 for j in jobs]
     mine = balanced(plan["units"], costs, state.num_processes)[state.process_index]
@@ -173,8 +183,7 @@ def predict_experiment(
         "wall_s": round(time.time() - started, 3),
         "device": str(run_device),
     }
-    marker = work.root / f"launch-{plan['launch']}" / f"rank{state.process_index}.json"
-    marker.parent.mkdir(exist_ok=True)
+    marker = launch_dir / f"rank{state.process_index}.json"
     atomic_write_bytes(marker, json.dumps(mine_stats).encode())
     if monitor is None:
         return {"rank": mine_stats}

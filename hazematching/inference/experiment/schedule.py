@@ -67,6 +67,7 @@ def plan_job(
     launch = uuid.uuid4().hex[:12]
     for old in work.root.glob("launch-*"):
         shutil.rmtree(old, ignore_errors=True)
+    (work.root / f"launch-{launch}").mkdir()  # every process must see it: the output folder is shared
     units, skipped = [], []
     for index, job in enumerate(jobs):
         entry = {

@@ -67,7 +67,9 @@ class WorkFolder:
         """Planes done and planes failed (with the message), from every process's log."""
         done, failed = set(), {}
         for log in self.folder(job).glob("rank*.log"):
-            for line in log.read_text().splitlines():
+            # only whole lines: another process may be half-way through writing its last one ("done 1" of
+            # "done 12"), which a shared file system can show to readers
+            for line in log.read_text().split("\n")[:-1]:
                 parts = line.split(" ", 2)
                 if len(parts) >= 2 and parts[1].isdigit():
                     if parts[0] == "done":
