@@ -19,8 +19,11 @@ def test_old_run_loads_and_predicts_the_same_numbers():
     expected = np.load(ASSETS / "expected.npz")
     # settings as they were then: the run's sampler defaults, tiles of 256 with 64 overlap, calibrated std
     result = predict_array(run, expected["image"], calibrated=True, progress=False, compile="off")
-    np.testing.assert_allclose(result.mean, expected["mean"], rtol=1e-6, atol=1e-5)
-    np.testing.assert_allclose(result.std, expected["std"], rtol=1e-6, atol=1e-5)
+    # float32 to within a few ulp of the image's range: another CPU's SIMD path reorders the sums (seen
+    # here on an AMD EPYC: 7.6e-5 on a mean image of range ~400); a real change moves pixels by far more
+    for name in ("mean", "std"):
+        scale = float(np.abs(expected[name]).max())
+        np.testing.assert_allclose(getattr(result, name), expected[name], rtol=1e-6, atol=2e-6 * scale)
 
 
 def test_old_package_reproduces_its_test_output(tmp_path):

@@ -96,6 +96,9 @@ class Trainer:
             if config.resume_from_checkpoint == "latest" and resume_path is None:
                 print("no complete checkpoint found: starting a new training run", file=sys.stderr)
         self._check_shared_output()
+        # every process resumes what process 0 found: another node's view of a shared folder can lag
+        # (NFS caches directory listings), and processes that load different checkpoints train apart
+        resume_path = broadcast_object_list([resume_path])[0]
 
         self.base_state = None  # weights of --init-from, loaded into the new network
         if config.init_from is not None:
