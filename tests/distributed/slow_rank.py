@@ -9,7 +9,9 @@ Read from the environment (so the launcher passes it to every process unchanged)
 - ``SLOW_DELAY``: seconds added at each point (default 3);
 - ``SLOW_POINTS``: comma-separated points, each ``module:attribute`` (a callable is delayed before it
   runs, e.g. ``torch:save``), or ``torn-log`` (the experiment runner's plane log lines are written
-  in two halves with the delay between them, as a slow shared file system may show them).
+  in two halves with the delay between them, as a slow shared file system may show them), or
+  ``stale-listing`` (this process does not see the newest checkpoint, as a node whose NFS client
+  caches the directory listing).
 
 ``SLOW_LOG`` names a file that each delayed call appends to, so that a test can tell the delay hit.
 Nothing here is shipped: it lives with the tests and patches the process it starts.
@@ -58,6 +60,20 @@ def _torn_log(delay: float) -> None:
     WorkFolder.log = log
 
 
+def _stale_listing() -> None:
+    from hazematching.training import checkpoints
+
+    original = checkpoints.list_checkpoints
+
+    def stale(checkpoint_dir):
+        found = original(checkpoint_dir)
+        if found:
+            _log("stale-listing")
+        return found[:-1]
+
+    checkpoints.list_checkpoints = stale
+
+
 def install() -> None:
     if os.environ.get("RANK", "0") != os.environ.get("SLOW_RANK", "1"):
         return
@@ -65,6 +81,9 @@ def install() -> None:
     for point in filter(None, os.environ.get("SLOW_POINTS", "torch:save").split(",")):
         if point == "torn-log":
             _torn_log(delay)
+            continue
+        if point == "stale-listing":
+            _stale_listing()
             continue
         module_name, attribute = point.split(":")
         owner = importlib.import_module(module_name)

@@ -122,6 +122,26 @@ def test_kill_while_a_slow_process_writes_keeps_the_previous_checkpoint(sim_data
     assert not list((run / "checkpoints").glob(".tmp-*"))
 
 
+def test_every_process_resumes_the_checkpoint_process_0_found(sim_data, tmp_path):
+    """Process 1's view of the checkpoint folder lags (it does not list the newest checkpoint): it still
+    resumes the one process 0 found, so both continue from the same step and train one model."""
+    run, log = tmp_path / "run", tmp_path / "delays.log"
+    common = ["trainer/train.py", "--data", str(sim_data), "--output-dir", str(run), "--batch-size", "2", *SMALL]
+    common += ["--checkpointing-steps", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    finish(launch("cpu_2proc.yaml", [*common, "--max-steps", "4"], env))
+    out = finish(
+        launch(
+            "cpu_2proc.yaml",
+            [*common, "--max-steps", "6", "--resume-from-checkpoint", "latest"],
+            slow_env(log, "stale-listing", 0),
+        )
+    )
+    assert delays(log) == ["1 stale-listing"] and "at step 4" in out
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["step"] == 6 and saved["rank_weight_checksums"][0] == saved["rank_weight_checksums"][1]
+
+
 def test_experiment_with_a_slow_process_writes_what_one_process_writes(trained_run, sim_data, tmp_path):
     """The experiment runner with process 1 slow when it syncs planes, writes its plane log (in two
     halves, as a slow shared file system may show it) and reports its end: the outputs, manifest and

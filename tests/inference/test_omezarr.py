@@ -8,8 +8,8 @@ import types
 
 import numpy as np
 import pytest
-from conftest import accelerate_launcher, free_port
-from test_experiment import _flags, _kill_tree, _launch, _widefield_planes
+from conftest import accelerate_launcher, free_port, kill_tree
+from test_experiment import _flags, _launch, _widefield_planes
 
 from hazematching.data.io import DataError
 from hazematching.inference.experiment import MANIFEST_NAME, WORK_NAME, JobError, derive_seed, predict_experiment
@@ -141,7 +141,7 @@ def test_two_processes_agree_with_one_and_a_killed_run_resumes(trained_run, sim_
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the job ended before it could be interrupted"
-    _kill_tree(proc.pid)
+    kill_tree(proc.pid)
     proc.wait()
     status = {k: v["status"] for k, v in json.loads(manifest.read_text())["files"].items()}
     complete = [k for k, v in status.items() if v == "complete"]
