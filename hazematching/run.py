@@ -10,7 +10,7 @@ import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -161,6 +161,14 @@ class SamplerRecommendation(BaseModel):
     seed: int = 0
 
 
+class SettingChange(BaseModel):
+    """Training settings changed when a run was resumed: ``changes`` maps a ``TrainConfig`` field to
+    (before, after), in effect from ``step`` on."""
+
+    step: int
+    changes: dict[str, tuple[Any, Any]]
+
+
 class RunDescription(BaseModel):
     """A run's ``config.json``: what was trained, how, and what the sampler defaults to."""
 
@@ -180,6 +188,7 @@ class RunDescription(BaseModel):
     rank_weight_checksums: list[float] | None = None
     calibration: Calibration | None = None
     recommended_sampler: SamplerRecommendation | None = None
+    setting_changes: list[SettingChange] | None = None  # every resume that changed a training setting
 
     def to_json(self) -> bytes:
         data = self.model_dump(mode="json")
@@ -187,6 +196,7 @@ class RunDescription(BaseModel):
             "rank_weight_checksums",
             "calibration",
             "recommended_sampler",
+            "setting_changes",
         ):  # absent, not null, until they exist
             if data.get(key) is None:
                 data.pop(key, None)

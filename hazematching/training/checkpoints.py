@@ -14,19 +14,23 @@ from pathlib import Path
 
 _PATTERN = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "trainer_state.json"
+_REPLACED = ".tmp-replaced-"
 
 
 def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Complete checkpoints, oldest first; a step whose re-publication was interrupted (``publish``)
+    is its set-aside previous version."""
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         return []
-    found = []
+    found = {}
     for path in checkpoint_dir.iterdir():
-        match = _PATTERN.match(path.name)
+        match = _PATTERN.match(path.name.removeprefix(_REPLACED))
         if match and path.is_dir() and (path / COMPLETE_MARKER).is_file():
-            found.append((int(match.group(1)), path))
-    return [p for _, p in sorted(found)]
+            step = int(match.group(1))
+            if step not in found or not path.name.startswith(_REPLACED):
+                found[step] = path
+    return [found[step] for step in sorted(found)]
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -56,10 +60,13 @@ def missing_process_files(folder: Path, num_processes: int) -> list[str]:
     folder = Path(folder)
     missing = [f"random_states_{rank}.pkl" for rank in range(num_processes)]
     missing = [name for name in missing if not (folder / name).is_file()]
-    for engine in (p for p in folder.iterdir() if p.is_dir() and (p / "mp_rank_00_model_states.pt").is_file()):
+    for engine in (p for p in folder.iterdir() if p.is_dir() and any(p.glob("*model_states.pt"))):
+        zero3 = any(engine.glob("zero_pp_rank_*_model_states.pt"))  # ZeRO-3 shards the weights too
         for rank in range(num_processes):
             if not any(engine.glob(f"*zero_pp_rank_{rank}_mp_rank_*optim_states.pt")):
                 missing.append(f"{engine.name}/*zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+            if zero3 and not (engine / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt").is_file():
+                missing.append(f"{engine.name}/zero_pp_rank_{rank}_mp_rank_00_model_states.pt")
     return missing
 
 
@@ -68,7 +75,10 @@ def temporary_dir(checkpoint_dir: Path, step: int) -> Path:
 
 
 def clean_temporary(checkpoint_dir: Path) -> None:
+    """Remove unfinished folders; a set-aside checkpoint stays while it is the only copy of its step."""
     for path in Path(checkpoint_dir).glob(".tmp-*"):
+        if path.name.startswith(_REPLACED) and not (path.parent / path.name.removeprefix(_REPLACED)).is_dir():
+            continue
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -76,7 +86,7 @@ def publish(tmp_dir: Path, step: int) -> Path:
     """Atomically turn a fully written temporary folder into ``checkpoint-<step>``."""
     final = tmp_dir.parent / f"checkpoint-{step}"
     if final.exists():  # same step written again after a resume: the old one stays until the new is in place
-        old = tmp_dir.parent / f".tmp-replaced-checkpoint-{step}"
+        old = tmp_dir.parent / f"{_REPLACED}checkpoint-{step}"  # found by list_checkpoints until the swap is done
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
         os.replace(tmp_dir, final)

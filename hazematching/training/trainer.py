@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 import uuid
+from dataclasses import astuple
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ from hazematching.run import (
     Architecture,
     RunDescription,
     RunError,
+    SettingChange,
     architecture_kwargs,
     atomic_save_safetensors,
     atomic_write_bytes,
@@ -54,6 +56,16 @@ from hazematching.training.validation import validation_grid, validation_loss
 from hazematching.training.visualize import save_png
 
 EMA_NAME = "ema.safetensors"
+
+
+# flags that say how to start, not what is trained
+_NOT_A_CHANGE = ("resume_from_checkpoint",)
+
+
+def _stats(norm: Normalization) -> str:
+    return (
+        f"input {norm.input_mean:.4g} +- {norm.input_std:.4g}, target {norm.target_mean:.4g} +- {norm.target_std:.4g}"
+    )
 
 
 class TrainingError(Exception):
@@ -74,21 +86,23 @@ class Trainer:
         self.config = config
         if config.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise TrainingError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no on CPU")
+        self.output_dir = config.output_dir
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        problem, train_pairs, val_pairs, resume_path = None, None, None, None
         try:
             train_pairs, val_pairs = load_splits(
                 config.data, config.val_data, config.val_fraction, config.crop_size, mmap=True
             )
-        except DataError as exc:
-            raise TrainingError(str(exc)) from exc
-        self.output_dir = config.output_dir
-        self.checkpoint_dir = self.output_dir / "checkpoints"
-        try:
             resume_path = checkpoints.resolve_resume(config.resume_from_checkpoint, self.checkpoint_dir)
-        except FileNotFoundError as exc:
-            raise TrainingError(str(exc)) from exc
+        except (DataError, FileNotFoundError) as exc:
+            problem = str(exc)
 
         self.accelerator = self._accelerator()
         self.main_process = self.accelerator.is_main_process
+        # a problem one process (one node) found stops every process now, not at a collective 30 minutes later
+        problems = [p for p in gather_object([problem]) if p is not None]
+        if problems:
+            raise TrainingError(problems[0])
         if self.main_process:
             (self.output_dir / "logs").mkdir(parents=True, exist_ok=True)
             (self.output_dir / "samples").mkdir(exist_ok=True)
@@ -101,9 +115,16 @@ class Trainer:
         resume_path = broadcast_object_list([resume_path])[0]
 
         self.base_state = None  # weights of --init-from, loaded into the new network
+        self.resume_state = (
+            json.loads((resume_path / checkpoints.COMPLETE_MARKER).read_text()) if resume_path is not None else None
+        )
+        self.setting_changes: list[SettingChange] = []
         if config.init_from is not None:
             base = self._base_run(config.init_from)
             self.normalization = Normalization(**base.normalization.model_dump())  # what the network was trained on
+        elif self.resume_state is not None:
+            self.normalization = self._resumed_normalization(resume_path, train_pairs)
+            self.setting_changes = self._setting_changes(resume_path)
         else:
             self.normalization = Normalization.from_pairs(train_pairs)
         self.train_set = RandomCropDataset(
@@ -134,17 +155,21 @@ class Trainer:
         if self.main_process:
             probe.write_text(token)
         accelerator.wait_for_everyone()
-        seen = gather_object([(accelerator.process_index, socket.gethostname(), probe.is_file())])
+        deadline = time.monotonic() + 10  # an NFS client may cache "not there" for a few seconds
+        while not probe.is_file() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        here = (accelerator.process_index, socket.gethostname(), probe.is_file(), str(self.output_dir.absolute()))
+        seen = gather_object([here])
         accelerator.wait_for_everyone()
         if self.main_process:
             probe.unlink()
-        blind = [f"process {rank} on {host}" for rank, host, ok in seen if not ok]
+        blind = [f"process {rank} on {host} (looking in {path})" for rank, host, ok, path in seen if not ok]
         if blind:
             raise TrainingError(
                 f"--output-dir {self.output_dir} is not shared between the processes: {', '.join(blind)} cannot "
-                "see the files process 0 writes there. Checkpoints hold files of every process, so a multi-node "
-                "run needs an --output-dir on a file system that every node mounts (NFS, Lustre, GPFS), given as "
-                "the same absolute path on every node"
+                f"see the files process 0 writes in {seen[0][3]}. Checkpoints hold files of every process, so a "
+                "multi-node run needs an --output-dir on a file system that every node mounts (NFS, Lustre, GPFS), "
+                "at the same path on every node"
             )
 
     def _accelerator(self) -> Accelerator:
@@ -223,14 +248,76 @@ class Trainer:
             ),
         }
 
+    def _resumed_normalization(self, resume_path: Path, train_pairs) -> Normalization:
+        """The normalisation the checkpoint's network was trained with, never the new --data's: the same
+        weights with other statistics predict another image (17 dB apart in one reported case)."""
+        stored = self.resume_state.get("normalization")
+        if stored is None:  # checkpoints of releases before 0.3 keep it only in the run's config.json
+            try:
+                stored = read_description(self.output_dir).normalization.model_dump()
+            except RunError:
+                stored = None
+        fresh = Normalization.from_pairs(train_pairs)
+        if stored is None:
+            if self.main_process:
+                print(
+                    f"warning: {resume_path} stores no normalisation and {self.output_dir / 'config.json'} is missing: "
+                    "using the statistics of --data, which may differ from what the network was trained with",
+                    file=sys.stderr,
+                )
+            return fresh
+        kept = Normalization(**stored)
+        differs = any(abs(a - b) > 1e-3 * max(abs(a), abs(b), 1e-6) for a, b in zip(astuple(kept), astuple(fresh)))
+        if differs and self.main_process:
+            print(
+                f"note: resuming keeps the normalisation the network was trained with ({_stats(kept)}); the pairs "
+                f"of --data {self.config.data} would give {_stats(fresh)}. To train on new data with its own "
+                "statistics, start a new run (--init-from a finished run keeps the old statistics too)",
+                file=sys.stderr,
+            )
+        return kept
+
+    def _setting_changes(self, resume_path: Path) -> list[SettingChange]:
+        """The run's history of changed settings, plus what this resume changes (said in one line)."""
+        history = [SettingChange(**c) for c in self.resume_state.get("setting_changes", [])]
+        saved = self.resume_state.get("training")
+        if saved is None:  # older checkpoints: compare with the run's config.json when it is there
+            try:
+                saved = read_description(self.output_dir).training.model_dump(mode="json")
+            except RunError:
+                return history
+        now = self.config.model_dump(mode="json")
+        # not a flag, but it changes the effective batch (batch size x processes) of a DDP run
+        saved = {**saved, "num_processes": self.resume_state.get("num_processes", saved.get("num_processes"))}
+        now["num_processes"] = self.accelerator.num_processes
+        changes = {
+            key: (saved.get(key), value)
+            for key, value in now.items()
+            if key not in _NOT_A_CHANGE and saved.get(key) != value
+        }
+        if not changes:
+            return history
+        step = self.resume_state["step"]
+        if self.main_process:
+            listed = "; ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items())
+            print(f"resuming at step {step} with changed settings: {listed} (recorded in config.json)", file=sys.stderr)
+        return [*history, SettingChange(step=step, changes=changes)]
+
     def _resume(self, resume_path: Path) -> int:
-        state = json.loads((resume_path / checkpoints.COMPLETE_MARKER).read_text())
+        state = self.resume_state
         wanted = self._architecture()
         saved = {key: state.get(key) for key in wanted}
         if saved != wanted:
+            flat_saved = {"objective": saved["objective"], **(saved["architecture"] or {})}
+            flat_wanted = {"objective": wanted["objective"], **wanted["architecture"]}
+            differ = [
+                f"{key}: checkpoint {flat_saved.get(key)}, flags {flat_wanted.get(key)}"
+                for key in sorted(set(flat_saved) | set(flat_wanted))
+                if flat_saved.get(key) != flat_wanted.get(key)
+            ]
             raise TrainingError(
-                f"{resume_path} was trained as {saved}, but the flags ask for {wanted}; resume with the same model "
-                "flags"
+                f"{resume_path} was trained with other model flags ({'; '.join(differ)}); resume with the same model "
+                "flags (they are in config.json)"
             )
         saved_processes, processes = state.get("num_processes"), self.accelerator.num_processes
         if self.accelerator.state.deepspeed_plugin is not None and saved_processes not in (None, processes):
@@ -279,6 +366,7 @@ class Trainer:
             mixed_precision=accelerator.mixed_precision,
             compiled=accelerator.state.dynamo_plugin.backend.value != "NO",
             versions=versions(),
+            setting_changes=self.setting_changes or None,
             **(extra or {}),
         )
 
@@ -370,15 +458,34 @@ class Trainer:
                     "that every node mounts)"
                 )
             else:
-                atomic_save_safetensors(self.ema.state_dict(), tmp / EMA_NAME)
-                state = {"step": step, "num_processes": accelerator.num_processes, **self._architecture()}
-                atomic_write_bytes(tmp / checkpoints.COMPLETE_MARKER, json.dumps(state).encode())
-                checkpoints.publish(tmp, step)
-                checkpoints.rotate(self.checkpoint_dir, self.config.checkpoints_total_limit)
-                save_run(self.output_dir, self.ema.state_dict(), self.description())
+                failure = self._publish(tmp, step)
         failure = broadcast_object_list([failure])[0]  # every process stops, or none does
         if failure is not None:
             raise TrainingError(failure)
+
+    def _publish(self, tmp: Path, step: int) -> str | None:
+        """Main process: EMA weights and the completion marker into ``tmp``, rename, rotate, save the run;
+        an OS error (a full disk) comes back as one line, and the previous checkpoint stays usable."""
+        try:
+            atomic_save_safetensors(self.ema.state_dict(), tmp / EMA_NAME)
+            state = {
+                "step": step,
+                "num_processes": self.accelerator.num_processes,
+                **self._architecture(),
+                "normalization": self.normalization.to_dict(),
+                "training": self.config.model_dump(mode="json"),
+                "setting_changes": [c.model_dump(mode="json") for c in self.setting_changes],
+            }
+            atomic_write_bytes(tmp / checkpoints.COMPLETE_MARKER, json.dumps(state).encode())
+            checkpoints.publish(tmp, step)
+            checkpoints.rotate(self.checkpoint_dir, self.config.checkpoints_total_limit)
+            save_run(self.output_dir, self.ema.state_dict(), self.description())
+        except OSError as exc:
+            return (
+                f"cannot write checkpoint {step} to {self.checkpoint_dir} ({exc.strerror or exc}); the previous "
+                "checkpoint is intact: free space (or fix the folder) and relaunch with --resume-from-checkpoint latest"
+            )
+        return None
 
     def validate(self) -> None:
         accelerator, step = self.accelerator, self.global_step
@@ -425,5 +532,6 @@ def main(argv: list[str] | None = None) -> None:
         trainer = Trainer(config)
         trainer.train()
     except TrainingError as exc:
-        sys.exit(f"error: {exc}")
+        # every process stops; process 0 says why (once, not once per process)
+        sys.exit(f"error: {exc}" if int(os.environ.get("RANK", "0")) == 0 else 1)
     trainer.finish()

@@ -102,6 +102,22 @@ def test_output_folder_not_shared_between_nodes_is_refused_at_start(sim_data, tm
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+def test_a_problem_found_on_one_node_stops_both_at_once(sim_data, tmp_path):
+    """Node 1 cannot find the checkpoint to resume (a path that exists only on node 0): both nodes stop
+    within seconds with that message from process 0, instead of node 0 waiting for the process group."""
+    (tmp_path / "ckpt" / checkpoints.COMPLETE_MARKER).parent.mkdir()
+    (tmp_path / "ckpt" / checkpoints.COMPLETE_MARKER).write_text("{}")
+    node1 = tmp_path / "node1"
+    node1.mkdir()
+    args = ["--data", str(sim_data), "--output-dir", str(tmp_path / "run"), "--max-steps", "10", *SMALL]
+    started = time.time()
+    results = outputs(launch_nodes([*args, "--resume-from-checkpoint", "ckpt"], cwd=(tmp_path, node1)), timeout=120)
+    assert time.time() - started < 100
+    for rc, _ in results:
+        assert rc != 0
+    assert "error: --resume-from-checkpoint ckpt: not a complete checkpoint folder" in results[0][1], results[0][1]
+
+
 def _stand_in(folder: Path, name: str, body: str) -> None:
     path = folder / name
     path.write_text("#!/usr/bin/env bash\n" + body)

@@ -75,3 +75,29 @@ def test_publishing_a_step_again_replaces_it_whole(tmp_path):
     final = checkpoints.publish(tmp, 10)
     assert sorted(p.name for p in final.iterdir()) == [checkpoints.COMPLETE_MARKER]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10"]
+
+
+def test_zero3_checkpoints_need_every_rank_weight_shard(tmp_path):
+    engine = tmp_path / "pytorch_model"
+    engine.mkdir()
+    (tmp_path / "random_states_0.pkl").write_bytes(b"")
+    for rank in (0, 1):
+        (engine / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    (engine / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"")
+    (tmp_path / "random_states_1.pkl").write_bytes(b"")
+    assert checkpoints.missing_process_files(tmp_path, 2) == ["pytorch_model/zero_pp_rank_1_mp_rank_00_model_states.pt"]
+
+
+def test_a_step_set_aside_during_republication_is_still_found(tmp_path):
+    """Killed between setting the old checkpoint-10 aside and renaming the new one into place: ``latest``
+    still finds step 10 (the set-aside copy) and cleaning keeps it until step 10 exists again."""
+    make(tmp_path, 5)
+    aside = make(tmp_path, 10).rename(tmp_path / ".tmp-replaced-checkpoint-10")
+    (tmp_path / ".tmp-checkpoint-10").mkdir()  # the new one, unfinished
+    assert checkpoints.latest_checkpoint(tmp_path) == aside
+    checkpoints.clean_temporary(tmp_path)
+    assert aside.is_dir() and not (tmp_path / ".tmp-checkpoint-10").exists()
+    make(tmp_path, 10)
+    assert checkpoints.latest_checkpoint(tmp_path).name == "checkpoint-10"
+    checkpoints.clean_temporary(tmp_path)
+    assert not aside.exists()

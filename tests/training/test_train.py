@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from conftest import REPO, accelerate_launcher, free_port, run_trainer
 from safetensors.torch import load_file
@@ -302,3 +303,37 @@ def test_shortcut_fine_tuning_starts_from_the_run_resumes_exactly_and_checks_fla
 
     result = run_trainer([*common, "--output-dir", str(tmp_path / "bad"), "--max-steps", "1", "--base-channels", "8"])
     assert result.returncode != 0 and "give the same model flags as that run" in result.stderr
+
+
+def test_resume_keeps_the_normalisation_and_records_changed_settings(sim_data, tmp_path):
+    """Resumed on other data (3x brighter) with another batch size: the network keeps the statistics
+    it was trained with (else the same image predicts another result), the user is told, and
+    config.json records what changed from which step; a later resume without changes keeps that history."""
+    run = tmp_path / "run"
+    common = ["--output-dir", str(run), "--checkpointing-steps", "2", *SMALL]
+    check(run_trainer(["--data", str(sim_data), "--batch-size", "2", "--max-steps", "2", *common]))
+    first = json.loads((run / "config.json").read_text())
+    assert "setting_changes" not in first
+
+    brighter = tmp_path / "brighter"
+    for path in sim_data.rglob("*.tif*"):
+        out = brighter / path.relative_to(sim_data)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(out, (tifffile.imread(path).astype(np.float32) * 3).astype(np.float32))
+    resume = ["--resume-from-checkpoint", "latest"]
+    result = run_trainer(["--data", str(brighter), "--batch-size", "4", "--max-steps", "4", *resume, *common])
+    check(result)
+    assert "keeps the normalisation the network was trained with" in result.stderr
+    assert "resuming at step 2 with changed settings:" in result.stderr and "batch_size 2 -> 4" in result.stderr
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["normalization"] == first["normalization"]
+    assert saved["setting_changes"] == [
+        {"step": 2, "changes": {"data": [str(sim_data), str(brighter)], "batch_size": [2, 4], "max_steps": [2, 4]}}
+    ]
+    state = json.loads((run / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["normalization"] == first["normalization"] and state["training"]["batch_size"] == 4
+
+    again = run_trainer(["--data", str(brighter), "--batch-size", "4", "--max-steps", "4", *resume, *common])
+    check(again)
+    assert "changed settings" not in again.stderr
+    assert json.loads((run / "config.json").read_text())["setting_changes"] == saved["setting_changes"]
