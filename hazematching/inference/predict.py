@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from hazematching.core import evaluations_per_step, sample_posterior
 from hazematching.data.io import DataError
+from hazematching.inference.input_range import InputRangeWarning, out_of_range
 from hazematching.inference.speed import fast_network, images_per_call, samples_per_batch, tiles_per_batch
 from hazematching.inference.tiling import tiles
 from hazematching.run import LoadedRun, RunError
@@ -85,6 +86,8 @@ def predict_array(
         raise DataError(f"image of shape {image.shape}: expected a 2D image of at least {MIN_SIZE} x {MIN_SIZE}")
     if not np.isfinite(image).all():
         raise DataError("image contains NaN/Inf pixels")
+    if problem := out_of_range(run.normalization, image):
+        warnings.warn(f"image: {problem}", InputRangeWarning, stacklevel=2)
     point_predictor = run.objective == "mse"
     if point_predictor and (keep_samples or calibrated):
         raise RunError("a U-Net baseline run predicts one image: it has no samples and no std to calibrate")

@@ -8,6 +8,7 @@ bioimageio.core, as ``bioimageio predict`` does, with the sampler settings baked
 """
 
 import json
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ import numpy as np
 from hazematching.data.io import DataError
 from hazematching.inference.experiment.jobs import MIN_SIZE
 from hazematching.inference.experiment.schedule import plane_seed
-from hazematching.run import RunError
+from hazematching.inference.input_range import InputRangeWarning, out_of_range
+from hazematching.run import NormalizationStats, RunError
 from hazematching.settings import DEFAULT_NOISE, InferenceSettings
 
 PACKAGE_MARKER = "training_config.json"  # every package this project exports carries it
@@ -33,6 +35,7 @@ class Result:
     mean: np.ndarray
     std: np.ndarray | None
     samples: np.ndarray | None  # (K, *layer shape) when asked for
+    warning: str | None = None  # intensities far outside the training range (``input_range``)
 
 
 @dataclass
@@ -55,6 +58,7 @@ class RunModel:
 
         self.path = Path(path)
         self.run = load_model(self.path, device=resolve_device(device) if device != "auto" else None)
+        self.normalization = self.run.normalization
 
     def defaults(self) -> Defaults:
         from hazematching.settings import resolve_settings
@@ -67,15 +71,17 @@ class RunModel:
     def plane(self, image, settings: dict, seed: int, keep_samples: bool, calibrated: bool, on_progress) -> tuple:
         from hazematching.inference.predict import predict_array
 
-        result = predict_array(
-            self.run,
-            image,
-            **{**settings, "seed": seed},
-            keep_samples=keep_samples,
-            calibrated=calibrated,
-            progress=False,
-            on_progress=on_progress,
-        )
+        with warnings.catch_warnings():  # checked once per layer by ``dehaze``
+            warnings.simplefilter("ignore", InputRangeWarning)
+            result = predict_array(
+                self.run,
+                image,
+                **{**settings, "seed": seed},
+                keep_samples=keep_samples,
+                calibrated=calibrated,
+                progress=False,
+                on_progress=on_progress,
+            )
         return result.mean, result.std, result.samples
 
 
@@ -100,6 +106,7 @@ class PackageModel:
         devices = None if device == "auto" else [device]
         self.pipeline = create_prediction_pipeline(description, devices=devices)
         self.input_id = description.inputs[0].id
+        self.normalization = NormalizationStats(**self.training["normalization"])  # the run's, attached
         self.output_id = description.outputs[0].id
 
     def defaults(self) -> Defaults:
@@ -174,6 +181,7 @@ def dehaze(
     std = np.zeros(shape, np.float32)
     kept = None
     flat = np.asarray(data).reshape(planes, *shape[-2:])
+    problem = out_of_range(model.normalization, [flat[i] for i in sorted({0, planes // 2, planes - 1})])
     for index in range(planes):
 
         def progress(done: int, total: int, index=index) -> None:
@@ -197,4 +205,5 @@ def dehaze(
             if kept is None:
                 kept = np.zeros((k.shape[0], *shape), np.float32)
             kept.reshape(k.shape[0], planes, *shape[-2:])[:, index] = k
-    return Result(mean, std if model.kind == "package" or model.run.objective != "mse" else None, kept)
+    std = std if model.kind == "package" or model.run.objective != "mse" else None
+    return Result(mean, std, kept, f"{key}: {problem}" if problem else None)

@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -247,6 +247,9 @@ class DehazeWidget(QWidget):
             f"{layer.name}: added '{layer.name} dehazed'" + (" and 'std'" if result.std is not None else "")
         )
         show_info(self.status.text())
+        if result.warning:  # after the info, so it is the notification the user sees last
+            self.status.setText(f"{self.status.text()}; WARNING {result.warning}")
+            show_warning(result.warning)
 
     def _errored(self, exc: Exception) -> None:
         if isinstance(exc, engine.Cancelled):

@@ -77,6 +77,13 @@ def log_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def trim_jsonl(path: Path, step: int) -> None:
+    """Drop the records after ``step`` (a resumed run writes those steps again), atomically."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+
+
 class Trainer:
     """One training run, in the order it happens: ``__init__`` sets up (data, accelerator, model,
     optimiser, resume, loader), ``train`` loops, calling ``validate`` and ``save_checkpoint`` on
@@ -88,9 +95,9 @@ class Trainer:
             raise TrainingError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no on CPU")
         self.output_dir = config.output_dir
         self.checkpoint_dir = self.output_dir / "checkpoints"
-        problem, train_pairs, val_pairs, resume_path = None, None, None, None
+        problem, train_pairs, val_pairs, resume_path, data_warnings = None, None, None, None, []
         try:
-            train_pairs, val_pairs = load_splits(
+            train_pairs, val_pairs, data_warnings = load_splits(
                 config.data, config.val_data, config.val_fraction, config.crop_size, mmap=True
             )
             resume_path = checkpoints.resolve_resume(config.resume_from_checkpoint, self.checkpoint_dir)
@@ -107,6 +114,8 @@ class Trainer:
             (self.output_dir / "logs").mkdir(parents=True, exist_ok=True)
             (self.output_dir / "samples").mkdir(exist_ok=True)
             self.checkpoint_dir.mkdir(exist_ok=True)
+            for warning in data_warnings:
+                print(warning, file=sys.stderr)
             if config.resume_from_checkpoint == "latest" and resume_path is None:
                 print("no complete checkpoint found: starting a new training run", file=sys.stderr)
         self._check_shared_output()
@@ -328,6 +337,8 @@ class Trainer:
         self.accelerator.load_state(str(resume_path))
         self.ema.load_state_dict(load_file(resume_path / EMA_NAME))
         if self.main_process:
+            for name in ("train.jsonl", "validation.jsonl"):
+                trim_jsonl(self.output_dir / "logs" / name, state["step"])
             print(f"resumed from {resume_path} at step {state['step']}", file=sys.stderr)
         return state["step"]
 

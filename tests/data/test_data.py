@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import tifffile
@@ -85,9 +87,9 @@ def test_load_splits_layouts(tmp_path):
         write_pair(tmp_path / "flat" / f"img{i}.tif", seed=i)
         write_pair(tmp_path / "nested" / "train" / f"img{i}.tif", seed=i)
     write_pair(tmp_path / "nested" / "val" / "v.tif")
-    train, val = load_splits(tmp_path / "flat", None, 0.2, 32)
+    train, val, _ = load_splits(tmp_path / "flat", None, 0.2, 32)
     assert [p.name for p in train] == ["img0", "img1", "img2", "img3"] and [p.name for p in val] == ["img4"]
-    train, val = load_splits(tmp_path / "nested", None, 0.2, 32)
+    train, val, _ = load_splits(tmp_path / "nested", None, 0.2, 32)
     assert len(train) == 5 and [p.name for p in val] == ["v"]
     write_pair(tmp_path / "single" / "only.tif")
     with pytest.raises(DataError, match="--val-data"):
@@ -200,3 +202,45 @@ def test_memory_mapped_pairs_give_the_same_crops(tmp_path):
     a, b = RandomCropDataset(loaded, 32, norm_a, seed=1), RandomCropDataset(mapped, 32, norm_a, seed=1)
     for key in (0, 5, 17):
         assert torch.equal(a[key]["input"], b[key]["input"]) and torch.equal(a[key]["target"], b[key]["target"])
+
+
+def _pairs_folder(folder, make_pair, count=3):
+    for i in range(count):
+        folder.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(folder / f"p{i}.tif", make_pair(i))
+    return folder
+
+
+def _hazy_pair(seed, shape=(48, 48)):
+    """Target: sparse bright spots; input: the same blurred plus background (less contrast)."""
+    rng = np.random.default_rng(seed)
+    target = np.zeros(shape, np.float32)
+    target[tuple(rng.integers(0, shape[0], (2, 30)))] = 1000
+    blurred = sum(np.roll(np.roll(target, dy, 0), dx, 1) for dy in range(-3, 4) for dx in range(-3, 4)) / 49
+    return np.stack([target + 20, blurred + 200 + rng.normal(0, 5, shape)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+@pytest.mark.parametrize("channel", [0, 1])
+def test_a_constant_channel_is_refused_naming_file_split_and_channel(tmp_path, split, channel):
+    for name in ("train", "val"):
+        _pairs_folder(tmp_path / name, _hazy_pair)
+    bad = _hazy_pair(7)
+    bad[channel] = 42
+    tifffile.imwrite(tmp_path / split / "p1.tif", bad)
+    role = "target" if channel == 0 else "input"
+    expected = f"{tmp_path / split}/p1 ({'training' if split == 'train' else 'validation'} split): the {role} "
+    with pytest.raises(DataError, match=re.escape(expected + f"(channel {channel}) is constant (42 everywhere)")):
+        load_splits(tmp_path, None, 0.2, 32)
+
+
+def test_identical_channels_are_refused_and_swapped_channels_warned(tmp_path):
+    _pairs_folder(tmp_path / "same", lambda i: np.stack([_hazy_pair(i)[1]] * 2))
+    with pytest.raises(DataError, match="p0 .*input and target are identical"):
+        load_splits(tmp_path / "same", None, 0.34, 32)
+
+    _pairs_folder(tmp_path / "good", _hazy_pair, 4)
+    assert load_splits(tmp_path / "good", None, 0.25, 32)[2] == []
+    _pairs_folder(tmp_path / "swapped", lambda i: _hazy_pair(i)[::-1].copy(), 4)
+    warnings = load_splits(tmp_path / "swapped", None, 0.25, 32)[2]
+    assert len(warnings) == 1 and "in 3 of 3 pairs the input (channel 1) has more contrast" in warnings[0]

@@ -103,6 +103,8 @@ def test_sigkill_and_resume_latest_continues_exactly(sim_data, tmp_path):
         a = load_file(run / "checkpoints" / "checkpoint-60" / name)
         b = load_file(reference / "checkpoints" / "checkpoint-60" / name)
         assert max_difference(a, b) < 1e-6
+    steps = [json.loads(line)["step"] for line in (run / "logs" / "train.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 60  # the steps after the checkpoint are not logged twice
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "checkpoint-40",
         "checkpoint-50",
@@ -337,3 +339,19 @@ def test_resume_keeps_the_normalisation_and_records_changed_settings(sim_data, t
     check(again)
     assert "changed settings" not in again.stderr
     assert json.loads((run / "config.json").read_text())["setting_changes"] == saved["setting_changes"]
+
+
+def test_training_on_a_constant_target_is_refused_before_any_step(tmp_path):
+    """The shared robustness case 2: an empty (constant) target channel used to train with exit 0."""
+    for split, seeds in (("train", (1, 2, 3)), ("val", (4,))):
+        for seed in seeds:
+            pair = (np.random.default_rng(seed).random((2, 96, 96)) * 1000).astype(np.uint16)
+            pair[0] = 42
+            (tmp_path / "data" / split).mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(tmp_path / "data" / split / f"c{seed}.tif", pair)
+    result = run_trainer(["--data", str(tmp_path / "data"), "--output-dir", str(tmp_path / "run"), *SMALL])
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: {tmp_path / 'data' / 'train'}/c1 (training split): the target (channel 0) is constant"
+    )
+    assert not (tmp_path / "run" / "model.safetensors").exists()

@@ -30,6 +30,7 @@ class FileJob:
     name: str = ""  # input path relative to the input folder: keys the noise
     info: StackInfo | None = None
     error: str | None = None
+    warning: str | None = None  # intensities far outside the training range (``input_range``)
     offsets: dict[str, int] = field(default_factory=dict)  # byte offsets of the work copies
 
 

@@ -99,6 +99,7 @@ class Monitor:
             "complete": self.finished,
             "skipped": plan["skipped"],
             "failed": self.failed,
+            "warnings": {j.key: j.warning for j in self.jobs if j.warning},
             "planes": planes,
             "seconds": round(wall, 3),
             "planes_per_s": round(planes / wall, 4) if wall else None,
@@ -122,6 +123,8 @@ def summary_lines(result: dict) -> list[str]:
         )
     for key, message in result["failed"].items():
         lines.append(f"FAILED {key}: {message}")
+    for key, message in result.get("warnings", {}).items():
+        lines.append(f"WARNING {key}: {message.removeprefix('warning: ')}")
     lines.append(f"manifest: {result['manifest']}")
     if result["skipped"]:
         lines.append("(complete outputs are kept; --overwrite recomputes them)")

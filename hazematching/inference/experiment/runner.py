@@ -17,7 +17,9 @@ output folder must then be on a file system that all nodes share.
 
 import fcntl
 import json
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ from hazematching.inference.experiment.manifest import MANIFEST_NAME, Manifest
 from hazematching.inference.experiment.monitor import Monitor
 from hazematching.inference.experiment.schedule import balanced, plan_job, plane_seed
 from hazematching.inference.experiment.workfolder import WORK_NAME, WorkFolder
+from hazematching.inference.input_range import InputRangeWarning
 from hazematching.run import RunError, atomic_write_bytes, load_model
 from hazematching.settings import DEFAULT_NOISE
 
@@ -98,7 +101,12 @@ def predict_experiment(
                     f"another hazematching predict is writing to {folder}; wait for it or use another --output"
                 ) from exc
             manifest = Manifest(folder / MANIFEST_NAME)
-            plan = plan_job(jobs, manifest, work, settings, overwrite, channel, axes, keep_samples, single_file)
+            plan = plan_job(
+                jobs, manifest, work, settings, overwrite, channel, axes, keep_samples, single_file, run.normalization
+            )
+            for job in jobs:  # now, not only in the summary: a long job should not run hours unwarned
+                if job.warning:
+                    print(job.warning, file=sys.stderr)
         except Exception as exc:  # every process must hear of it, or the others wait forever
             failure, plan = exc, {"error": f"{type(exc).__name__}: {exc}"}
     plan = broadcast_object_list([plan])[0]
@@ -154,15 +162,17 @@ def predict_experiment(
                     }
                 image = reader.read(plane)
                 seed = plane_seed(plan["settings"].get("seed", 0), noise, job.name, plane)
-                result = predict_array(
-                    run,
-                    image,
-                    keep_samples=keep_samples,
-                    calibrated=calibrated,
-                    progress=inner_progress,
-                    job_planes=len(mine),
-                    **{**options, "seed": seed},
-                )
+                with warnings.catch_warnings():  # reported once per file, at planning
+                    warnings.simplefilter("ignore", InputRangeWarning)
+                    result = predict_array(
+                        run,
+                        image,
+                        keep_samples=keep_samples,
+                        calibrated=calibrated,
+                        progress=inner_progress,
+                        job_planes=len(mine),
+                        **{**options, "seed": seed},
+                    )
                 for name, writer in writers.items():
                     writer.write_plane(plane, getattr(result, name))
                     writer.sync()

@@ -5,10 +5,11 @@ import shutil
 import uuid
 
 from hazematching.data.io import DataError
-from hazematching.data.stack import open_stack
+from hazematching.data.stack import PlaneReader, open_stack
 from hazematching.inference.experiment.jobs import MIN_SIZE, JobError, input_stat
 from hazematching.inference.experiment.manifest import Manifest
 from hazematching.inference.experiment.workfolder import WorkFolder
+from hazematching.inference.input_range import out_of_range
 from hazematching.settings import NOISE_KEYING
 
 
@@ -38,6 +39,14 @@ def balanced(units: list[tuple[int, int]], costs: list[int], world: int) -> list
     return shares
 
 
+def range_warning(job, normalization) -> str | None:
+    """``input_range.out_of_range`` on the first, middle and last plane of a file, as one line naming it."""
+    planes = sorted({0, job.info.planes // 2, job.info.planes - 1})
+    with PlaneReader(job.info) as reader:
+        problem = out_of_range(normalization, [reader.read(p) for p in planes])
+    return f"warning: {job.input}: {problem}" if problem else None
+
+
 def plan_job(
     jobs,
     manifest: Manifest,
@@ -48,8 +57,10 @@ def plan_job(
     axes,
     keep_samples: bool,
     single_file: bool,
+    normalization,
 ) -> dict:
-    """Main process: check inputs, refuse to mix settings, prepare work copies, list pending planes."""
+    """Main process: check inputs (each file's intensities against ``normalization``, the run's), refuse to
+    mix settings, prepare work copies, list pending planes."""
     conflicts = manifest.conflicts(settings, [job.key for job in jobs])
     if conflicts and not overwrite:
         raise JobError(
@@ -81,6 +92,7 @@ def plan_job(
             continue
         try:
             job.info = open_stack(job.input, axes, channel, MIN_SIZE)
+            job.warning = range_warning(job, normalization)
             entry.update(
                 axes=job.info.axes, shape=list(job.info.shape), planes=job.info.planes, channel=job.info.channel
             )
@@ -89,7 +101,7 @@ def plan_job(
             work.prepare(job, settings, keep_samples)
             done, _ = work.read_logs(job)  # failures of an earlier launch are retried
             units += [(index, p) for p in range(job.info.planes) if p not in done]
-            entry.update(status="in progress", error=None)
+            entry.update(status="in progress", error=None, warning=job.warning)
         except DataError as exc:
             if single_file:
                 raise
