@@ -351,7 +351,9 @@ def test_training_on_a_constant_target_is_refused_before_any_step(tmp_path):
             tifffile.imwrite(tmp_path / "data" / split / f"c{seed}.tif", pair)
     result = run_trainer(["--data", str(tmp_path / "data"), "--output-dir", str(tmp_path / "run"), *SMALL])
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        f"error: {tmp_path / 'data' / 'train'}/c1 (training split): the target (channel 0) is constant"
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: {tmp_path / 'data' / 'train'}/c1 (training split): the target (channel 0) is constant")
     )
     assert not (tmp_path / "run" / "model.safetensors").exists()
