@@ -8,6 +8,7 @@ final shape and metadata, so that any process can write any plane at its byte of
 and nothing but the plane being processed is ever held in memory.
 """
 
+import errno
 import logging
 import math
 import os
@@ -398,7 +399,7 @@ class PlaneWriter:
     write different planes of one file at the same time)."""
 
     def __init__(self, path: Path, offset: int, plane_shape: tuple[int, int]):
-        self.offset = offset
+        self.offset, self.path = offset, path
         self.nbytes = plane_shape[0] * plane_shape[1] * 4
         self._fd = os.open(path, os.O_WRONLY)
 
@@ -406,7 +407,8 @@ class PlaneWriter:
         """``planes``: one plane or consecutive planes starting at plane ``index``."""
         data = np.ascontiguousarray(planes, dtype="<f4").tobytes()
         if os.pwrite(self._fd, data, self.offset + index * self.nbytes) != len(data):
-            raise OSError(f"short write at plane {index}")
+            # a short write means the file system is full (the next write would say ENOSPC)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
 
     def write_plane(self, plane: int, data: np.ndarray) -> None:
         """Output plane ``plane``: (Y, X), or (K, Y, X) for an output with K values per plane."""

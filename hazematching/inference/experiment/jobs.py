@@ -1,5 +1,6 @@
 """What a job is made of: the input files, their outputs, the settings that change the numbers."""
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -144,6 +145,16 @@ def result_settings(
         for key in ("samples", "steps", "solver", "seed", "save_samples", "calibration"):
             settings.pop(key)
     return settings
+
+
+def full_disk(exc: BaseException, folder: Path) -> "JobError | None":
+    """A ``JobError`` for a full file system or quota (one line naming the output folder), else None."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return JobError(
+            f"the output folder {folder} is full ({exc.strerror}): free space (or choose another --output) and "
+            "relaunch the same command; the planes finished so far are kept and not computed again"
+        )
+    return None
 
 
 def check_writable(folder: Path) -> None:

@@ -28,7 +28,14 @@ import torch
 from hazematching.data.io import TIFF_SUFFIXES, DataError
 from hazematching.data.omezarr import is_zarr
 from hazematching.data.stack import PlaneReader, open_writer, parse_axes
-from hazematching.inference.experiment.jobs import JobError, check_writable, list_inputs, make_jobs, result_settings
+from hazematching.inference.experiment.jobs import (
+    JobError,
+    check_writable,
+    full_disk,
+    list_inputs,
+    make_jobs,
+    result_settings,
+)
 from hazematching.inference.experiment.manifest import MANIFEST_NAME, Manifest
 from hazematching.inference.experiment.monitor import Monitor
 from hazematching.inference.experiment.schedule import balanced, plan_job, plane_seed
@@ -108,7 +115,8 @@ def predict_experiment(
                 if job.warning:
                     print(job.warning, file=sys.stderr)
         except Exception as exc:  # every process must hear of it, or the others wait forever
-            failure, plan = exc, {"error": f"{type(exc).__name__}: {exc}"}
+            failure = full_disk(exc, folder) or exc
+            plan = {"error": f"{type(failure).__name__}: {failure}"}
     plan = broadcast_object_list([plan])[0]
     if "error" in plan:
         if lock is not None:
@@ -179,11 +187,17 @@ def predict_experiment(
                 work.log(job, state.process_index, f"done {plane}")
                 computed += 1
             except (DataError, RunError, OSError, ValueError) as exc:
+                if stop := full_disk(exc, folder):  # not this file's fault: stop, keep what is done
+                    raise stop from exc
                 broken.add(index)
                 work.log(job, state.process_index, f"fail {plane} {exc}")
             busy += time.time() - tic
             if monitor is not None:
                 monitor.poll()
+    except BaseException:
+        if lock is not None:  # a relaunch (even in this process) must be able to take the folder again
+            lock.close()
+        raise
     finally:
         close_current()
     mine_stats = {
@@ -194,7 +208,12 @@ def predict_experiment(
         "device": str(run_device),
     }
     marker = launch_dir / f"rank{state.process_index}.json"
-    atomic_write_bytes(marker, json.dumps(mine_stats).encode())
+    try:
+        atomic_write_bytes(marker, json.dumps(mine_stats).encode())
+    except OSError as exc:
+        if lock is not None:
+            lock.close()
+        raise full_disk(exc, folder) or exc from exc
     if monitor is None:
         return {"rank": mine_stats}
     try:

@@ -99,7 +99,8 @@ def plan_job(
             if overwrite:
                 shutil.rmtree(work.folder(job), ignore_errors=True)
             work.prepare(job, settings, keep_samples)
-            done, _ = work.read_logs(job)  # failures of an earlier launch are retried
+            work.forget_failures(job)  # failures of an earlier launch are retried, not replayed
+            done, _ = work.read_logs(job)
             units += [(index, p) for p in range(job.info.planes) if p not in done]
             entry.update(status="in progress", error=None, warning=job.warning)
         except DataError as exc:

@@ -78,6 +78,15 @@ class WorkFolder:
                         failed[int(parts[1])] = parts[2] if len(parts) > 2 else "failed"
         return done, failed
 
+    def forget_failures(self, job: FileJob) -> None:
+        """Drop the ``fail`` lines of earlier launches: those planes are computed again, not reported
+        failed again (a full disk that has been freed since, a file fixed in place)."""
+        for log in self.folder(job).glob("rank*.log"):
+            lines = log.read_text().split("\n")[:-1]
+            kept = [line for line in lines if not line.startswith("fail ")]
+            if len(kept) != len(lines):
+                atomic_write_bytes(log, "".join(line + "\n" for line in kept).encode())
+
     def log(self, job: FileJob, rank: int, line: str) -> None:
         with open(self.folder(job) / f"rank{rank}.log", "a") as f:
             f.write(line.replace("\n", " ") + "\n")
