@@ -320,8 +320,7 @@ def _sampler_note(config: RunDescription, settings: InferenceSettings) -> str:
     return (
         f" The {chosen.solver} solver with {chosen.steps} steps is this model's tuned setting (`hazematching tune`"
         f" on `{chosen.data}`, K = {chosen.samples}, seed {chosen.seed}): {chosen.speedup:.1f}× fewer network"
-        f" evaluations than 20 Euler steps for {chosen.psnr_delta:+.2f} dB MMSE PSNR and {chosen.ms3im_delta:+.3f}"
-        " MicroMS3IM."
+        f" evaluations than 20 Euler steps for {chosen.psnr_delta:+.2f} dB MMSE PSNR and {chosen.structure_text()}."
     )
 
 

@@ -151,7 +151,7 @@ def _tune(args) -> None:
     print(
         f"\nrecommended at K = {chosen.samples}: --solver {chosen.solver} --steps {chosen.steps} "
         f"({chosen.speedup:.1f}x fewer network evaluations than Euler-20, {chosen.psnr_delta:+.2f} dB PSNR, "
-        f"{chosen.ms3im_delta:+.3f} MicroMS3IM); {where}; table: {args.model}/tuning/tune.md"
+        f"{chosen.structure_text()}); {where}; table: {args.model}/tuning/tune.md"
     )
 
 

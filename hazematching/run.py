@@ -155,10 +155,19 @@ class SamplerRecommendation(BaseModel):
     steps: int = Field(ge=1)
     samples: int = Field(ge=1, description="K the comparison was made at")
     psnr_delta: float = Field(description="MMSE PSNR minus the reference's, dB")
-    ms3im_delta: float = Field(description="MMSE MicroMS3IM minus the reference's")
+    ms3im_delta: float | None = Field(
+        description="MMSE MicroMS3IM minus the reference's (None: images too small for MicroMS3IM)"
+    )
+    ms_ssim_delta: float | None = Field(None, description="MMSE MS-SSIM minus the reference's")
     speedup: float = Field(description="network evaluations of the reference / of this setting")
     data: str = ""
     seed: int = 0
+
+    def structure_text(self) -> str:
+        """The structural change the rule checked, as the CLI and the package README state it."""
+        if self.ms3im_delta is not None:
+            return f"{self.ms3im_delta:+.3f} MicroMS3IM"
+        return f"{self.ms_ssim_delta:+.3f} MS-SSIM (the images were too small for MicroMS3IM)"
 
 
 class SettingChange(BaseModel):

@@ -81,7 +81,7 @@ def main() -> None:
                     evaluations_per_pixel=default.samples * row.evaluations,
                     seconds=round(seconds, 1),
                     mmse_psnr=round(row.psnr, 3),
-                    ms3im=round(row.ms3im, 4),
+                    ms3im=None if row.ms3im is None else round(row.ms3im, 4),
                     sample_psnr=round(row.sample_psnr, 3),
                     calibration_slope=round(row.calibration_slope, 3),
                 )

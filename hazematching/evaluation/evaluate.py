@@ -19,8 +19,6 @@ from hazematching.inference.predict import predict_array, resolve_device
 from hazematching.run import Calibration, LoadedRun, RunError, atomic_write_bytes, load_model, write_description
 from hazematching.settings import resolve_options
 
-MS3IM_MIN_SIZE = 161  # microssim's 5-scale MS-SSIM needs more than 160 pixels per side
-
 
 def load_flow_run(model_dir, device: str = "auto") -> LoadedRun:
     run = load_model(model_dir, device=resolve_device(device))
@@ -32,14 +30,16 @@ def load_flow_run(model_dir, device: str = "auto") -> LoadedRun:
     return run
 
 
-def image_metrics(prediction: np.ndarray, target: np.ndarray, lpips: LPIPS | None = None) -> dict:
+def image_metrics(
+    prediction: np.ndarray, target: np.ndarray, lpips: LPIPS | None = None, with_ms3im: bool = True
+) -> dict:
     row = {
         "psnr": metrics.range_invariant_psnr(prediction, target),
         "ms_ssim": metrics.ms_ssim(prediction, target),
         "gmsd": metrics.gmsd(prediction, target),
         "fsim": metrics.fsim(prediction, target),
     }
-    if min(target.shape) >= MS3IM_MIN_SIZE:
+    if with_ms3im:
         row["micro_ms3im"] = metrics.micro_ms3im(prediction, target)
     if lpips is not None:
         lo, hi = float(target.min()), float(target.max())
@@ -103,6 +103,7 @@ def evaluate(
         if baseline.objective != "mse":
             raise RunError(f"--baseline {baseline_dir} is not a U-Net baseline run (train it with --objective mse)")
     pairs = read_split(data_dir)
+    ms3im_problem = metrics.micro_ms3im_problem([p.target.shape for p in pairs], [p.name for p in pairs])
     output_dir = Path(output_dir)
     (output_dir / "figures").mkdir(parents=True, exist_ok=True)
     per_image, fid_patches = {}, {}
@@ -117,7 +118,7 @@ def evaluate(
         candidates["HazeMatching MMSE"] = [pred.mean]
         candidates["HazeMatching sample"] = list(pred.samples[:metric_samples])
         per_image[pair.name] = {
-            row: _mean_rows([image_metrics(image, pair.target, lpips) for image in images])
+            row: _mean_rows([image_metrics(image, pair.target, lpips, ms3im_problem is None) for image in images])
             for row, images in candidates.items()
         }
         if fid is not None:
@@ -139,7 +140,7 @@ def evaluate(
     if fid is not None:
         for m in methods:
             mean[m]["fid"] = fid(fid_patches["target"], fid_patches[m])
-    not_computed = {}
+    not_computed = {"micro_ms3im": ms3im_problem} if ms3im_problem else {}
     if lpips is None:
         not_computed["lpips"] = (
             "not computed: pass --lpips-backbone and --lpips-linear (local TorchScript + safetensors files)"

@@ -60,8 +60,23 @@ def ms_ssim(prediction, target) -> float:
     return float(value)
 
 
+MS3IM_MIN_SIZE = 161  # microssim's 5-scale pyramid with an 11 px kernel needs more than 160 px a side
+
+
+def micro_ms3im_problem(shapes: list[tuple[int, ...]], names: list[str]) -> str | None:
+    """Why MicroMS3IM cannot be computed on a set of images (None when it can): evaluate and tune
+    compute it for all images of a folder or for none, so that means compare like with like."""
+    small = [name for name, shape in zip(names, shapes) if min(shape[-2:]) < MS3IM_MIN_SIZE]
+    if not small:
+        return None
+    return (
+        f"not computed: MicroMS3IM needs images of at least {MS3IM_MIN_SIZE} px a side; {len(small)} of "
+        f"{len(names)} are smaller ({', '.join(small[:3])}{', ...' if len(small) > 3 else ''})"
+    )
+
+
 def micro_ms3im(prediction, target) -> float:
-    """MicroMS3IM (microssim), fitted on this pair. Needs images larger than 160 px."""
+    """MicroMS3IM (microssim), fitted on this pair. Needs images of ``MS3IM_MIN_SIZE`` px a side."""
     from microssim import micro_multiscale_structural_similarity
 
     return float(

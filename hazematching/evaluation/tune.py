@@ -4,7 +4,10 @@ For each K and each (solver, steps) of a grid, the MMSE's PSNR and MicroMS3IM, o
 the calibration slope (RMSE ~ a * RMV) are measured on held-out pairs with a fixed seed. The
 recommendation at a K is the setting with the fewest network evaluations per sample whose MMSE is
 within ``psnr_tolerance`` dB PSNR and ``ms3im_tolerance`` MicroMS3IM of Euler with 20 steps (the
-paper's sampler) at the same K: PSNR alone would reward the blur of a two-step solve.
+paper's sampler) at the same K: PSNR alone would reward the blur of a two-step solve. On images
+too small for MicroMS3IM (``metrics.micro_ms3im_problem``; the paper's 128 px crops) the structural
+guard is the MMSE's MS-SSIM (scales reduced to the size) with the same tolerance, and the table and
+the stored recommendation say so.
 """
 
 import time
@@ -17,13 +20,19 @@ from tqdm.auto import tqdm
 from hazematching.core import SOLVERS, evaluations_per_step
 from hazematching.data.io import DataError, read_split
 from hazematching.evaluation.calibration import calibration_curve, fit_calibration
-from hazematching.evaluation.metrics import fsim, gmsd, micro_ms3im, range_invariant_psnr
+from hazematching.evaluation.metrics import (
+    fsim,
+    gmsd,
+    micro_ms3im,
+    micro_ms3im_problem,
+    ms_ssim,
+    range_invariant_psnr,
+)
 from hazematching.inference.predict import predict_array
 from hazematching.run import LoadedRun, SamplerRecommendation
 from hazematching.settings import MS3IM_TOLERANCE, PSNR_TOLERANCE
 
 REFERENCE = ("euler", 20)
-MS3IM_MIN_SIZE = 161  # microssim's 5-scale pyramid with an 11 px kernel
 GRID = (
     ("euler", 20), ("euler", 10), ("euler", 5), ("euler", 3), ("euler", 2),
     ("midpoint", 5), ("midpoint", 3), ("midpoint", 2), ("midpoint", 1),
@@ -39,12 +48,13 @@ class TuneRow:
     steps: int
     evaluations: int  # network evaluations per sample
     psnr: float  # MMSE, range-invariant, mean over pairs
-    ms3im: float  # MMSE MicroMS3IM
+    ms3im: float | None  # MMSE MicroMS3IM (None: images too small, see micro_ms3im_problem)
     sample_psnr: float  # one sample's PSNR
     calibration_slope: float  # a of RMSE ~ a * RMV + b (1 = calibrated as sampled)
     seconds: float
     sample_fsim: float = float("nan")  # one sample's FSIM (higher is better)
     sample_gmsd: float = float("nan")  # one sample's GMSD (lower is better)
+    ms_ssim: float = float("nan")  # MMSE MS-SSIM: the structural guard where MicroMS3IM cannot be computed
 
 
 def parse_grid(text: str) -> tuple[tuple[str, int], ...]:
@@ -73,21 +83,19 @@ def measure(
     pairs = read_split(Path(data_dir))
     if not pairs:
         raise DataError(f"{data_dir}: no image pairs to tune on")
-    small = [p.name for p in pairs if min(p.input.shape) < MS3IM_MIN_SIZE]
-    if small:
-        raise DataError(
-            f"{data_dir}: MicroMS3IM needs images of at least {MS3IM_MIN_SIZE} px a side; {small[:3]} are smaller"
-        )
+    with_ms3im = micro_ms3im_problem([p.target.shape for p in pairs], [p.name for p in pairs]) is None
     rows = []
     jobs = [(k, solver, steps) for k in samples for solver, steps in grid]
     for k, solver, steps in tqdm(jobs, desc="tuning", disable=not progress):
         tic = time.perf_counter()
-        psnrs, ms3ims, single, stds, errors, fsims, gmsds = [], [], [], [], [], [], []
+        psnrs, ms3ims, ssims, single, stds, errors, fsims, gmsds = [], [], [], [], [], [], [], []
         for pair in pairs:
             options = dict(samples=k, steps=steps, seed=seed, solver=solver, job_planes=len(pairs) * len(jobs))
             pred = predict_array(run, pair.input, keep_samples=True, progress=False, **options, **predict_options)
             psnrs.append(range_invariant_psnr(pred.mean, pair.target))
-            ms3ims.append(micro_ms3im(pred.mean, pair.target))
+            if with_ms3im:
+                ms3ims.append(micro_ms3im(pred.mean, pair.target))
+            ssims.append(ms_ssim(pred.mean, pair.target))
             single.append(range_invariant_psnr(pred.samples[0], pair.target))
             fsims.append(fsim(pred.samples[0], pair.target))
             gmsds.append(gmsd(pred.samples[0], pair.target))
@@ -95,9 +103,11 @@ def measure(
             errors.append((pred.mean - pair.target).ravel())
         slope, _ = fit_calibration(calibration_curve(np.concatenate(stds), np.concatenate(errors)))
         nfe = steps * evaluations_per_step(solver)
-        quality = (float(np.mean(psnrs)), float(np.mean(ms3ims)), float(np.mean(single)), slope)
+        ms3im = float(np.mean(ms3ims)) if with_ms3im else None
+        quality = (float(np.mean(psnrs)), ms3im, float(np.mean(single)), slope)
         seconds = time.perf_counter() - tic
-        rows.append(TuneRow(k, solver, steps, nfe, *quality, seconds, float(np.mean(fsims)), float(np.mean(gmsds))))
+        sample_quality = (float(np.mean(fsims)), float(np.mean(gmsds)), float(np.mean(ssims)))
+        rows.append(TuneRow(k, solver, steps, nfe, *quality, seconds, *sample_quality))
     return rows
 
 
@@ -105,12 +115,18 @@ def recommend(
     rows: list[TuneRow], samples: int, psnr_tolerance: float = PSNR_TOLERANCE, ms3im_tolerance: float = MS3IM_TOLERANCE
 ) -> tuple[TuneRow, TuneRow]:
     """(recommended row, reference row) at K = ``samples``: fewest evaluations within the tolerances
-    (ties: the higher PSNR)."""
+    (ties: the higher PSNR). The structural guard is MicroMS3IM, or MS-SSIM where it was not computed."""
     at_k = [r for r in rows if r.samples == samples]
     reference = next(r for r in at_k if (r.solver, r.steps) == REFERENCE)
-    psnr_floor, ms3im_floor = reference.psnr - psnr_tolerance, reference.ms3im - ms3im_tolerance
-    good = [r for r in at_k if r.psnr >= psnr_floor and r.ms3im >= ms3im_floor]
+    guard = structural_guard(at_k)
+    psnr_floor, guard_floor = reference.psnr - psnr_tolerance, getattr(reference, guard) - ms3im_tolerance
+    good = [r for r in at_k if r.psnr >= psnr_floor and getattr(r, guard) >= guard_floor]
     return min(good, key=lambda r: (r.evaluations, -r.psnr)), reference
+
+
+def structural_guard(rows: list[TuneRow]) -> str:
+    """The TuneRow field the rule checks besides PSNR: ``ms3im`` when measured, else ``ms_ssim``."""
+    return "ms3im" if all(r.ms3im is not None for r in rows) else "ms_ssim"
 
 
 def recommendation(best: TuneRow, reference: TuneRow, data_dir: Path, seed: int) -> SamplerRecommendation:
@@ -119,7 +135,8 @@ def recommendation(best: TuneRow, reference: TuneRow, data_dir: Path, seed: int)
         steps=best.steps,
         samples=best.samples,
         psnr_delta=best.psnr - reference.psnr,
-        ms3im_delta=best.ms3im - reference.ms3im,
+        ms3im_delta=None if best.ms3im is None else best.ms3im - reference.ms3im,
+        ms_ssim_delta=best.ms_ssim - reference.ms_ssim,
         speedup=reference.evaluations / best.evaluations,
         data=str(data_dir),
         seed=seed,
@@ -128,18 +145,21 @@ def recommendation(best: TuneRow, reference: TuneRow, data_dir: Path, seed: int)
 
 def markdown(rows: list[TuneRow], chosen: TuneRow | None = None) -> str:
     lines = [
-        "| K | solver | steps | NFE | MMSE PSNR (dB) | Δ PSNR | MicroMS3IM | sample PSNR | sample FSIM "
+        "| K | solver | steps | NFE | MMSE PSNR (dB) | Δ PSNR | MicroMS3IM | MS-SSIM | sample PSNR | sample FSIM "
         "| sample GMSD | calibration slope | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ref = next(x for x in rows if x.samples == r.samples and (x.solver, x.steps) == REFERENCE)
         mark = "**" if r is chosen else ""
         lines.append(
             f"| {r.samples} | {mark}{r.solver}{mark} | {r.steps} | {r.evaluations} | {r.psnr:.2f} | "
-            f"{r.psnr - ref.psnr:+.2f} | {r.ms3im:.3f} | {r.sample_psnr:.2f} | {r.sample_fsim:.3f} | "
+            f"{r.psnr - ref.psnr:+.2f} | {'n/a' if r.ms3im is None else f'{r.ms3im:.3f}'} | {r.ms_ssim:.3f} | "
+            f"{r.sample_psnr:.2f} | {r.sample_fsim:.3f} | "
             f"{r.sample_gmsd:.3f} | {r.calibration_slope:.2f} | {r.seconds:.1f} |"
         )
+    if structural_guard(rows) == "ms_ssim":
+        lines += ["", "MicroMS3IM n/a: the images are smaller than it needs; the rule used the MMSE's MS-SSIM instead."]
     return "\n".join(lines)
 
 
@@ -182,7 +202,15 @@ def tune(
     chosen = recommendation(best, reference, data_dir, seed)
     folder = model_dir / "tuning"
     folder.mkdir(exist_ok=True)
-    table = {"data": str(data_dir), "seed": seed, "rows": as_dicts(rows), "recommended": chosen.model_dump()}
+    pairs = read_split(data_dir)
+    problem = micro_ms3im_problem([p.target.shape for p in pairs], [p.name for p in pairs])
+    table = {
+        "data": str(data_dir),
+        "seed": seed,
+        "rows": as_dicts(rows),
+        "recommended": chosen.model_dump(),
+        "not_computed": {"micro_ms3im": problem} if problem else {},
+    }
     atomic_write_bytes(folder / "tune.json", json.dumps(table, indent=2).encode())
     atomic_write_bytes(folder / "tune.md", (markdown(rows, best) + "\n").encode())
     if store:

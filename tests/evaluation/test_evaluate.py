@@ -39,7 +39,10 @@ def test_evaluate_and_calibrate_cli(trained_run, baseline_run, sim_data, tmp_pat
     result = json.loads((out / "metrics.json").read_text())
     assert set(result["mean"]) == {"widefield input", "U-Net baseline", "HazeMatching MMSE", "HazeMatching sample"}
     row = result["mean"]["HazeMatching MMSE"]
-    assert {"psnr", "ms_ssim", "gmsd", "fsim"} <= set(row) and set(result["not_computed"]) == {"lpips", "fid"}
+    assert {"psnr", "ms_ssim", "gmsd", "fsim"} <= set(row) and "micro_ms3im" not in row
+    # robustness case 11: every metric left out is listed with its reason (these images are 128 px)
+    assert set(result["not_computed"]) == {"lpips", "fid", "micro_ms3im"}
+    assert result["not_computed"]["micro_ms3im"].startswith("not computed: MicroMS3IM needs images of at least 161")
 
     # with local backbones (made here) LPIPS and FID are computed
     from safetensors.torch import save_file
@@ -68,7 +71,7 @@ def test_evaluate_and_calibrate_cli(trained_run, baseline_run, sim_data, tmp_pat
         ]
     )
     result = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
-    assert not result["not_computed"]
+    assert set(result["not_computed"]) == {"micro_ms3im"}
     assert all({"lpips", "fid"} <= set(r) for r in result["mean"].values())
     names = [p.stem for p in (sim_data / "test").glob("*.tif")]
     assert sorted(p.stem for p in (out / "figures").glob("*.png")) == sorted(names)

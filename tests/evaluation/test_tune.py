@@ -61,8 +61,6 @@ def held_out(sim_data, folder):
 def test_tune_stores_a_reproducible_recommendation_that_predict_and_export_use(trained_run, sim_data, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
-    with pytest.raises(DataError, match="at least 161 px"):
-        measure(load_model(run_dir), sim_data / "val", (2,))
     data = held_out(sim_data, tmp_path / "held_out")
     grid = parse_grid("euler:2,heun:1")
     rows, chosen = tune(run_dir, data, (2,), grid, seed=3, device="cpu", progress=False)
@@ -92,6 +90,32 @@ def test_tune_stores_a_reproducible_recommendation_that_predict_and_export_use(t
         readme = archive.read("README.md").decode()
     assert f"solver: {chosen.solver}" in rdf and f"steps: {chosen.steps}" in rdf
     assert "tuned setting" in readme
+
+
+def test_small_images_are_tuned_with_ms_ssim_as_the_structural_guard(trained_run, sim_data, tmp_path, capsys):
+    """Robustness case 12: the paper's crops are 128 px, too small for MicroMS3IM. tune still works: the
+    rule checks MS-SSIM instead, and the table, tune.json, the stored setting and the CLI say so."""
+    from hazematching.cli import main as cli_main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    cli_main(["tune", "--model", str(run_dir), "--data", str(sim_data / "val"), "--samples", "2",
+              "--settings", "euler:2,heun:1", "--device", "cpu"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "MS-SSIM (the images were too small for MicroMS3IM)" in out and "| n/a |" in out
+    table = json.loads((run_dir / "tuning" / "tune.json").read_text())
+    assert table["not_computed"]["micro_ms3im"].startswith("not computed: MicroMS3IM needs images of at least 161")
+    assert all(r["ms3im"] is None and 0 < r["ms_ssim"] <= 1 for r in table["rows"])
+    chosen = load_model(run_dir).config.recommended_sampler
+    assert chosen.ms3im_delta is None and chosen.ms_ssim_delta is not None
+
+
+def test_the_ms_ssim_guard_rejects_what_it_should():
+    def small(solver, steps, psnr, ssim):
+        return TuneRow(4, solver, steps, steps, psnr, None, psnr - 1, 1.0, 0.0, ms_ssim=ssim)
+
+    rows = [small("euler", 20, 30.0, 0.90), small("euler", 2, 30.3, 0.80), small("euler", 5, 29.9, 0.895)]
+    assert (recommend(rows, samples=4)[0].solver, recommend(rows, samples=4)[0].steps) == ("euler", 5)
 
 
 def test_a_stored_setting_it_cannot_read_is_a_clear_error(trained_run, tmp_path):
