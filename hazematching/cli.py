@@ -307,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument(
         "--axes",
         default=None,
-        help="axes of files that do not record them, letters of TZCYX ending in YX, e.g. TZYX or ZCYX",
+        help="axes of files that do not record them, letters of TZCYX ending in YX, e.g. TZYX; for a plain "
+        "multi-page TIFF the sizes of the leading axes may follow their letters, e.g. Z3C2YX (pages z0c0, z0c1, "
+        "z1c0, ...); size-1 axes may be left out",
     )
     pred.add_argument(
         "--overwrite", action="store_true", help="recompute outputs that are complete, or were made with other settings"

@@ -146,15 +146,37 @@ def _pixel_sizes(tif: tifffile.TiffFile, kind: str) -> PixelSizes:
 
 
 def parse_axes(axes: str) -> str:
-    """Check an ``--axes`` string such as TZYX."""
+    """Check an ``--axes`` string such as TZYX, or Z3C2YX (sizes for a plain multi-page TIFF, whose pages
+    carry no axes: 3 z-planes of 2 interleaved channels); returned upper-case, as given."""
     axes = axes.strip().upper()
-    bad = sorted(set(axes) - set(KNOWN_AXES))
-    if bad or len(set(axes)) != len(axes) or not axes.endswith("YX"):
+    split_axes(axes)
+    return axes
+
+
+def split_axes(axes: str) -> tuple[str, dict[str, int]]:
+    """'Z3C2YX' -> ('ZCYX', {'Z': 3, 'C': 2}); raises DataError for anything but distinct letters from
+    TZCYX ending in YX, each leading letter optionally followed by its size."""
+    import re
+
+    parts = re.findall(r"([A-Z])(\d*)", axes.strip().upper())
+    letters = "".join(letter for letter, _ in parts)
+    bad = sorted(set(letters) - set(KNOWN_AXES))
+    well_formed = "".join(letter + size for letter, size in parts) == axes.strip().upper()
+    sizes = {letter: int(size) for letter, size in parts if size}
+    if (
+        bad
+        or not well_formed
+        or len(set(letters)) != len(letters)
+        or not letters.endswith("YX")
+        or {"Y", "X"} & set(sizes)
+        or any(n < 1 for n in sizes.values())
+    ):
         raise DataError(
-            f"--axes {axes!r}: expected distinct letters from {KNOWN_AXES} ending in YX, e.g. TZYX or ZCYX"
+            f"--axes {axes!r}: expected distinct letters from {KNOWN_AXES} ending in YX, e.g. TZYX or ZCYX; for a "
+            "plain multi-page TIFF the sizes of the leading axes may follow their letters, e.g. Z3C2YX"
             + (f" (unknown: {''.join(bad)})" if bad else "")
         )
-    return axes
+    return letters, sizes
 
 
 def _check_plane_and_channel(
@@ -188,6 +210,28 @@ def _check_plane_and_channel(
     return channel
 
 
+def _unfold_pages(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of a plain file's N pages read as the leading axes of ``axes`` (C order, e.g. Z3C2YX):
+    the sizes given, the one left out computed from N."""
+    letters, sizes = split_axes(axes)
+    pages, lead = shape[0], letters[:-2]
+    missing = [a for a in lead if a not in sizes]
+    known = math.prod(sizes.values())
+    if pages % known or (not missing and known != pages):
+        raise DataError(f"{path}: --axes {axes}: the sizes given (product {known}) do not fit the file's {pages} pages")
+    if len(missing) > 1:
+        example = {a: 1 for a in missing[1:-1]} | ({missing[-1]: 2} if (pages // known) % 2 == 0 else {})
+        example[missing[0]] = pages // (known * math.prod(example.values()))
+        example = "".join(f"{a}{sizes.get(a, example.get(a, 1))}" for a in lead) + "YX"
+        raise DataError(
+            f"{path}: --axes {axes}: the file's {pages} pages do not say how they divide among {', '.join(missing)}; "
+            f"give the size of every leading axis but one, e.g. --axes {example}"
+        )
+    if missing:
+        sizes = {**sizes, missing[0]: pages // known}
+    return (*[sizes[a] for a in lead], *shape[-2:])
+
+
 def open_stack(path: Path, axes: str | None = None, channel: int | None = None, min_size: int = 16) -> StackInfo:
     """Read the layout of one TIFF (no pixels) and check everything that can be checked up front:
     readable, known axes, the channel present, planes at least ``min_size`` wide, no truncation."""
@@ -202,6 +246,13 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
     level, quiet.level = quiet.level, logging.CRITICAL  # its log lines would repeat the error reported below
     try:
         with tifffile.TiffFile(path) as tif:
+            if len(tif.series) > 1:  # never dehaze one series and drop the others without a word
+                found = ", ".join(f"{s.axes} {tuple(s.shape)}" for s in tif.series[:4])
+                raise DataError(
+                    f"{path}: holds {len(tif.series)} image series ({found}); HazeMatching reads one series per "
+                    "file: save each series as its own file (Fiji: Bio-Formats with 'Open all series', then save "
+                    "each; Python: tifffile.TiffFile(path).series[i].asarray())"
+                )
             series = tif.series[0]
             kind = "ome" if tif.is_ome else "imagej" if tif.is_imagej else "plain"
             stored_axes, shape = series.axes, tuple(series.shape)
@@ -221,6 +272,8 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
                 promised is not None
                 and promised != math.prod(shape[:-2]) // (shape[-1] if stored_axes.endswith("S") else 1)
             )
+    except DataError:
+        raise
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise DataError(f"{path}: cannot be read as TIFF ({type(exc).__name__}: {exc})") from exc
     finally:
@@ -242,17 +295,29 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
             f"{(offset or 0) + nbytes if offset is not None else max(ends)}; copy the file again"
         )
     full_shape = shape
-    keep = [i for i, n in enumerate(shape) if n > 1 or i >= len(shape) - 2]  # singleton axes carry nothing
+    # singleton axes carry nothing, wherever they stand (a trailing (Y, X, 1) too); Y and X stay
+    yx = (
+        {stored_axes.index("Y"), stored_axes.index("X")}
+        if "Y" in stored_axes and "X" in stored_axes
+        else {len(shape) - 2, len(shape) - 1}
+    )
+    keep = [i for i, n in enumerate(shape) if n > 1 or i in yx]
     stored_axes, shape = "".join(stored_axes[i] for i in keep), tuple(shape[i] for i in keep)
     if axes is not None:
-        given = parse_axes(axes)
+        given = split_axes(axes)[0]
         if len(given) == len(full_shape) and len(full_shape) != len(shape):
             given = "".join(given[i] for i in keep)
+        if len(given) > len(shape) == 3 and stored_axes[0] not in KNOWN_AXES:
+            shape = _unfold_pages(path, axes, shape)  # pages of a file that does not say what they are
         if len(given) != len(shape):
             raise DataError(
-                f"{path}: --axes {given} has {len(given)} axes but the image has shape {full_shape} "
-                f"({len(shape)} non-singleton axes, stored as {stored_axes!r})"
+                f"{path}: --axes {axes} names {len(given)} axes but the image has shape {full_shape} "
+                f"({len(shape)} axes of size > 1, stored as {stored_axes!r}); give {len(shape)} letters ending in "
+                f"YX, e.g. --axes {'TZYX'[-len(shape) :] if len(shape) <= 4 else 'TZCYX'}"
             )
+        wrong = {a: n for a, n in split_axes(axes)[1].items() if n != shape[given.index(a)]}
+        if wrong:
+            raise DataError(f"{path}: --axes {axes} gives sizes {wrong}, but the image has shape {full_shape}")
         file_axes = given
     else:
         file_axes = stored_axes.replace("S", "C") if "C" not in stored_axes else stored_axes
@@ -277,7 +342,7 @@ def _open_ome_zarr(path: Path, axes: str | None, channel: int | None, min_size: 
     """``open_stack`` for an OME-Zarr image: axes and scale from its NGFF metadata (all axes kept, so
     that outputs have the input's layout), the full-resolution level."""
     ngff, letters = omezarr.read_metadata(path)
-    if axes is not None and parse_axes(axes) != letters:
+    if axes is not None and split_axes(axes)[0] != letters:
         raise DataError(f"{path}: --axes {axes} disagrees with the image's NGFF axes {letters}; leave --axes out")
     shape, dtype = omezarr.layout(path, ngff, letters)
     channel = _check_plane_and_channel(path, letters, shape, channel, min_size)

@@ -1,0 +1,87 @@
+"""Robustness cases 3, 6 and 7 (../shared/robustness): one reader for every file the CLI takes.
+Size-1 axes are dropped wherever they stand; a plain multi-page file's pages can be described in any
+T/Z/C order with sizes; a file with several image series is refused with its series listed, never
+dehazed in part."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from hazematching.cli import main as cli_main
+from hazematching.data.io import read_split
+from hazematching.data.stack import open_stack
+from hazematching.inference.experiment import MANIFEST_NAME, derive_seed
+from hazematching.inference.predict import predict_array
+from hazematching.run import load_model
+
+FLAGS = ["--samples", "2", "--steps", "2", "--quiet"]
+
+
+def _planes(sim_data, count, size=64):
+    images = [p.input for p in read_split(sim_data / "train")]
+    return np.stack([images[i % len(images)][:size, :size] for i in range(count)]).astype(np.uint16)
+
+
+def _predict(run, src, out, *extra):
+    cli_main(["predict", "--model", str(run), "--input", str(src), "--output", str(out), *FLAGS, *extra])
+
+
+@pytest.mark.parametrize("layout", ["YX1", "1YX", "ome TZCYX 11164"])
+def test_size_one_axes_are_dropped_wherever_they_stand(trained_run, sim_data, tmp_path, layout):
+    plane = _planes(sim_data, 1)[0]
+    if layout.startswith("ome"):  # an OME-TIFF recording T, Z and C of size 1 before YX
+        tifffile.imwrite(tmp_path / "in.tif", plane.reshape(1, 1, 1, 64, 64), ome=True, metadata={"axes": "TZCYX"})
+    else:
+        data = plane.reshape([1 if c == "1" else 64 for c in layout])
+        tifffile.imwrite(tmp_path / "in.tif", data, photometric="minisblack")
+    assert open_stack(tmp_path / "in.tif").axes == "YX"
+    _predict(trained_run, tmp_path / "in.tif", tmp_path / "out.tif")
+    _predict(trained_run, tmp_path / "in.tif", tmp_path / "out_yx.tif", "--axes", "YX")
+    out = tifffile.imread(tmp_path / "out.tif")
+    assert out.shape == (64, 64) and np.isfinite(out).all()
+    np.testing.assert_array_equal(out, tifffile.imread(tmp_path / "out_yx.tif"))
+
+
+@pytest.mark.parametrize("axes,z_of,c_of", [("Z3C2YX", lambda p: p // 2, lambda p: p % 2), ("C2ZYX", None, None)])
+def test_plain_pages_described_in_any_order_with_sizes(trained_run, sim_data, tmp_path, axes, z_of, c_of):
+    pages = _planes(sim_data, 6)
+    tifffile.imwrite(tmp_path / "zc.tif", pages, photometric="minisblack")
+    _predict(trained_run, tmp_path / "zc.tif", tmp_path / "out.tif", "--axes", axes, "--channel", "1")
+    out = tifffile.imread(tmp_path / "out.tif")
+    assert out.shape == (3, 64, 64)
+    page = 2 * 2 + 1 if axes.startswith("Z") else 1 * 3 + 2  # z = 2 of channel 1
+    expected = predict_array(
+        load_model(trained_run), pages[page].astype(np.float32), samples=2, steps=2, progress=False,
+        seed=derive_seed(0, "zc.tif", 2),
+    )  # fmt: skip
+    np.testing.assert_array_equal(out[2], expected.mean)
+
+
+def test_plain_pages_without_sizes_get_an_example_that_fits(trained_run, sim_data, tmp_path):
+    tifffile.imwrite(tmp_path / "zc.tif", _planes(sim_data, 6), photometric="minisblack")
+    with pytest.raises(SystemExit) as stopped:
+        _predict(trained_run, tmp_path / "zc.tif", tmp_path / "out.tif", "--axes", "ZCYX", "--channel", "1")
+    assert "give the size of every leading axis but one, e.g. --axes Z3C2YX" in str(stopped.value.code)
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_several_series_are_refused_never_dropped(trained_run, sim_data, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    planes = _planes(sim_data, 5)
+    with tifffile.TiffWriter(src / "two_series.ome.tif", ome=True) as tw:
+        tw.write(planes[:3], metadata={"axes": "ZYX"})
+        tw.write(planes[3:, :48, :], metadata={"axes": "ZYX"})
+    tifffile.imwrite(src / "single.tif", planes[:2], imagej=True, metadata={"axes": "ZYX"})
+    with pytest.raises(SystemExit):  # a folder with a failed file ends with status 1
+        _predict(trained_run, src, tmp_path / "out")
+    summary = capsys.readouterr().out
+    assert (
+        "FAILED two_series.ome.tif: " in summary
+        and "holds 2 image series (ZYX (3, 64, 64), ZYX (2, 48, 64))" in summary
+    )
+    files = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["files"]
+    assert files["two_series.ome.tif"]["status"] == "failed" and files["single.tif"]["status"] == "complete"
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tif")) == ["single.tif", "single_std.tif"]
