@@ -24,6 +24,7 @@ import torch
 import hazematching.core
 from hazematching.core import Dehazer
 from hazematching.data.io import DataError, read_split
+from hazematching.inference import input_range
 from hazematching.inference.predict import CalibrationWarning
 from hazematching.run import LoadedRun, RunDescription, RunError, load_model
 from hazematching.settings import InferenceSettings, resolve_settings
@@ -306,6 +307,10 @@ def _write_documentation(
             calibrated_note=", calibrated" if calibration else "",
             calibrated_detail=calibrated_detail,
             training_data=config.training.data,
+            input_mean=config.normalization.input_mean,
+            input_std=config.normalization.input_std,
+            max_mean_distance=input_range.MAX_MEAN_DISTANCE,
+            max_std_ratio=input_range.MAX_STD_RATIO,
             validation=_validation_text(evaluation, config),
             sampler_note=_sampler_note(config, settings),
         )

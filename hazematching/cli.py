@@ -93,7 +93,7 @@ def _evaluate(args) -> None:
         )
     except (DataError, RunError, RuntimeError, BackboneError) as exc:
         sys.exit(f"error: {exc}")
-    print(markdown_table(result["mean"]), end="")
+    print(markdown_table(result["mean"], result["not_computed"]), end="")
     print(f"wrote {output}/metrics.json, metrics.md and figures/")
 
 

@@ -10,6 +10,9 @@ from hazematching.data.io import DataError, ImagePair
 
 # a channel whose std is below this fraction of its mean magnitude (or exactly 0) carries no image
 CONSTANT_RELATIVE_STD = 1e-6
+# input and target correlated above this are one image (a copy, or a copy rescaled): after the
+# per-channel normalisation the network would learn the identity
+COPY_CORRELATION = 0.99999
 # swapped channels are suspected when at least this fraction of a split's pairs has the higher contrast
 # in the input: widefield haze adds background, so confocal targets have the higher std/mean
 # (12 of 12 simulated pairs and every pair of ../shared/robustness have it; measured 2026-11-30)
@@ -26,24 +29,50 @@ def _contrast(image: np.ndarray) -> float:
     return float(image.std()) / max(abs(float(image.mean())), 1e-12)
 
 
+def _where(pair: ImagePair, folder: Path, role: str) -> str:
+    """The file a message is about: the pair's 2-channel file with the channel, or its input/ or target/ file."""
+    if pair.input_path is None or pair.input_path == pair.target_path:
+        path = pair.input_path or Path(folder) / pair.name
+        return f"{path}: the {role} (channel {0 if role == 'target' else 1})"
+    return f"{pair.target_path if role == 'target' else pair.input_path}: the {role} image"
+
+
+def _listed(problems: list[str], split: str, what: str, advice: str) -> DataError:
+    more = f" (and {len(problems) - 1} more pair(s) of the {split} split)" if len(problems) > 1 else ""
+    return DataError(f"{' '.join(filter(None, (problems[0], what)))}{more}; {advice}")
+
+
 def check_pairs(pairs: list[ImagePair], folder: Path, split: str) -> list[str]:
-    """Refuse (``DataError``) a pair with a constant channel or an input identical to its target; return
-    warnings for a split whose channels look swapped. ``folder`` and ``split`` name where the pairs came
-    from in the messages."""
+    """Refuse (``DataError``) pairs with a constant channel or an input that is a (rescaled) copy of its
+    target, naming the first file and how many more; return warnings for a split whose channels look
+    swapped. ``folder`` and ``split`` say where the pairs came from."""
+    constant = [
+        f"{_where(pair, folder, role)} ({split} split) is constant ({float(np.asarray(image).mean()):.6g} everywhere)"
+        for pair in pairs
+        for role, image in (("target", pair.target), ("input", pair.input))
+        if _constant(image)
+    ]
+    if constant:
+        raise _listed(
+            constant,
+            split,
+            "",
+            "a model trained on it predicts a constant. Check that each pair holds the confocal target (channel 0, "
+            "or target/) and the widefield input (channel 1, or input/), or remove the pair",
+        )
+    copies = []
     for pair in pairs:
-        for role, channel, image in (("target", 0, pair.target), ("input", 1, pair.input)):
-            if _constant(image):
-                raise DataError(
-                    f"{folder}/{pair.name} ({split} split): the {role} (channel {channel}) is constant "
-                    f"({float(np.asarray(image).mean()):.6g} everywhere); a model trained on it predicts a "
-                    "constant. Check that the file holds the confocal target in channel 0 and the widefield "
-                    "input in channel 1, or remove the pair"
-                )
-        if np.array_equal(pair.input, pair.target):
-            raise DataError(
-                f"{folder}/{pair.name} ({split} split): input and target are identical; the pair teaches "
-                "nothing about dehazing (was the widefield image saved into both channels?)"
-            )
+        a, b = np.asarray(pair.input, np.float64).ravel(), np.asarray(pair.target, np.float64).ravel()
+        correlation = float(np.corrcoef(a, b)[0, 1])
+        if correlation > COPY_CORRELATION:
+            copies.append(f"{pair.input_path or Path(folder) / pair.name} ({split} split): input and target")
+    if copies:
+        raise _listed(
+            copies,
+            split,
+            "are the same image (one is a copy of the other, perhaps rescaled)",
+            "the pair teaches nothing about dehazing (was the widefield image saved as the target too?)",
+        )
     higher = [p.name for p in pairs if _contrast(p.input) > _contrast(p.target)]
     if pairs and len(higher) >= SWAPPED_FRACTION * len(pairs) and len(pairs) >= 2:
         return [

@@ -25,6 +25,8 @@ class ImagePair:
     name: str
     input: np.ndarray  # widefield, float32 (H, W)
     target: np.ndarray  # confocal, float32 (H, W)
+    input_path: Path | None = None  # the file(s) it came from: one 2-channel file, or input/ and target/
+    target_path: Path | None = None
 
 
 def is_tiff(path: Path) -> bool:
@@ -80,8 +82,8 @@ def read_two_channel(path: Path, mmap: bool = False) -> ImagePair:
             "channel 0 = confocal target and channel 1 = widefield input, or use input/ + target/ folders"
         )
     if mmap:  # views into the mapped file; crops are cast to float32 by the datasets
-        return ImagePair(path.stem, inp, target)
-    return ImagePair(path.stem, inp.astype(np.float32), target.astype(np.float32))
+        return ImagePair(path.stem, inp, target, path, path)
+    return ImagePair(path.stem, inp.astype(np.float32), target.astype(np.float32), path, path)
 
 
 def read_folder_pair(input_path: Path, target_path: Path, mmap: bool = False) -> ImagePair:
@@ -93,7 +95,7 @@ def read_folder_pair(input_path: Path, target_path: Path, mmap: bool = False) ->
             f"{input_path} has shape {inp.shape} but its target {target_path} has shape {target.shape}; "
             "pairs must have the same shape"
         )
-    return ImagePair(input_path.stem, inp, target)
+    return ImagePair(input_path.stem, inp, target, input_path, target_path)
 
 
 def _tiffs(directory: Path) -> list[Path]:

@@ -325,8 +325,13 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
         if unknown or not file_axes.endswith("YX"):
             raise DataError(
                 f"{path}: unknown axes {stored_axes!r} for shape {shape}: the file does not say which "
-                "axis is time, depth or channel; pass --axes, e.g. --axes "
-                f"{'TZYX'[-len(shape) :] if len(shape) <= 4 else 'TZCYX'}"
+                "axis is time, depth or channel; pass --axes, e.g. "
+                + (
+                    "--axes ZYX (z-planes), TYX (time points) or CYX (channels, with --channel)"
+                    if len(shape) == 3
+                    else f"--axes {'TZYX'[-len(shape) :] if len(shape) <= 4 else 'TZCYX'}"
+                )
+                + "; pages that interleave axes take sizes, e.g. --axes Z3C2YX"
             )
     channel = _check_plane_and_channel(path, file_axes, shape, channel, min_size)
     per_page = math.prod(page_shape) // (shape[-2] * shape[-1])

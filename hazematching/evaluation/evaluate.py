@@ -158,11 +158,12 @@ def evaluate(
         "not_computed": not_computed,
     }
     atomic_write_bytes(output_dir / "metrics.json", json.dumps(result, indent=2).encode())
-    atomic_write_bytes(output_dir / "metrics.md", markdown_table(mean).encode())
+    atomic_write_bytes(output_dir / "metrics.md", markdown_table(mean, not_computed).encode())
     return result
 
 
-def markdown_table(mean: dict) -> str:
+def markdown_table(mean: dict, not_computed: dict | None = None) -> str:
+    """The mean metrics per method, then one line per metric left out and why."""
     columns = [
         ("psnr", "PSNR (dB) ↑"),
         ("ms_ssim", "MS-SSIM ↑"),
@@ -176,6 +177,7 @@ def markdown_table(mean: dict) -> str:
     lines = ["| method | " + " | ".join(t for _, t in present) + " |", "|---" * (len(present) + 1) + "|"]
     for method, row in mean.items():
         lines.append(f"| {method} | " + " | ".join(f"{row[k]:.4f}" if k in row else "–" for k, _ in present) + " |")
+    lines += [f"\n{name}: {reason}" for name, reason in (not_computed or {}).items()]
     return "\n".join(lines) + "\n"
 
 

@@ -122,12 +122,17 @@ class Trainer:
         # every process resumes what process 0 found: another node's view of a shared folder can lag
         # (NFS caches directory listings), and processes that load different checkpoints train apart
         resume_path = broadcast_object_list([resume_path])[0]
+        if self.main_process and resume_path is None:  # a fresh start: logs of an abandoned attempt go
+            for name in ("train.jsonl", "validation.jsonl"):
+                trim_jsonl(self.output_dir / "logs" / name, -1)
 
         self.base_state = None  # weights of --init-from, loaded into the new network
         self.resume_state = (
             json.loads((resume_path / checkpoints.COMPLETE_MARKER).read_text()) if resume_path is not None else None
         )
         self.setting_changes: list[SettingChange] = []
+        if self.resume_state is not None:
+            self._check_resumable(resume_path)
         if config.init_from is not None:
             base = self._base_run(config.init_from)
             self.normalization = Normalization(**base.normalization.model_dump())  # what the network was trained on
@@ -312,7 +317,9 @@ class Trainer:
             print(f"resuming at step {step} with changed settings: {listed} (recorded in config.json)", file=sys.stderr)
         return [*history, SettingChange(step=step, changes=changes)]
 
-    def _resume(self, resume_path: Path) -> int:
+    def _check_resumable(self, resume_path: Path) -> None:
+        """The same network (and, for ZeRO, the same number of processes) as the checkpoint, checked before
+        anything about the resume is said or changed."""
         state = self.resume_state
         wanted = self._architecture()
         saved = {key: state.get(key) for key in wanted}
@@ -334,6 +341,9 @@ class Trainer:
                 f"{resume_path} was written by {saved_processes} DeepSpeed processes and this launch has {processes}: "
                 f"ZeRO checkpoints are sharded per process, so resume with --num_processes {saved_processes}"
             )
+
+    def _resume(self, resume_path: Path) -> int:
+        state = self.resume_state
         self.accelerator.load_state(str(resume_path))
         self.ema.load_state_dict(load_file(resume_path / EMA_NAME))
         if self.main_process:
@@ -457,9 +467,14 @@ class Trainer:
         if self.main_process:
             checkpoints.clean_temporary(self.checkpoint_dir)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()  # every process's files are written before anything is published
-        failure = None
+        try:
+            accelerator.save_state(str(tmp))
+            failure = None
+        except Exception as exc:  # a full disk surfaces as OSError, SafetensorError or torch's RuntimeError
+            failure = self._write_failure(step, exc)
+        failures = [f for f in gather_object([failure]) if f is not None]  # also the barrier before publishing
+        if failures:
+            raise TrainingError(failures[0])
         if self.main_process:
             missing = checkpoints.missing_process_files(tmp, accelerator.num_processes)
             if missing:
@@ -491,12 +506,16 @@ class Trainer:
             checkpoints.publish(tmp, step)
             checkpoints.rotate(self.checkpoint_dir, self.config.checkpoints_total_limit)
             save_run(self.output_dir, self.ema.state_dict(), self.description())
-        except OSError as exc:
-            return (
-                f"cannot write checkpoint {step} to {self.checkpoint_dir} ({exc.strerror or exc}); the previous "
-                "checkpoint is intact: free space (or fix the folder) and relaunch with --resume-from-checkpoint latest"
-            )
+        except Exception as exc:
+            return self._write_failure(step, exc)
         return None
+
+    def _write_failure(self, step: int, exc: Exception) -> str:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1]
+        return (
+            f"cannot write checkpoint {step} to {self.checkpoint_dir} ({type(exc).__name__}: {reason}); earlier "
+            "checkpoints are intact: free space (or fix the folder) and relaunch with --resume-from-checkpoint latest"
+        )
 
     def validate(self) -> None:
         accelerator, step = self.accelerator, self.global_step
@@ -520,15 +539,23 @@ class Trainer:
                 accelerator.device
             )
         rank_checksums = accelerator.gather(checksum).cpu().tolist()
+        failure = None
         if self.main_process:
-            save_run(
-                self.output_dir, self.ema.state_dict(), self.description({"rank_weight_checksums": rank_checksums})
-            )
-            print(
-                f"saved {self.output_dir / 'model.safetensors'} (step {self.global_step}, "
-                f"{accelerator.num_processes} process(es))",
-                file=sys.stderr,
-            )
+            try:
+                extra = {"rank_weight_checksums": rank_checksums}
+                save_run(self.output_dir, self.ema.state_dict(), self.description(extra))
+                print(
+                    f"saved {self.output_dir / 'model.safetensors'} (step {self.global_step}, "
+                    f"{accelerator.num_processes} process(es))",
+                    file=sys.stderr,
+                )
+            except Exception as exc:
+                failure = self._write_failure(self.global_step, exc).replace(
+                    f"checkpoint {self.global_step} to {self.checkpoint_dir}", f"the model to {self.output_dir}"
+                )
+        failure = broadcast_object_list([failure])[0]
+        if failure is not None:
+            raise TrainingError(failure)
         accelerator.wait_for_everyone()
         accelerator.end_training()
         # A gloo group still alive at interpreter exit can abort ("terminate called without an active
@@ -542,7 +569,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         trainer = Trainer(config)
         trainer.train()
+        trainer.finish()
     except TrainingError as exc:
         # every process stops; process 0 says why (once, not once per process)
         sys.exit(f"error: {exc}" if int(os.environ.get("RANK", "0")) == 0 else 1)
-    trainer.finish()

@@ -229,15 +229,33 @@ def test_a_constant_channel_is_refused_naming_file_split_and_channel(tmp_path, s
     bad[channel] = 42
     tifffile.imwrite(tmp_path / split / "p1.tif", bad)
     role = "target" if channel == 0 else "input"
-    expected = f"{tmp_path / split}/p1 ({'training' if split == 'train' else 'validation'} split): the {role} "
-    with pytest.raises(DataError, match=re.escape(expected + f"(channel {channel}) is constant (42 everywhere)")):
+    expected = f"{tmp_path / split / 'p1.tif'}: the {role} (channel {channel}) "
+    expected += f"({'training' if split == 'train' else 'validation'} split) is constant (42 everywhere); "
+    with pytest.raises(DataError, match=re.escape(expected)):
         load_splits(tmp_path, None, 0.2, 32)
 
 
-def test_identical_channels_are_refused_and_swapped_channels_warned(tmp_path):
+def test_every_constant_pair_is_counted_and_folder_layouts_name_the_file(tmp_path):
+    _pairs_folder(tmp_path / "flat", lambda i: np.stack([np.full((48, 48), 42.0), _hazy_pair(i)[1]]), 4)
+    with pytest.raises(DataError, match=re.escape("(and 2 more pair(s) of the training split)")):
+        load_splits(tmp_path / "flat", None, 0.25, 32)
+    for i in range(3):
+        pair = _hazy_pair(i)
+        for role, image in (("input", pair[1]), ("target", np.full_like(pair[0], 7) if i == 2 else pair[0])):
+            (tmp_path / "folders" / role).mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(tmp_path / "folders" / role / f"s{i}.tif", image)
+    expected = f"{tmp_path / 'folders' / 'target' / 's2.tif'}: the target image (validation split) is constant"
+    with pytest.raises(DataError, match=re.escape(expected)):
+        load_splits(tmp_path / "folders", None, 0.34, 32)
+
+
+def test_copied_channels_are_refused_and_swapped_channels_warned(tmp_path):
     _pairs_folder(tmp_path / "same", lambda i: np.stack([_hazy_pair(i)[1]] * 2))
-    with pytest.raises(DataError, match="p0 .*input and target are identical"):
+    with pytest.raises(DataError, match="p0.tif .*input and target are the same image"):
         load_splits(tmp_path / "same", None, 0.34, 32)
+    _pairs_folder(tmp_path / "affine", lambda i: np.stack([2 * _hazy_pair(i)[1] + 5, _hazy_pair(i)[1]]))
+    with pytest.raises(DataError, match="perhaps rescaled"):
+        load_splits(tmp_path / "affine", None, 0.34, 32)
 
     _pairs_folder(tmp_path / "good", _hazy_pair, 4)
     assert load_splits(tmp_path / "good", None, 0.25, 32)[2] == []

@@ -43,6 +43,7 @@ def test_evaluate_and_calibrate_cli(trained_run, baseline_run, sim_data, tmp_pat
     # robustness case 11: every metric left out is listed with its reason (these images are 128 px)
     assert set(result["not_computed"]) == {"lpips", "fid", "micro_ms3im"}
     assert result["not_computed"]["micro_ms3im"].startswith("not computed: MicroMS3IM needs images of at least 161")
+    assert "micro_ms3im: not computed: MicroMS3IM needs" in (out / "metrics.md").read_text()
 
     # with local backbones (made here) LPIPS and FID are computed
     from safetensors.torch import save_file

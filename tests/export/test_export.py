@@ -2,6 +2,7 @@
 TorchScript runs where the project is not importable."""
 
 import io
+import json
 import subprocess
 import sys
 import zipfile
@@ -76,6 +77,10 @@ def test_package_contents_and_rdf(package):
     assert rdf["cite"][0]["doi"].endswith("2506.22397")
     for heading in ("## Description", "## Intended Use", "## Validation", "## Citation", "## Sampler"):
         assert heading in readme
+    with zipfile.ZipFile(package) as zf:
+        stats = json.loads(zf.read("training_config.json"))["normalization"]
+    # robustness case 4: the package states the intensities the model was trained on
+    assert f"mean {stats['input_mean']:.4g} and\nstandard deviation {stats['input_std']:.4g}" in readme
     assert len(cover) < 500_000
 
 

@@ -3,11 +3,13 @@ freed and relaunched. One line names the full folder; the relaunch computes only
 done (a failure logged by an earlier launch is computed again, not replayed) and the result equals an
 uninterrupted run."""
 
+import json
 import subprocess
 
 import numpy as np
 import pytest
 import tifffile
+from conftest import run_trainer
 
 from hazematching.cli import main as cli_main
 from hazematching.data.io import read_split
@@ -59,3 +61,24 @@ def test_full_disk_is_one_line_and_the_relaunch_continues(trained_run, sim_data,
         np.testing.assert_array_equal(
             tifffile.imread(small_disk / name), tifffile.imread(tmp_path / "reference" / name)
         )
+
+
+def test_training_into_a_full_disk_is_one_line_and_a_relaunch_starts_clean(sim_data, small_disk):
+    """The trainer's checkpoint on a full disk: one line naming the checkpoint folder, exit 1, nothing
+    published; relaunched with more space, ``latest`` starts afresh and the logs hold each step once."""
+    run = small_disk / "run"
+    flags = ["--data", str(sim_data), "--output-dir", str(run), "--max-steps", "20", "--checkpointing-steps", "10"]
+    flags += ["--batch-size", "2", "--crop-size", "64", "--base-channels", "8", "--channel-mults", "1,2"]
+    flags += ["--validation-steps", "0", "--log-steps", "5", "--resume-from-checkpoint", "latest"]
+    result = run_trainer(flags)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot write checkpoint 10 to {run / 'checkpoints'} (") and "space" in last, last
+    assert not (run / "checkpoints" / "checkpoint-10").exists()
+
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+    again = run_trainer(flags)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "no complete checkpoint found" in again.stderr
+    steps = [json.loads(line)["step"] for line in (run / "logs" / "train.jsonl").read_text().splitlines()]
+    assert steps == [5, 10, 15, 20]

@@ -217,7 +217,10 @@ def test_resume_with_other_model_flags_is_refused(sim_data, tmp_path):
     before = weights(run)
     result = run_trainer([*common, "--max-steps", "4", "--resume-from-checkpoint", "latest", "--base-channels", "16"])
     assert result.returncode != 0
-    assert "resume with the same model flags" in result.stderr
+    assert (
+        "resume with the same model flags" in result.stderr and "base_channels: checkpoint 8, flags 16" in result.stderr
+    )
+    assert "changed settings" not in result.stderr  # nothing is said about a resume that does not happen
     assert max_difference(weights(run), before) == 0  # the saved model is untouched
 
 
@@ -354,6 +357,8 @@ def test_training_on_a_constant_target_is_refused_before_any_step(tmp_path):
     assert (
         result.stderr.strip()
         .splitlines()[-1]
-        .startswith(f"error: {tmp_path / 'data' / 'train'}/c1 (training split): the target (channel 0) is constant")
+        .startswith(
+            f"error: {tmp_path / 'data' / 'train' / 'c1.tif'}: the target (channel 0) (training split) is constant"
+        )
     )
     assert not (tmp_path / "run" / "model.safetensors").exists()
