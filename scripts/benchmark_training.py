@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def reference_loop(data: Path, steps: int, warmup: int, batch: int, crop: int, device: str) -> float:
     """Samples/s of the plain loop the reference code uses."""
-    train, _, _ = load_splits(data, None, 0.15, crop)
+    train, _ = load_splits(data, None, 0.15, crop)
     norm = Normalization.from_pairs(train)
     images = [(norm.normalize_input(p.input), norm.normalize_target(p.target)) for p in train]
     rng = np.random.default_rng(0)

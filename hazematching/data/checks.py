@@ -2,8 +2,6 @@
 with exit status 0 (an empty or constant channel, the input copied into the target, swapped channels).
 """
 
-from pathlib import Path
-
 import numpy as np
 
 from hazematching.data.io import DataError, ImagePair
@@ -29,10 +27,10 @@ def _contrast(image: np.ndarray) -> float:
     return float(image.std()) / max(abs(float(image.mean())), 1e-12)
 
 
-def _where(pair: ImagePair, folder: Path, role: str) -> str:
+def _where(pair: ImagePair, role: str) -> str:
     """The file a message is about: the pair's 2-channel file with the channel, or its input/ or target/ file."""
     if pair.input_path is None or pair.input_path == pair.target_path:
-        path = pair.input_path or Path(folder) / pair.name
+        path = pair.input_path or pair.name
         return f"{path}: the {role} (channel {0 if role == 'target' else 1})"
     return f"{pair.target_path if role == 'target' else pair.input_path}: the {role} image"
 
@@ -42,12 +40,12 @@ def _listed(problems: list[str], split: str, what: str, advice: str) -> DataErro
     return DataError(f"{' '.join(filter(None, (problems[0], what)))}{more}; {advice}")
 
 
-def check_pairs(pairs: list[ImagePair], folder: Path, split: str) -> list[str]:
+def check_pairs(pairs: list[ImagePair], split: str) -> list[str]:
     """Refuse (``DataError``) pairs with a constant channel or an input that is a (rescaled) copy of its
-    target, naming the first file and how many more; return warnings for a split whose channels look
-    swapped. ``folder`` and ``split`` say where the pairs came from."""
+    target, naming the first file and how many more; return warnings for a split (named ``split`` in
+    the messages) whose channels look swapped."""
     constant = [
-        f"{_where(pair, folder, role)} ({split} split) is constant ({float(np.asarray(image).mean()):.6g} everywhere)"
+        f"{_where(pair, role)} ({split} split) is constant ({float(np.asarray(image).mean()):.6g} everywhere)"
         for pair in pairs
         for role, image in (("target", pair.target), ("input", pair.input))
         if _constant(image)
@@ -65,7 +63,7 @@ def check_pairs(pairs: list[ImagePair], folder: Path, split: str) -> list[str]:
         a, b = np.asarray(pair.input, np.float64).ravel(), np.asarray(pair.target, np.float64).ravel()
         correlation = float(np.corrcoef(a, b)[0, 1])
         if correlation > COPY_CORRELATION:
-            copies.append(f"{pair.input_path or Path(folder) / pair.name} ({split} split): input and target")
+            copies.append(f"{pair.input_path or pair.name} ({split} split): input and target")
     if copies:
         raise _listed(
             copies,
@@ -75,6 +73,7 @@ def check_pairs(pairs: list[ImagePair], folder: Path, split: str) -> list[str]:
         )
     higher = [p.name for p in pairs if _contrast(p.input) > _contrast(p.target)]
     if pairs and len(higher) >= SWAPPED_FRACTION * len(pairs) and len(pairs) >= 2:
+        folder = pairs[0].input_path.parent if pairs[0].input_path is not None else split
         return [
             f"warning: {folder} ({split} split): in {len(higher)} of {len(pairs)} pairs the input (channel 1) has "
             "more contrast than the target (channel 0), as if the channels were swapped; HazeMatching expects "

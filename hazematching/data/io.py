@@ -135,33 +135,28 @@ def read_split(directory: Path, min_size: int = 1, mmap: bool = False) -> list[I
 
 def load_splits(
     data: Path, val_data: Path | None, val_fraction: float, min_size: int, mmap: bool = False
-) -> tuple[list[ImagePair], list[ImagePair], list[str]]:
-    """Training and validation pairs, checked (``checks.check_pairs``), and the checks' warnings.
+) -> tuple[list[ImagePair], list[ImagePair]]:
+    """Training and validation pairs (``checks.check_pairs`` then looks at what they hold).
 
     ``data`` may hold ``train/`` (and ``val/``) sub-folders, as ``hazematching simulate`` writes,
     or be a split folder itself; without a validation folder the last ``val_fraction`` of the
     files (sorted by name) is held out.
     """
-    from hazematching.data.checks import check_pairs
-
     data = Path(data)
     if not data.is_dir():
         raise DataError(f"{data}: data directory does not exist")
     train_dir = data / "train" if (data / "train").is_dir() else data
     train = read_split(train_dir, min_size, mmap)
     if val_data is not None:
-        val_dir, val = Path(val_data), read_split(Path(val_data), min_size, mmap)
-    elif train_dir != data and (data / "val").is_dir():
-        val_dir, val = data / "val", read_split(data / "val", min_size, mmap)
-    else:
-        if len(train) < 2:
-            raise DataError(
-                f"{train_dir}: one image cannot be split into training and validation; add images or pass --val-data"
-            )
-        n_val = min(len(train) - 1, max(1, round(val_fraction * len(train))))
-        train, val, val_dir = train[:-n_val], train[-n_val:], train_dir
-    warnings = check_pairs(train, train_dir, "training") + check_pairs(val, val_dir, "validation")
-    return train, val, warnings
+        return train, read_split(Path(val_data), min_size, mmap)
+    if train_dir != data and (data / "val").is_dir():
+        return train, read_split(data / "val", min_size, mmap)
+    if len(train) < 2:
+        raise DataError(
+            f"{train_dir}: one image cannot be split into training and validation; add images or pass --val-data"
+        )
+    n_val = min(len(train) - 1, max(1, round(val_fraction * len(train))))
+    return train[:-n_val], train[-n_val:]
 
 
 def read_image_2d(path: Path, min_size: int, channel: int | None = None) -> np.ndarray:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from hazematching.config import TrainConfig
 from hazematching.core import UNet, cfm_loss, keyed_normal, keyed_time, mse_loss, shortcut_loss
+from hazematching.data.checks import check_pairs
 from hazematching.data.dataset import FixedCropDataset, RandomCropDataset
 from hazematching.data.io import DataError, load_splits
 from hazematching.data.normalization import Normalization
@@ -97,9 +98,10 @@ class Trainer:
         self.checkpoint_dir = self.output_dir / "checkpoints"
         problem, train_pairs, val_pairs, resume_path, data_warnings = None, None, None, None, []
         try:
-            train_pairs, val_pairs, data_warnings = load_splits(
+            train_pairs, val_pairs = load_splits(
                 config.data, config.val_data, config.val_fraction, config.crop_size, mmap=True
             )
+            data_warnings = check_pairs(train_pairs, "training") + check_pairs(val_pairs, "validation")
             resume_path = checkpoints.resolve_resume(config.resume_from_checkpoint, self.checkpoint_dir)
         except (DataError, FileNotFoundError) as exc:
             problem = str(exc)

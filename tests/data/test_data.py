@@ -6,6 +6,7 @@ import tifffile
 import torch
 from conftest import write_pair
 
+from hazematching.data.checks import check_pairs
 from hazematching.data.dataset import FixedCropDataset, RandomCropDataset, dihedral
 from hazematching.data.io import DataError, load_splits, read_split
 from hazematching.data.normalization import Normalization
@@ -87,9 +88,9 @@ def test_load_splits_layouts(tmp_path):
         write_pair(tmp_path / "flat" / f"img{i}.tif", seed=i)
         write_pair(tmp_path / "nested" / "train" / f"img{i}.tif", seed=i)
     write_pair(tmp_path / "nested" / "val" / "v.tif")
-    train, val, _ = load_splits(tmp_path / "flat", None, 0.2, 32)
+    train, val = load_splits(tmp_path / "flat", None, 0.2, 32)
     assert [p.name for p in train] == ["img0", "img1", "img2", "img3"] and [p.name for p in val] == ["img4"]
-    train, val, _ = load_splits(tmp_path / "nested", None, 0.2, 32)
+    train, val = load_splits(tmp_path / "nested", None, 0.2, 32)
     assert len(train) == 5 and [p.name for p in val] == ["v"]
     write_pair(tmp_path / "single" / "only.tif")
     with pytest.raises(DataError, match="--val-data"):
@@ -204,6 +205,12 @@ def test_memory_mapped_pairs_give_the_same_crops(tmp_path):
         assert torch.equal(a[key]["input"], b[key]["input"]) and torch.equal(a[key]["target"], b[key]["target"])
 
 
+def checked(folder, val_fraction):
+    """What the trainer does before the first step: load the splits, check the pairs, keep the warnings."""
+    train, val = load_splits(folder, None, val_fraction, 32)
+    return check_pairs(train, "training") + check_pairs(val, "validation")
+
+
 def _pairs_folder(folder, make_pair, count=3):
     for i in range(count):
         folder.mkdir(parents=True, exist_ok=True)
@@ -232,13 +239,13 @@ def test_a_constant_channel_is_refused_naming_file_split_and_channel(tmp_path, s
     expected = f"{tmp_path / split / 'p1.tif'}: the {role} (channel {channel}) "
     expected += f"({'training' if split == 'train' else 'validation'} split) is constant (42 everywhere); "
     with pytest.raises(DataError, match=re.escape(expected)):
-        load_splits(tmp_path, None, 0.2, 32)
+        checked(tmp_path, 0.2)
 
 
 def test_every_constant_pair_is_counted_and_folder_layouts_name_the_file(tmp_path):
     _pairs_folder(tmp_path / "flat", lambda i: np.stack([np.full((48, 48), 42.0), _hazy_pair(i)[1]]), 4)
     with pytest.raises(DataError, match=re.escape("(and 2 more pair(s) of the training split)")):
-        load_splits(tmp_path / "flat", None, 0.25, 32)
+        checked(tmp_path / "flat", 0.25)
     for i in range(3):
         pair = _hazy_pair(i)
         for role, image in (("input", pair[1]), ("target", np.full_like(pair[0], 7) if i == 2 else pair[0])):
@@ -246,19 +253,19 @@ def test_every_constant_pair_is_counted_and_folder_layouts_name_the_file(tmp_pat
             tifffile.imwrite(tmp_path / "folders" / role / f"s{i}.tif", image)
     expected = f"{tmp_path / 'folders' / 'target' / 's2.tif'}: the target image (validation split) is constant"
     with pytest.raises(DataError, match=re.escape(expected)):
-        load_splits(tmp_path / "folders", None, 0.34, 32)
+        checked(tmp_path / "folders", 0.34)
 
 
 def test_copied_channels_are_refused_and_swapped_channels_warned(tmp_path):
     _pairs_folder(tmp_path / "same", lambda i: np.stack([_hazy_pair(i)[1]] * 2))
     with pytest.raises(DataError, match="p0.tif .*input and target are the same image"):
-        load_splits(tmp_path / "same", None, 0.34, 32)
+        checked(tmp_path / "same", 0.34)
     _pairs_folder(tmp_path / "affine", lambda i: np.stack([2 * _hazy_pair(i)[1] + 5, _hazy_pair(i)[1]]))
     with pytest.raises(DataError, match="perhaps rescaled"):
-        load_splits(tmp_path / "affine", None, 0.34, 32)
+        checked(tmp_path / "affine", 0.34)
 
     _pairs_folder(tmp_path / "good", _hazy_pair, 4)
-    assert load_splits(tmp_path / "good", None, 0.25, 32)[2] == []
+    assert checked(tmp_path / "good", 0.25) == []
     _pairs_folder(tmp_path / "swapped", lambda i: _hazy_pair(i)[::-1].copy(), 4)
-    warnings = load_splits(tmp_path / "swapped", None, 0.25, 32)[2]
+    warnings = checked(tmp_path / "swapped", 0.25)
     assert len(warnings) == 1 and "in 3 of 3 pairs the input (channel 1) has more contrast" in warnings[0]
