@@ -302,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--channel",
         type=int,
         default=None,
-        help="channel to dehaze in multi-channel TIFFs (C axis), e.g. 1 for the widefield channel of paired files",
+        help="channel to dehaze in multi-channel TIFFs (C axis), counted from 0 (Fiji counts from 1: its channel 2 "
+        "is --channel 1), e.g. 1 for the widefield channel of paired files",
     )
     pred.add_argument(
         "--axes",
