@@ -286,7 +286,11 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
     if dtype.type not in SUPPORTED_DTYPES:
         raise DataError(f"{path}: unsupported pixel type {dtype}; expected uint8, uint16 or float")
     if stored_axes.endswith("S") and shape[-1] in (3, 4):
-        raise DataError(f"{path}: shape {shape} (axes {stored_axes}) is an RGB image; expected grayscale planes")
+        raise DataError(
+            f"{path}: shape {shape} (axes {stored_axes}) is an RGB image; expected grayscale planes: save the "
+            "fluorescence channel alone (Fiji: Image > Color > Split Channels, then save the widefield one), "
+            "not a colour rendering of it"
+        )
     size = path.stat().st_size
     nbytes = math.prod(shape) * dtype.itemsize
     if (offset is not None and offset + nbytes > size) or any(end > size for end in ends):

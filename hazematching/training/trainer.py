@@ -69,6 +69,22 @@ def _stats(norm: Normalization) -> str:
     )
 
 
+def _split_line(train_pairs, val_pairs, config: TrainConfig) -> str:
+    """How the data were split, so that a user sees which files validate (none of them train)."""
+
+    def folder(pairs):
+        return pairs[0].input_path.parent if pairs and pairs[0].input_path is not None else config.data
+
+    if config.val_data is not None or folder(val_pairs) != folder(train_pairs):
+        held_out = f"validating on the {len(val_pairs)} pair(s) of {folder(val_pairs)}"
+    else:
+        held_out = (
+            f"validating on the last {len(val_pairs)} file(s) by name ({val_pairs[0].name} ... {val_pairs[-1].name}; "
+            "--val-fraction sets how many, --val-data a folder of its own)"
+        )
+    return f"data: training on {len(train_pairs)} pair(s) of {folder(train_pairs)}, {held_out}"
+
+
 class TrainingError(Exception):
     """A problem with the data, the flags or the checkpoint to resume, found before training."""
 
@@ -116,6 +132,7 @@ class Trainer:
             (self.output_dir / "logs").mkdir(parents=True, exist_ok=True)
             (self.output_dir / "samples").mkdir(exist_ok=True)
             self.checkpoint_dir.mkdir(exist_ok=True)
+            print(_split_line(train_pairs, val_pairs, config), file=sys.stderr)
             for warning in data_warnings:
                 print(warning, file=sys.stderr)
             if config.resume_from_checkpoint == "latest" and resume_path is None:

@@ -118,3 +118,21 @@ def test_trainer_rejects_bad_input_before_training(tmp_path, setup, flags, messa
     assert result.returncode != 0
     assert message in result.stderr
     assert not (out / "checkpoints").exists()
+
+
+def test_the_trainer_says_how_it_split_the_data(tmp_path):
+    from hazematching.config import TrainConfig
+    from hazematching.data.io import ImagePair
+    from hazematching.training.trainer import _split_line
+
+    def pairs(folder, names):
+        return [ImagePair(n, None, None, folder / f"{n}.tif", folder / f"{n}.tif") for n in names]
+
+    flat = TrainConfig(data=tmp_path, output_dir=tmp_path / "run")
+    line = _split_line(pairs(tmp_path, ["a", "b", "c"]), pairs(tmp_path, ["d"]), flat)
+    assert line.startswith(f"data: training on 3 pair(s) of {tmp_path}, validating on the last 1 file(s) by name (d")
+    nested = _split_line(pairs(tmp_path / "train", ["a"]), pairs(tmp_path / "val", ["v", "w"]), flat)
+    assert (
+        nested
+        == f"data: training on 1 pair(s) of {tmp_path / 'train'}, validating on the 2 pair(s) of {tmp_path / 'val'}"
+    )
