@@ -53,8 +53,13 @@ def test_unknown_or_wrong_axes_are_explained(tmp_path):
     with pytest.raises(DataError, match="unknown axes .*pass --axes"):
         open_stack(tmp_path / "q.tif")
     assert open_stack(tmp_path / "q.tif", axes="zyx").axes == "ZYX"
-    with pytest.raises(DataError, match="--axes TZYX has 4 axes but the image has shape"):
+    # pages of a plain file can be several axes, but only with sizes that say how
+    with pytest.raises(DataError, match=r"--axes TZYX: the file's 3 pages do not say how they divide among T, Z"):
         open_stack(tmp_path / "q.tif", axes="TZYX")
+    assert open_stack(tmp_path / "q.tif", axes="T3ZYX").shape[:2] == (3, 1)
+    tifffile.imwrite(tmp_path / "ij.tif", STACK[0], imagej=True, metadata={"axes": "ZYX"})
+    with pytest.raises(DataError, match="--axes TZYX names 4 axes but the image has shape"):
+        open_stack(tmp_path / "ij.tif", axes="TZYX")
     for bad in ("ZYXQ", "ZZYX", "YXZ", "ABC"):
         with pytest.raises(DataError, match="--axes"):
             open_stack(tmp_path / "q.tif", axes=bad)
