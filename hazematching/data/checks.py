@@ -17,13 +17,19 @@ COPY_CORRELATION = 0.99999
 SWAPPED_FRACTION = 0.75
 
 
+def _thinned(image: np.ndarray) -> np.ndarray:
+    """Every 4th row and column of large images: the checks see the same, at 1/16 of the reading."""
+    step = 4 if min(image.shape) >= 256 else 1
+    return np.asarray(image[::step, ::step], dtype=np.float64)
+
+
 def _constant(image: np.ndarray) -> bool:
-    image = np.asarray(image, dtype=np.float64)
+    image = _thinned(image)
     return float(image.std()) <= CONSTANT_RELATIVE_STD * max(1.0, abs(float(image.mean())))
 
 
 def _contrast(image: np.ndarray) -> float:
-    image = np.asarray(image, dtype=np.float64)
+    image = _thinned(image)
     return float(image.std()) / max(abs(float(image.mean())), 1e-12)
 
 
@@ -60,7 +66,7 @@ def check_pairs(pairs: list[ImagePair], split: str) -> list[str]:
         )
     copies = []
     for pair in pairs:
-        a, b = np.asarray(pair.input, np.float64).ravel(), np.asarray(pair.target, np.float64).ravel()
+        a, b = _thinned(pair.input).ravel(), _thinned(pair.target).ravel()
         correlation = float(np.corrcoef(a, b)[0, 1])
         if correlation > COPY_CORRELATION:
             copies.append(f"{pair.input_path or pair.name} ({split} split): input and target")
