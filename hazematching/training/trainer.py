@@ -578,8 +578,11 @@ class Trainer:
         accelerator.wait_for_everyone()
         accelerator.end_training()
         # A gloo group still alive at interpreter exit can abort ("terminate called without an active
-        # exception") and fail the whole launch.
+        # exception") and fail the whole launch; so can a peer that closes its connections while this
+        # process is still tearing down (seen once with two launchers as two nodes): every process
+        # reaches the teardown together.
         if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
 
