@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from hazematching.paper.archive import MARKER, unpack_dataset
-from hazematching.paper.releases import get
+from hazematching.paper.releases import BASE_URL_ENV, get
 from hazematching.version import __version__
 
 CACHE_ENV = "HAZEMATCHING_CACHE"
@@ -71,7 +71,12 @@ def _download(url: str, part: Path, progress: bool, timeout: float) -> None:
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:  # the .part is already whole: the checksum decides
             return
-        raise DownloadError(f"{url}: the server answered HTTP {exc.code} {exc.reason}; check the address") from exc
+        advice = (
+            f"the file is not there; check the address (a mirror can be set with {BASE_URL_ENV})"
+            if exc.code in (403, 404, 410)
+            else "try again later"
+        )
+        raise DownloadError(f"{url}: the server answered HTTP {exc.code} {exc.reason}; {advice}") from exc
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise DownloadError(f"{url}: cannot connect ({reason}); check the network and run the command again") from exc

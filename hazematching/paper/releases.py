@@ -176,3 +176,10 @@ def by_sha256(digest: str, kind: str = "checkpoint") -> Release | None:
         if digest == (release.checkpoint_sha256 if kind == "checkpoint" else release.data_sha256):
             return release
     return None
+
+
+def summary_lines() -> list[str]:
+    """One line per release, for a command that lists what can be downloaded."""
+    return [
+        f"{r.name:<12} P={r.patch_size:<4} {r.num_parameters / 1e6:.2f}M parameters  {r.description}" for r in RELEASES
+    ]

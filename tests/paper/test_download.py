@@ -163,7 +163,7 @@ def test_timeout_keeps_the_part(server, tmp_path):
 
 
 def test_unreachable_server_and_missing_file(server, tmp_path):
-    with pytest.raises(DownloadError, match="HTTP 404"):
+    with pytest.raises(DownloadError, match=f"HTTP 404.*{releases.BASE_URL_ENV}"):
         fetch(server.url + "/missing.bin", SHA, tmp_path / "m.bin", progress=False)
     with pytest.raises(DownloadError, match="cannot connect"):
         fetch("http://127.0.0.1:9/x.bin", SHA, tmp_path / "x.bin", progress=False, timeout=2)
@@ -297,6 +297,7 @@ def test_release_table():
     assert releases.get("organoids1").normalisation_for("anything.tif").target_std == 311.96014
     with pytest.raises(ValueError, match="ch0"):
         releases.get("zebrafish").normalisation_for("fish.tif")
+    assert [line.split()[0] for line in releases.summary_lines()] == list(releases.NAMES)
     with pytest.raises(ValueError, match="zebrafish, organoids1, organoids2, microtubule, neuron"):
         releases.get("mouse")
 
