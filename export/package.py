@@ -31,7 +31,8 @@ from hazematching.settings import InferenceSettings, resolve_settings
 
 CORE_DIR = Path(hazematching.core.__file__).parent
 TEMPLATE = importlib.resources.files("hazematching.rdf") / "model_README.md"
-CORE_FILES = ("noise.py", "tiles.py", "unet.py", "sampler.py", "dehazer.py")  # dependency order
+# dependency order
+CORE_FILES = ("noise.py", "tiles.py", "unet.py", "reference_unet.py", "networks.py", "sampler.py", "dehazer.py")
 TEST_SIZE = 256  # edge of the test tensors' crop, unless the test image is smaller
 FORMATS = ("torchscript", "pytorch_state_dict")
 PAPER_DOI = "10.48550/arXiv.2506.22397"
@@ -242,7 +243,7 @@ def _dehazer_kwargs(run: LoadedRun, settings: InferenceSettings, geometry: Geome
     """``Dehazer(**kwargs)``: also the state-dict architecture's kwargs in the RDF."""
     calibration = run.config.calibration
     return {
-        "architecture": run.config.architecture.model_dump(),
+        "architecture": run.config.architecture.model_dump(mode="json"),
         **run.normalization.to_dict(),
         "samples": settings.samples,
         "steps": settings.steps,

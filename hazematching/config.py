@@ -9,37 +9,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
+from hazematching.architecture import KINDS, Architecture, UNetArchitecture
 from hazematching.core.sampler import SOLVERS
-
-
-class ModelConfig(BaseModel):
-    """U-Net architecture (defaults sized like the paper's: width 32, one residual block per level)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base_channels: int = Field(32, ge=4, description="feature channels of the first U-Net level (network width)")
-    channel_mults: tuple[int, ...] = Field(
-        (1, 2, 4), description="width multiplier per U-Net level; L levels downsample by 2 ** (L - 1)"
-    )
-    num_res_blocks: int = Field(1, ge=1, description="residual blocks per U-Net level")
-    attention_levels: tuple[int, ...] = Field((), description="U-Net levels (0-based) with self-attention")
-    norm: Literal["channel", "group", "none"] = Field("channel", description="normalisation inside residual blocks")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability inside residual blocks")
-
-    @model_validator(mode="after")
-    def _check_levels(self):
-        if not self.channel_mults or any(m < 1 for m in self.channel_mults):
-            raise ValueError(f"channel_mults must be positive integers, got {self.channel_mults}")
-        bad = [lvl for lvl in self.attention_levels if not 0 <= lvl < len(self.channel_mults)]
-        if bad:
-            raise ValueError(f"attention_levels {bad} outside 0..{len(self.channel_mults) - 1}")
-        return self
-
-    @property
-    def stride(self) -> int:
-        return 2 ** (len(self.channel_mults) - 1)
 
 
 class SamplerConfig(BaseModel):
@@ -132,7 +105,7 @@ class TrainConfig(BaseModel):
         description="torch.compile the network for training: auto = on when training on a CUDA GPU without DeepSpeed",
     )
     log_steps: int = Field(10, ge=1, description="log loss, learning rate and samples/s every this many steps")
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: Architecture = Field(default_factory=UNetArchitecture)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
 
     @field_validator("time_grid_points")
@@ -142,8 +115,21 @@ class TrainConfig(BaseModel):
             raise ValueError("time_grid_points must be 0 (continuous t) or >= 2")
         return value
 
+    @field_serializer("model")
+    def _model_flags(self, model) -> dict:
+        return model.flags()
+
     @model_validator(mode="after")
     def _combinations(self):
+        if self.model.kind == "reference" and (self.objective != "cfm" or self.shortcut_fraction > 0):
+            raise ValueError(
+                "architecture reference is the paper's flow-matching network: it needs objective cfm and no "
+                "shortcut_fraction (use architecture unet for those)"
+            )
+        derived = {"step_conditioning": self.shortcut_fraction > 0} if self.model.kind == "unet" else {}
+        if self.model.kind == "unet":
+            derived["time_conditioning"] = self.objective == "cfm"
+        self.model = self.model.model_copy(update=derived)
         if self.crop_size % self.model.stride:
             raise ValueError(
                 f"crop_size {self.crop_size} must be a multiple of the U-Net stride {self.model.stride} "
@@ -178,6 +164,15 @@ def read_config_file(path: Path) -> dict:
 def format_validation_error(error: ValidationError) -> str:
     lines = ["invalid training configuration:"]
     for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "config"
-        lines.append(f"  --{where.replace('_', '-')}: {item['msg']}")
+        loc = [str(p) for p in item["loc"]]
+        message = item["msg"].removeprefix("Value error, ")
+        if loc[:1] == ["model"] and len(loc) >= 2 and loc[1] in KINDS:  # the network kind's own fields
+            kind, loc = loc[1], loc[2:]
+            if item["type"] == "extra_forbidden":
+                others = [name for name, network in KINDS.items() if loc and loc[0] in network.model_fields]
+                message = f"not a setting of --architecture {kind}" + (
+                    f" (it belongs to --architecture {' / '.join(others)})" if others else ""
+                )
+        where = ".".join(loc)
+        lines.append(f"  --{where.replace('_', '-')}: {message}" if where else f"  {message}")
     return "\n".join(lines)

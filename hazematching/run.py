@@ -15,9 +15,11 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
+from hazematching.architecture import Architecture
 from hazematching.config import SamplerConfig, TrainConfig
-from hazematching.core import SOLVERS, UNet
+from hazematching.core import SOLVERS
 from hazematching.data.normalization import Normalization
 from hazematching.version import __version__
 
@@ -81,24 +83,6 @@ def versions() -> dict:
         "accelerate": accelerate.__version__,
         "python": platform.python_version(),
     }
-
-
-class Architecture(BaseModel):
-    """``UNet(**architecture)``: the network's constructor arguments."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    in_channels: int = 1
-    cond_channels: int = 1
-    out_channels: int = 1
-    base_channels: int
-    channel_mults: list[int]
-    num_res_blocks: int
-    attention_levels: list[int] = []
-    norm: Literal["channel", "group", "none"] = "channel"
-    dropout: float = 0.0
-    time_conditioning: bool = True
-    step_conditioning: bool = False  # shortcut models (core/shortcut.py)
 
 
 class NormalizationStats(BaseModel):
@@ -212,23 +196,6 @@ class RunDescription(BaseModel):
         return json.dumps(data, indent=2).encode()
 
 
-def architecture_kwargs(model_config, objective: str, step_conditioning: bool = False) -> dict:
-    """UNet(**kwargs) for a ModelConfig; the point predictor has no time conditioning. The key
-    ``step_conditioning`` appears only when set, so plain runs keep their architecture unchanged."""
-    return {
-        "in_channels": 1,
-        "cond_channels": 1,
-        "out_channels": 1,
-        "base_channels": model_config.base_channels,
-        "channel_mults": list(model_config.channel_mults),
-        "num_res_blocks": model_config.num_res_blocks,
-        "attention_levels": list(model_config.attention_levels),
-        "norm": model_config.norm,
-        "dropout": model_config.dropout,
-        "time_conditioning": objective == "cfm",
-    } | ({"step_conditioning": True} if step_conditioning else {})
-
-
 def save_run(run_dir: Path, state: dict[str, torch.Tensor], description: RunDescription) -> None:
     """Weights first, then config: a config.json always describes weights that are complete."""
     run_dir = Path(run_dir)
@@ -265,7 +232,7 @@ def read_description(run_dir: Path) -> RunDescription:
 
 @dataclass
 class LoadedRun:
-    model: UNet
+    model: nn.Module
     normalization: Normalization
     config: RunDescription
     # networks prepared for fast inference, by (device, compile, precision): compiled once per process
@@ -283,7 +250,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Loade
     weights_path = run_dir / WEIGHTS_NAME
     if not weights_path.is_file():
         raise RunError(f"{run_dir}: no {WEIGHTS_NAME}; training did not finish or write a checkpoint yet")
-    model = UNet(**description.architecture.model_dump())
+    model = description.architecture.build()
     model.load_state_dict(load_file(weights_path, device="cpu"))
     model.to(device).eval()
     return LoadedRun(model, Normalization(**description.normalization.model_dump()), description)

@@ -15,8 +15,9 @@ sys.path.insert(0, str(ROOT))
 
 from pydantic import BaseModel  # noqa: E402
 
+from hazematching.architecture import ReferenceArchitecture, UNetArchitecture, is_derived  # noqa: E402
 from hazematching.cli import build_parser  # noqa: E402
-from hazematching.config import ModelConfig, SamplerConfig, TrainConfig  # noqa: E402
+from hazematching.config import SamplerConfig, TrainConfig  # noqa: E402
 from hazematching.training import trainer  # noqa: E402
 from hazematching.training.args import build_parser as build_train_parser  # noqa: E402
 
@@ -59,10 +60,10 @@ def _type(annotation) -> str:
 def _rows(model: type[BaseModel], prefix: str) -> list[str]:
     rows = []
     for name, field in model.model_fields.items():
-        if name in ("model", "sampler"):
+        if name in ("model", "sampler") or is_derived(field):
             continue
         default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
-        flag = "--" + prefix + name.replace("_", "-")
+        flag = "--architecture" if name == "kind" else "--" + prefix + name.replace("_", "-")
         description = (field.description or "").replace("|", "\\|")
         rows.append(f"| `{name}` | `{flag}` | `{_type(field.annotation)}` | `{default}` | {description} |")
     return rows
@@ -72,7 +73,14 @@ def config_page() -> str:
     header = "| field | flag | type | default | meaning |\n|---|---|---|---|---|"
     sections = [
         ("Training", TrainConfig, "", "Top-level fields of a `--config` YAML/JSON file."),
-        ("model", ModelConfig, "", "The U-Net; under `model:` in a config file."),
+        ("model: unet", UNetArchitecture, "", "This project's U-Net (the default); under `model:` in a config file."),
+        (
+            "model: reference",
+            ReferenceArchitecture,
+            "",
+            "The network of the paper's released checkpoints (`--architecture reference`; `kind: reference` under "
+            "`model:`).",
+        ),
         ("sampler", SamplerConfig, "sampler-", "Prediction defaults stored with the run; under `sampler:`."),
     ]
     parts = [

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .networks import build_network
 from .sampler import ODESampler, update_moments
 from .tiles import OVERLAP, TILE_SIZE, fitted_tile, tile_spans
-from .unet import UNet
 
 
 class Dehazer(nn.Module):
@@ -48,7 +48,7 @@ class Dehazer(nn.Module):
         halo: int = 0,
     ):
         super().__init__()
-        self.sampler = ODESampler(UNet(**architecture), architecture.get("out_channels", 1), solver)
+        self.sampler = ODESampler(build_network(architecture), architecture.get("out_channels", 1), solver)
         self.input_mean, self.input_std = float(input_mean), float(input_std)
         self.target_mean, self.target_std = float(target_mean), float(target_std)
         self.samples, self.steps, self.seed = int(samples), int(steps), int(seed)

@@ -27,8 +27,9 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from hazematching.architecture import parse_architecture
 from hazematching.config import TrainConfig
-from hazematching.core import UNet, cfm_loss, keyed_normal, keyed_time, mse_loss, shortcut_loss
+from hazematching.core import cfm_loss, keyed_normal, keyed_time, mse_loss, shortcut_loss
 from hazematching.data.checks import check_pairs
 from hazematching.data.dataset import FixedCropDataset, RandomCropDataset
 from hazematching.data.io import DataError, load_splits
@@ -37,11 +38,9 @@ from hazematching.data.sampling import StepBatchSampler
 from hazematching.run import (
     FORMAT_VERSION,
     WEIGHTS_NAME,
-    Architecture,
     RunDescription,
     RunError,
     SettingChange,
-    architecture_kwargs,
     atomic_save_safetensors,
     atomic_write_bytes,
     read_description,
@@ -235,9 +234,9 @@ class Trainer:
             self.base_state = load_file(Path(run_dir) / WEIGHTS_NAME)
         except (RunError, OSError) as exc:
             raise TrainingError(f"--init-from {run_dir}: {exc}") from exc
-        wanted = Architecture(**architecture_kwargs(self.config.model, self.config.objective)).model_dump()
-        have = base.architecture.model_dump()
-        wanted.pop("step_conditioning"), have.pop("step_conditioning")
+        wanted = self.config.model.model_dump(mode="json")
+        have = base.architecture.model_dump(mode="json")
+        wanted.pop("step_conditioning", None), have.pop("step_conditioning", None)
         if base.objective != self.config.objective or have != wanted:
             raise TrainingError(
                 f"--init-from {run_dir}: that run is a {base.objective} network {have}, but the flags ask for "
@@ -248,7 +247,7 @@ class Trainer:
     def _model_and_optimizer(self) -> None:
         config, accelerator = self.config, self.accelerator
         torch.manual_seed(config.seed)  # identical initial weights on every process
-        model = UNet(**architecture_kwargs(config.model, config.objective, config.shortcut_fraction > 0))
+        model = config.model.build()
         if self.base_state is not None:
             missing, unexpected = model.load_state_dict(self.base_state, strict=False)
             if unexpected or any(not key.startswith("step_mlp.") for key in missing):
@@ -274,12 +273,7 @@ class Trainer:
         self.forward = engine_forward(self.model, engine_dtype(accelerator))
 
     def _architecture(self) -> dict:
-        return {
-            "objective": self.config.objective,
-            "architecture": architecture_kwargs(
-                self.config.model, self.config.objective, self.config.shortcut_fraction > 0
-            ),
-        }
+        return {"objective": self.config.objective, "architecture": self.config.model.model_dump(mode="json")}
 
     def _resumed_normalization(self, resume_path: Path, train_pairs) -> Normalization:
         """The normalisation the checkpoint's network was trained with, never the new --data's: the same
@@ -342,6 +336,8 @@ class Trainer:
         state = self.resume_state
         wanted = self._architecture()
         saved = {key: state.get(key) for key in wanted}
+        if saved["architecture"] is not None:  # checkpoints of older releases leave out defaults
+            saved["architecture"] = parse_architecture(saved["architecture"]).model_dump(mode="json")
         if saved != wanted:
             flat_saved = {"objective": saved["objective"], **(saved["architecture"] or {})}
             flat_wanted = {"objective": wanted["objective"], **wanted["architecture"]}
