@@ -23,6 +23,7 @@ import torch
 
 import hazematching.core
 from hazematching.core import Dehazer
+from hazematching.core.tiles import window
 from hazematching.data.io import DataError, read_split
 from hazematching.inference import input_range
 from hazematching.inference.predict import CalibrationWarning
@@ -163,8 +164,13 @@ class Geometry:
         return max(self.min_size, size - (size - self.min_size) % self.step)
 
     @classmethod
-    def of(cls, net: torch.nn.Module) -> "Geometry":
+    def of(cls, net: torch.nn.Module, tile_size: int = 0) -> "Geometry":
         stride = net.stride
+        if getattr(net, "fixed_window", False):
+            # global attention: no finite receptive field; blocks of at least one tile, whose outer
+            # quarter-tile is context, as in the model's own tiling
+            halo = -(-(tile_size // 4) // stride) * stride
+            return cls(halo=halo, min_size=max(tile_size, (2 * halo // stride + 1) * stride), step=stride)
         halo = -(-receptive_radius(net) // stride) * stride
         # consumers only accept min + k * step (the network itself takes any size); min is a multiple
         # of step with a non-empty centre
@@ -204,7 +210,7 @@ def export_model(
     settings = resolve_settings(run.config, samples, steps, seed, solver, tile_size, overlap)
     if run.config.calibration is not None and (problem := run.config.calibration.mismatch(settings)):
         warnings.warn(f"the package applies the std calibration, but {problem}", CalibrationWarning, stacklevel=2)
-    geometry = Geometry.of(run.model)
+    geometry = Geometry.of(run.model, window(settings.tile_size, settings.overlap, run.model.stride)[0])
     kwargs = _dehazer_kwargs(run, settings, geometry)
     model = Dehazer(**kwargs).eval()
     model.sampler.net.load_state_dict(run.model.state_dict())

@@ -186,6 +186,136 @@ def _export(args) -> None:
         print("note: no --maintainers given; uploading to bioimage.io needs at least one maintainer's GitHub user name")
 
 
+def _reference_list(args) -> None:
+    from hazematching.paper.releases import summary_lines
+
+    print("\n".join(summary_lines()))
+
+
+def _reference_import(args) -> None:
+    from hazematching.paper.importer import import_checkpoint, statistics_from_flags
+    from hazematching.run import RunError
+
+    try:
+        description = import_checkpoint(
+            Path(args.checkpoint),
+            Path(args.output),
+            dataset=args.dataset,
+            source_channel=args.source_channel,
+            normalization=statistics_from_flags(args.input_mean, args.input_std, args.target_mean, args.target_std),
+            patch_size=args.patch_size,
+        )
+    except (RunError, ValueError, OSError) as exc:
+        sys.exit(f"error: {exc}")
+    _imported(description, args.output)
+
+
+def _imported(description, output) -> None:
+    source = description.imported
+    if source.verified:
+        what = f"the released {source.release} checkpoint"
+    else:
+        what = f"the checkpoint (as trained on {source.release})" if source.release else "the checkpoint"
+    print(
+        f"imported {what} into {output} (tiles of {description.sampler.tile_size} px, Euler, "
+        f"{description.sampler.steps} steps); dehaze with: hazematching predict --model {output} --input IMAGES "
+        "--output OUT"
+    )
+
+
+def _reference_download(args) -> None:
+    from hazematching.paper.archive import ArchiveError
+    from hazematching.paper.download import DownloadError, download_checkpoint, download_dataset
+    from hazematching.paper.importer import import_checkpoint
+    from hazematching.run import RunError
+
+    cache = Path(args.cache) if args.cache else None
+    try:
+        checkpoint = download_checkpoint(args.dataset, cache, progress=not args.quiet)
+        print(f"checkpoint: {checkpoint} (sha256 verified)")
+        if args.data:
+            folder = download_dataset(args.dataset, Path(args.data), cache, progress=not args.quiet)
+            print(f"data: {folder} (train/, val/, test/; channel 0 confocal, channel 1 widefield)")
+        if args.output:
+            description = import_checkpoint(
+                checkpoint, Path(args.output), dataset=args.dataset, source_channel=args.source_channel
+            )
+            _imported(description, args.output)
+    except (DownloadError, ArchiveError, RunError, ValueError, OSError) as exc:
+        sys.exit(f"error: {exc}")
+
+
+def _add_reference_parser(sub) -> None:
+    from hazematching.paper.releases import NAMES
+
+    ref = sub.add_parser(
+        "reference",
+        help="the paper's five released models and data sets: list, download, import as runs",
+        description="The HazeMatching paper's released checkpoints (one per data set: "
+        f"{', '.join(NAMES)}) and paired data, usable as runs of this project: predict, tune, calibrate, "
+        "export and fine-tune them (docs: The paper's models).",
+        formatter_class=HelpFormatter,
+    )
+    actions = ref.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser(
+        "list", help="the released data sets and their networks", formatter_class=HelpFormatter
+    )
+    listing.set_defaults(func=_reference_list)
+
+    channel_help = "zebrafish only: the statistics of source channel ch0, ch1 or ch2 (the token in its file names)"
+    imp = actions.add_parser(
+        "import",
+        help="turn a released best_model.pth into a run folder",
+        description="Write a run folder (model.safetensors + config.json) for a checkpoint of the paper's "
+        "network. A released file is recognised by its sha256; it is loaded without running code "
+        "(weights_only) and checked key by key before anything is written.",
+        formatter_class=HelpFormatter,
+    )
+    imp.add_argument("checkpoint", help="the .pth file (torch.save of the network's state dict)")
+    imp.add_argument("--output", required=True, help="new run folder")
+    imp.add_argument(
+        "--dataset",
+        choices=NAMES,
+        default=None,
+        help="the data set it was trained on (default: recognised from the file; needed for other files)",
+    )
+    imp.add_argument("--source-channel", choices=("ch0", "ch1", "ch2"), default=None, help=channel_help)
+    for flag, what in (
+        ("--input-mean", "widefield mean"),
+        ("--input-std", "widefield std"),
+        ("--target-mean", "confocal mean"),
+        ("--target-std", "confocal std"),
+    ):
+        imp.add_argument(flag, type=float, default=None, help=f"a checkpoint of no release: its training {what}")
+    imp.add_argument(
+        "--patch-size",
+        type=int,
+        default=None,
+        help="a checkpoint of no release: the crop size P it was trained on (default: 16 x its attention factor)",
+    )
+    imp.set_defaults(func=_reference_import)
+
+    down = actions.add_parser(
+        "download",
+        help="download a released checkpoint (and data), verified by sha256, and import it",
+        description="Download a released checkpoint into the cache (resumable; sha256-checked), optionally its "
+        "paired data unpacked as train/, val/, test/, and import the checkpoint as a run. "
+        "HAZEMATCHING_RELEASE_URL points at a mirror.",
+        formatter_class=HelpFormatter,
+    )
+    down.add_argument("--dataset", required=True, choices=NAMES, help="which release")
+    down.add_argument("--output", default=None, help="import the checkpoint as this run folder")
+    down.add_argument("--data", default=None, help="also download the paired data and unpack it into this folder")
+    down.add_argument(
+        "--cache",
+        default=None,
+        help="download cache (default: $HAZEMATCHING_CACHE, else the user cache folder, ~/.cache/hazematching)",
+    )
+    down.add_argument("--source-channel", choices=("ch0", "ch1", "ch2"), default=None, help=channel_help)
+    down.add_argument("--quiet", action="store_true", help="no progress bars")
+    down.set_defaults(func=_reference_download)
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Shows a flag's default once: from the help text when it names it (e.g. "the run's"), else the
     value argparse has, and nothing for flags without a default."""
@@ -444,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="edge of the square test tensor crop (default: 256, or less when the test image is smaller)",
     )
     exp.set_defaults(func=_export)
+    _add_reference_parser(sub)
     return parser
 
 

@@ -9,10 +9,20 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from hazematching.architecture import KINDS, Architecture, UNetArchitecture
 from hazematching.core.sampler import SOLVERS
+from hazematching.core.tiles import OVERLAP, TILE_SIZE
 
 
 class SamplerConfig(BaseModel):
@@ -32,6 +42,27 @@ class SamplerConfig(BaseModel):
         description="ODE solver stored in the run for predict and export; midpoint/heun: 2 network calls per step; "
         "shortcut: needs --shortcut-fraction > 0",
     )
+    tile_size: int | None = Field(
+        None,
+        ge=16,
+        description=f"tile edge in pixels stored in the run for predict and export (default: {TILE_SIZE}; for "
+        "--architecture reference the training crop, the window its attention was trained on)",
+    )
+    overlap: int | None = Field(
+        None,
+        ge=0,
+        description=f"overlap of neighbouring tiles in pixels stored in the run (default: {OVERLAP}; for "
+        "--architecture reference a quarter of the tile)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _unset_tiling_is_absent(self, handler):
+        # runs that leave tiling to the package defaults keep the config.json of earlier releases
+        data = handler(self)
+        for key in ("tile_size", "overlap"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class TrainConfig(BaseModel):
@@ -130,6 +161,11 @@ class TrainConfig(BaseModel):
         if self.model.kind == "unet":
             derived["time_conditioning"] = self.objective == "cfm"
         self.model = self.model.model_copy(update=derived)
+        if self.model.kind == "reference":
+            # global attention: predict in windows of the size it was trained on, a quarter overlapping
+            tile = self.sampler.tile_size or self.crop_size
+            overlap = self.sampler.overlap if self.sampler.overlap is not None else tile // 4
+            self.sampler = self.sampler.model_copy(update={"tile_size": tile, "overlap": overlap})
         if self.crop_size % self.model.stride:
             raise ValueError(
                 f"crop_size {self.crop_size} must be a multiple of the U-Net stride {self.model.stride} "

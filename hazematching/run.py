@@ -154,6 +154,17 @@ class SamplerRecommendation(BaseModel):
         return f"{self.ms_ssim_delta:+.3f} MS-SSIM (the images were too small for MicroMS3IM)"
 
 
+class ImportedCheckpoint(BaseModel):
+    """Where an imported run's weights came from (``hazematching reference import``)."""
+
+    file: str = Field(description="the checkpoint as given, absolute path")
+    sha256: str
+    release: str | None = Field(None, description="the paper's data set it was trained on (statistics, tile size)")
+    verified: bool = Field(False, description="the file is that data set's released checkpoint (its sha256 matched)")
+    source_channel: str | None = Field(None, description="zebrafish: the ch0/ch1/ch2 statistics chosen")
+    url: str | None = None
+
+
 class SettingChange(BaseModel):
     """Training settings changed when a run was resumed: ``changes`` maps a ``TrainConfig`` field to
     (before, after), in effect from ``step`` on."""
@@ -182,6 +193,7 @@ class RunDescription(BaseModel):
     calibration: Calibration | None = None
     recommended_sampler: SamplerRecommendation | None = None
     setting_changes: list[SettingChange] | None = None  # every resume that changed a training setting
+    imported: ImportedCheckpoint | None = None  # weights trained elsewhere (the paper's released checkpoints)
 
     def to_json(self) -> bytes:
         data = self.model_dump(mode="json")
@@ -190,6 +202,7 @@ class RunDescription(BaseModel):
             "calibration",
             "recommended_sampler",
             "setting_changes",
+            "imported",
         ):  # absent, not null, until they exist
             if data.get(key) is None:
                 data.pop(key, None)

@@ -60,8 +60,8 @@ def resolve_settings(
             steps=stored.steps if steps is None else steps,
             seed=stored.seed if seed is None else seed,
             solver=solver,
-            tile_size=tile_size or TILE_SIZE,
-            overlap=OVERLAP if overlap is None else overlap,
+            tile_size=tile_size or stored.tile_size or TILE_SIZE,
+            overlap=next(value for value in (overlap, stored.overlap, OVERLAP) if value is not None),
         )
     except ValidationError as exc:
         problems = [f"--{str(e['loc'][0]).replace('_', '-')} {e['input']!r}: {e['msg']}" for e in exc.errors()]

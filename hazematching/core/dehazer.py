@@ -26,7 +26,7 @@ from torch import nn
 
 from .networks import build_network
 from .sampler import ODESampler, update_moments
-from .tiles import OVERLAP, TILE_SIZE, fitted_tile, tile_spans
+from .tiles import OVERLAP, TILE_SIZE, fit_multiple, fitted_tile, tile_spans, window
 
 
 class Dehazer(nn.Module):
@@ -55,8 +55,8 @@ class Dehazer(nn.Module):
         self.std_scale, self.std_offset = float(std_scale), float(std_offset)
         stride = self.sampler.net.stride
         self.stride = int(stride)
-        self.tile_size = max(stride, int(tile_size) - int(tile_size) % stride)
-        self.overlap = min(int(overlap), self.tile_size // 2)
+        self.tile_size, self.overlap = window(int(tile_size), int(overlap), self.stride)
+        self.fit_multiple = fit_multiple(self.sampler.net, self.stride)
         self.halo = int(halo)
         # channels_last weights: ~15 % faster CPU convolutions; load_state_dict and TorchScript keep it
         self.to(memory_format=torch.channels_last)
@@ -109,8 +109,8 @@ class Dehazer(nn.Module):
         ``tile_size`` are processed in the overlapping tiles of ``hazematching predict`` (same spans,
         same noise): big activations thrash the CPU caches, and deepImageJ sends whole images."""
         b, h, w = cond.shape[0], cond.shape[2], cond.shape[3]
-        tile_y = fitted_tile(h, self.tile_size, self.overlap, self.stride)
-        tile_x = fitted_tile(w, self.tile_size, self.overlap, self.stride)
+        tile_y = fitted_tile(h, self.tile_size, self.overlap, self.fit_multiple)
+        tile_x = fitted_tile(w, self.tile_size, self.overlap, self.fit_multiple)
         th, tw = min(tile_y, h), min(tile_x, w)
         mean = torch.zeros_like(cond)
         std = torch.zeros_like(cond)

@@ -81,7 +81,7 @@ class EmbedSequential(nn.Sequential):
         return x
 
 
-class ResBlock(nn.Module):
+class ReferenceResBlock(nn.Module):
     """Guided diffusion's residual block without scale-shift norm: the time embedding is added after
     the first convolution."""
 
@@ -100,7 +100,7 @@ class ResBlock(nn.Module):
         return self.skip_connection(x) + self.out_layers(h)
 
 
-class AttentionBlock(nn.Module):
+class ReferenceAttention(nn.Module):
     """Global self-attention over all pixels with guided diffusion's legacy head order ([q, k, v] per
     head) and q, k each scaled by C^-1/4; the softmax is taken in float32."""
 
@@ -127,7 +127,7 @@ class AttentionBlock(nn.Module):
         return (flat + self.proj_out(a)).reshape(b, c, height, width)
 
 
-class Downsample(nn.Module):
+class ReferenceDownsample(nn.Module):
     """Strided 3x3 convolution (guided diffusion with conv_resample)."""
 
     def __init__(self, channels: int):
@@ -138,7 +138,7 @@ class Downsample(nn.Module):
         return self.op(x)
 
 
-class Upsample(nn.Module):
+class ReferenceUpsample(nn.Module):
     """Nearest 2x then a 3x3 convolution (guided diffusion with conv_resample); the upsampling avoids
     ``F.interpolate``, which libtorch 2.0 cannot load once scripted."""
 
@@ -179,6 +179,7 @@ class ReferenceUNet(nn.Module):
         self.base_channels = base_channels
         self.time_conditioning = True
         self.step_conditioning = False
+        self.fixed_window = True  # global attention: tile at the size it was trained at (core/tiles.py)
         self.stride = 2 ** (len(channel_mults) - 1)
         emb_dim = 4 * base_channels
         self.time_embed = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -189,30 +190,32 @@ class ReferenceUNet(nn.Module):
         ds = 1
         for level, mult in enumerate(channel_mults):
             for _ in range(num_res_blocks):
-                layers: list[nn.Module] = [ResBlock(ch, base_channels * mult, emb_dim, dropout)]
+                layers: list[nn.Module] = [ReferenceResBlock(ch, base_channels * mult, emb_dim, dropout)]
                 ch = base_channels * mult
                 if ds in attention_resolutions:
-                    layers.append(AttentionBlock(ch, num_heads))
+                    layers.append(ReferenceAttention(ch, num_heads))
                 self.input_blocks.append(EmbedSequential(*layers))
                 skip_chans.append(ch)
             if level != len(channel_mults) - 1:
-                self.input_blocks.append(EmbedSequential(Downsample(ch)))
+                self.input_blocks.append(EmbedSequential(ReferenceDownsample(ch)))
                 skip_chans.append(ch)
                 ds *= 2
 
         self.middle_block = EmbedSequential(
-            ResBlock(ch, ch, emb_dim, dropout), AttentionBlock(ch, num_heads), ResBlock(ch, ch, emb_dim, dropout)
+            ReferenceResBlock(ch, ch, emb_dim, dropout),
+            ReferenceAttention(ch, num_heads),
+            ReferenceResBlock(ch, ch, emb_dim, dropout),
         )
 
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mults))):
             for i in range(num_res_blocks + 1):
-                layers = [ResBlock(ch + skip_chans.pop(), base_channels * mult, emb_dim, dropout)]
+                layers = [ReferenceResBlock(ch + skip_chans.pop(), base_channels * mult, emb_dim, dropout)]
                 ch = base_channels * mult
                 if ds in attention_resolutions:
-                    layers.append(AttentionBlock(ch, num_heads))
+                    layers.append(ReferenceAttention(ch, num_heads))
                 if level and i == num_res_blocks:
-                    layers.append(Upsample(ch))
+                    layers.append(ReferenceUpsample(ch))
                     ds //= 2
                 self.output_blocks.append(EmbedSequential(*layers))
 

@@ -35,11 +35,25 @@ def tile_spans(length: int, tile: int, overlap: int) -> List[Tuple[int, int, int
     return spans
 
 
+def window(tile_size: int, overlap: int, stride: int) -> Tuple[int, int]:
+    """(tile, overlap) for a requested tile size and overlap: the tile a multiple of the network's
+    ``stride`` (at least one stride), the overlap at most half a tile. Every entry point (predict, the
+    exported model) tiles with these."""
+    tile = max(stride, tile_size - tile_size % stride)
+    return tile, min(overlap, tile // 2)
+
+
+def fit_multiple(net, stride: int) -> int:
+    """What ``fitted_tile`` may grow tiles by: ``stride``, or 0 for a network whose output depends on
+    the whole window (``fixed_window``: global attention), which keeps the size it was trained at."""
+    return 0 if getattr(net, "fixed_window", False) else stride
+
+
 def fitted_tile(length: int, tile: int, overlap: int, multiple: int) -> int:
     """The tile size in [tile, tile + (tile - overlap) // 4], a multiple of ``multiple``, that covers
     ``length`` with the fewest network pixels (ties: the smallest). E.g. 1024 px takes 5 tiles of
-    256 but 4 of 304, and 1104 px 6 tiles of 256 but 5 of 272."""
-    if length <= tile:
+    256 but 4 of 304, and 1104 px 6 tiles of 256 but 5 of 272. ``multiple`` 0: always ``tile``."""
+    if length <= tile or multiple <= 0:
         return tile
     best = tile
     best_cost = len(tile_spans(length, tile, overlap)) * tile

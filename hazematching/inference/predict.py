@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hazematching.core import evaluations_per_step, sample_posterior
+from hazematching.core.tiles import fit_multiple, window
 from hazematching.data.io import DataError
 from hazematching.inference.input_range import InputRangeWarning, out_of_range
 from hazematching.inference.speed import fast_network, images_per_call, samples_per_batch, tiles_per_batch
@@ -98,14 +99,13 @@ def predict_array(
     samples, steps, seed, solver = settings.samples, settings.steps, settings.seed, settings.solver
     per_step = evaluations_per_step(solver)
     stride = getattr(run.model, "stride", 1)
-    tile_size = max(stride, settings.tile_size - settings.tile_size % stride)
-    overlap = min(settings.overlap, tile_size // 2)
+    tile_size, overlap = window(settings.tile_size, settings.overlap, stride)
 
     device = next(run.model.parameters()).device
     batch_size = batch_size or tiles_per_batch(device)
     norm = run.normalization
     height, width = image.shape
-    all_tiles, th, tw = tiles(height, width, tile_size, overlap, stride)
+    all_tiles, th, tw = tiles(height, width, tile_size, overlap, fit_multiple(run.model, stride))
     mean = np.zeros((height, width), np.float32)
     std = None if point_predictor else np.zeros((height, width), np.float32)
     kept = np.zeros((samples, height, width), np.float32) if keep_samples else None
