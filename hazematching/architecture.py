@@ -104,6 +104,12 @@ class ReferenceArchitecture(_Network):
     def _check(self):
         self._check_mults()
         factors = [2**i for i in range(len(self.channel_mults))]
+        odd = [self.base_channels * m for m in self.channel_mults if (self.base_channels * m) % 32]
+        if odd:
+            raise ValueError(
+                f"base_channels x channel_mults gives {odd} channels: the reference network's GroupNorm has 32 "
+                "groups, so every level needs a multiple of 32 channels"
+            )
         bad = [r for r in self.attention_resolutions if r not in factors]
         if bad:
             raise ValueError(f"attention_resolutions {bad} are not downsampling factors of this network ({factors})")

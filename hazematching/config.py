@@ -160,12 +160,13 @@ class TrainConfig(BaseModel):
         derived = {"step_conditioning": self.shortcut_fraction > 0} if self.model.kind == "unet" else {}
         if self.model.kind == "unet":
             derived["time_conditioning"] = self.objective == "cfm"
-        self.model = self.model.model_copy(update=derived)
+        # set without marking the field as given (``--init-from`` inherits the fields that were not)
+        self.__dict__["model"] = self.model.model_copy(update=derived)
         if self.model.kind == "reference":
             # global attention: predict in windows of the size it was trained on, a quarter overlapping
             tile = self.sampler.tile_size or self.crop_size
             overlap = self.sampler.overlap if self.sampler.overlap is not None else tile // 4
-            self.sampler = self.sampler.model_copy(update={"tile_size": tile, "overlap": overlap})
+            self.__dict__["sampler"] = self.sampler.model_copy(update={"tile_size": tile, "overlap": overlap})
         if self.crop_size % self.model.stride:
             raise ValueError(
                 f"crop_size {self.crop_size} must be a multiple of the U-Net stride {self.model.stride} "

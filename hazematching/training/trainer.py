@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, broadcast_object_list, gather_object
+from pydantic import ValidationError
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from hazematching.architecture import parse_architecture
-from hazematching.config import TrainConfig
+from hazematching.config import TrainConfig, format_validation_error
 from hazematching.core import cfm_loss, keyed_normal, keyed_time, mse_loss, shortcut_loss
 from hazematching.data.checks import check_pairs
 from hazematching.data.dataset import FixedCropDataset, RandomCropDataset
@@ -100,12 +101,48 @@ def trim_jsonl(path: Path, step: int) -> None:
         atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
 
 
+# What ``--init-from`` takes from the run it fine-tunes unless the flags (or --config) give it: the
+# network, and for a reference network the window its attention was trained on; the time grid; the
+# prediction defaults.
+INHERITED = ("model", "crop_size", "time_grid_points", "sampler")
+
+
+def with_base_run_settings(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
+    """``config`` with the ``INHERITED`` settings of the ``--init-from`` run that were not given (and
+    their names), so that fine-tuning an imported paper model needs no model flags."""
+    if config.init_from is None:
+        return config, []
+    try:
+        base = read_description(config.init_from)
+    except RunError as exc:
+        raise TrainingError(f"--init-from {config.init_from}: {exc}") from exc
+    given = config.model_fields_set
+    taken = {
+        "model": base.architecture.model_dump(mode="json"),
+        "crop_size": base.training.crop_size if base.architecture.kind == "reference" else config.crop_size,
+        "time_grid_points": base.training.time_grid_points,
+        "sampler": base.sampler.model_dump(),
+    }
+    taken = {key: value for key, value in taken.items() if key not in given}
+    if "model" in taken:
+        taken["model"].pop("step_conditioning", None)  # set again from --shortcut-fraction
+    if not taken:
+        return config, []
+    data = config.model_dump(mode="json", exclude=set(taken)) | taken
+    try:
+        adopted = TrainConfig(**data)
+    except ValidationError as exc:
+        raise TrainingError(f"--init-from {config.init_from}: {format_validation_error(exc)}") from exc
+    return adopted, sorted(taken)
+
+
 class Trainer:
     """One training run, in the order it happens: ``__init__`` sets up (data, accelerator, model,
     optimiser, resume, loader), ``train`` loops, calling ``validate`` and ``save_checkpoint`` on
     their steps, and ``finish`` saves the model and closes the process group."""
 
     def __init__(self, config: TrainConfig):
+        config, self.inherited = with_base_run_settings(config)
         self.config = config
         if config.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise TrainingError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no on CPU")
@@ -132,6 +169,11 @@ class Trainer:
             (self.output_dir / "samples").mkdir(exist_ok=True)
             self.checkpoint_dir.mkdir(exist_ok=True)
             print(_split_line(train_pairs, val_pairs, config), file=sys.stderr)
+            if self.inherited:
+                print(
+                    f"fine-tuning {config.init_from}: {', '.join(self.inherited)} taken from that run (flags override)",
+                    file=sys.stderr,
+                )
             for warning in data_warnings:
                 print(warning, file=sys.stderr)
             if config.resume_from_checkpoint == "latest" and resume_path is None:
@@ -234,13 +276,21 @@ class Trainer:
             self.base_state = load_file(Path(run_dir) / WEIGHTS_NAME)
         except (RunError, OSError) as exc:
             raise TrainingError(f"--init-from {run_dir}: {exc}") from exc
-        wanted = self.config.model.model_dump(mode="json")
-        have = base.architecture.model_dump(mode="json")
+        wanted = self.config.model.model_dump(mode="json") | {"objective": self.config.objective}
+        have = base.architecture.model_dump(mode="json") | {"objective": base.objective}
         wanted.pop("step_conditioning", None), have.pop("step_conditioning", None)
-        if base.objective != self.config.objective or have != wanted:
+        wanted.setdefault("kind", "unet"), have.setdefault("kind", "unet")
+        differ = [
+            f"{key}: that run {have.get(key)}, the flags {wanted.get(key)}"
+            for key in sorted(set(have) | set(wanted))
+            if have.get(key) != wanted.get(key)
+        ]
+        if have["kind"] != wanted["kind"]:
+            differ = [f"that run is a {have['kind']} network, the flags ask for --architecture {wanted['kind']}"]
+        if differ:
             raise TrainingError(
-                f"--init-from {run_dir}: that run is a {base.objective} network {have}, but the flags ask for "
-                f"{self.config.objective} {wanted}; give the same model flags as that run"
+                f"--init-from {run_dir}: the flags ask for another network ({'; '.join(differ)}); give the same model "
+                "flags as that run, or leave them out to fine-tune its network as it is"
             )
         return base
 
