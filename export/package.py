@@ -115,10 +115,21 @@ def _validation_text(evaluation: Path, config: RunDescription) -> str:
             f"`{calibration.plot_data}`: "
             f"{calibration.mean_abs_deviation_before:.4g} before, {calibration.mean_abs_deviation_after:.4g} after."
         )
+    if config.imported is not None:
+        who = (
+            "by the paper's authors (Adam, learning rate 1e-4, batch 16, t on a 20-point grid)"
+            if config.imported.verified
+            else "outside this project (an imported checkpoint)"
+        )
+        training = f"\nTraining: {who}; the imported run is described in `training_config.json`. "
+    else:
+        training = (
+            f"\nTraining: {config.step} steps, {config.num_processes} process(es), objective guided CFM; "
+            "the full training configuration is attached as `training_config.json`. "
+        )
     lines.append(
-        f"\nTraining: {config.step} steps, {config.num_processes} process(es), objective guided CFM; "
-        "the full training configuration is attached as `training_config.json`. The test tensors of this "
-        "package are the genuine output of this model on a crop of a validation image."
+        training + "The test tensors of this package are the genuine output of this model on a crop of a "
+        "validation image."
     )
     return "\n".join(lines)
 
@@ -189,7 +200,7 @@ def export_model(
     name: str = "HazeMatching widefield dehazing",
     authors: list[str] | None = None,
     maintainers: list[str] | None = None,
-    license: str = "BSD-3-Clause",
+    license: str | None = None,
     formats: tuple[str, ...] = FORMATS,
     test_image: Path | None = None,
     test_size: int | None = None,
@@ -222,6 +233,7 @@ def export_model(
         # No network look-ups while building and saving (GitHub user names are checked by the
         # bioimage.io upload); file hashes are computed when the package is saved.
         with ValidationContext(perform_io_checks=False):
+            authors, license = package_defaults(run.config, authors, license)
             descr = _model_description(tmp, settings, geometry, weights, name, authors, maintainers, license)
             _save_atomically(descr, output)
     return output
@@ -320,8 +332,40 @@ def _write_documentation(
             max_std_ratio=input_range.MAX_STD_RATIO,
             validation=_validation_text(evaluation, config),
             sampler_note=_sampler_note(config, settings),
+            origin=_origin_text(config),
         )
     )
+
+
+PAPER_AUTHORS = ["Anirban Ray", "Ashesh", "Florian Jug"]
+PAPER_WEIGHTS_LICENSE = "MIT"  # github.com/rayanirban/HazeMatching, where the checkpoints are published
+DEFAULT_LICENSE = "BSD-3-Clause"
+
+
+def package_defaults(config: RunDescription, authors: list[str] | None, license: str | None) -> tuple[list, str]:
+    """Authors and licence of the weights: what was given, else for the paper's imported checkpoints
+    their authors and licence, else ours."""
+    imported = config.imported is not None and config.imported.verified
+    authors = authors or (PAPER_AUTHORS if imported else ["HazeMatching contributors"])
+    return authors, license or (PAPER_WEIGHTS_LICENSE if imported else DEFAULT_LICENSE)
+
+
+def _origin_text(config: RunDescription) -> str:
+    """Where the weights come from, for runs that were not trained by this project."""
+    source = config.imported
+    if source is None:
+        return ""
+    network = (
+        "The network is the paper's own (a guided-diffusion U-Net with self-attention over each tile, so the "
+        f"model works in tiles of the {config.training.crop_size}-pixel patches it was trained on)"
+    )
+    if source.verified:
+        return (
+            f"\n\n{network}, and its weights are the authors' released **{source.release}** checkpoint "
+            f"(sha256 `{source.sha256}`), imported with `hazematching reference import`."
+        )
+    trained = f" trained on the {source.release} data" if source.release else ""
+    return f"\n\n{network}; its weights{trained} were imported with `hazematching reference import`."
 
 
 def _sampler_note(config: RunDescription, settings: InferenceSettings) -> str:
@@ -400,7 +444,7 @@ def _model_description(
             f"matching (HazeMatching). One call runs {samples} posterior samples x {steps} {solver} steps and "
             "returns their mean (MMSE) and per-pixel std as two output channels."
         ),
-        authors=[bmz.Author(name=a) for a in (authors or ["HazeMatching contributors"])],
+        authors=[bmz.Author(name=a) for a in authors],
         maintainers=[bmz.Maintainer(github_user=m) for m in (maintainers or [])],
         cite=[
             bmz.CiteEntry(

@@ -560,9 +560,18 @@ def build_parser() -> argparse.ArgumentParser:
         "MODEL/evaluation, where evaluate writes)",
     )
     exp.add_argument("--name", default="HazeMatching widefield dehazing", help="model name (5-128 characters)")
-    exp.add_argument("--authors", nargs="+", default=None, help="author names")
+    exp.add_argument(
+        "--authors",
+        nargs="+",
+        default=None,
+        help="author names (default: HazeMatching contributors; the paper's authors for their released checkpoints)",
+    )
     exp.add_argument("--maintainers", nargs="+", default=None, help="maintainers' GitHub user names")
-    exp.add_argument("--license", default="BSD-3-Clause", help="SPDX license id of the weights")
+    exp.add_argument(
+        "--license",
+        default=None,
+        help="SPDX license id of the weights (default: BSD-3-Clause; MIT for the paper's released checkpoints)",
+    )
     exp.add_argument("--formats", default="torchscript,pytorch_state_dict", help="weight formats, comma separated")
     exp.add_argument(
         "--test-image", default=None, help="2D TIFF for the test tensors (default: the run's first validation image)"
