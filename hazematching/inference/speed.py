@@ -79,6 +79,14 @@ class FastNetwork(nn.Module):
         return self._call(self.net, x, cond, t, d)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``--precision`` auto/fp32/bf16 -> the precision the network runs in on ``device``: ``auto`` is
+    bf16 autocast where the GPU supports it, else fp32."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"--precision {precision}: expected auto, fp32 or bf16")
+    return "bf16" if precision == "bf16" or (precision == "auto" and bf16_supported(device)) else "fp32"
+
+
 def fast_network(
     net: nn.Module, device: torch.device, compile: str = "auto", precision: str = "auto", evaluations: int = 0
 ) -> nn.Module:
@@ -87,11 +95,9 @@ def fast_network(
     would cost more than it saves."""
     if compile not in MODES:
         raise ValueError(f"--compile {compile}: expected one of {', '.join(MODES)}")
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"--precision {precision}: expected auto, fp32 or bf16")
     if precision == "bf16" and device.type == "cpu":
         log.warning("bf16 on the CPU is emulated on most processors and usually slower than fp32")
-    bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(device))
+    bf16 = resolve_precision(precision, device) == "bf16"
     net = copy.deepcopy(net).eval().to(memory_format=torch.channels_last)  # leave the caller's model as it is
     return FastNetwork(net, should_compile(compile, device, evaluations), bf16)
 

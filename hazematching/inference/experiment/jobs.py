@@ -12,7 +12,7 @@ import torch
 from hazematching.data.io import TIFF_SUFFIXES, DataError
 from hazematching.data.omezarr import is_zarr, metadata_file
 from hazematching.data.stack import StackInfo
-from hazematching.inference.speed import bf16_supported
+from hazematching.inference.speed import resolve_precision
 from hazematching.run import WEIGHTS_NAME, LoadedRun
 from hazematching.settings import resolve_options
 
@@ -130,10 +130,7 @@ def result_settings(
     """Everything that changes the output numbers: outputs made with other settings are never mixed in."""
     # the options of predict_array that change the numbers (the others change only speed)
     settings = resolve_options(run.config, options).model_dump()
-    precision = options.get("precision", "auto")
-    settings["precision"] = (
-        "bf16" if precision == "bf16" or (precision == "auto" and bf16_supported(device)) else "fp32"
-    )
+    settings["precision"] = resolve_precision(options.get("precision", "auto"), device)
     settings.update(
         model_sha256=file_sha256(Path(model_dir) / WEIGHTS_NAME),
         channel=channel,
