@@ -28,7 +28,7 @@ from hazematching.data.io import DataError, read_split
 from hazematching.inference import input_range
 from hazematching.inference.predict import CalibrationWarning
 from hazematching.run import LoadedRun, RunDescription, RunError, load_model
-from hazematching.settings import InferenceSettings, resolve_settings
+from hazematching.settings import InferenceSettings, SettingError, resolve_settings
 
 CORE_DIR = Path(hazematching.core.__file__).parent
 TEMPLATE = importlib.resources.files("hazematching.rdf") / "model_README.md"
@@ -243,10 +243,10 @@ def _check_request(output: Path, formats: tuple[str, ...], samples: int | None, 
     """Reject bad flags and an unusable output before any work is done."""
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
-        raise ValueError(f"--formats {','.join(formats)}: choose from {','.join(FORMATS)}")
+        raise SettingError(f"--formats {','.join(formats)}: choose from {','.join(FORMATS)}")
     for flag, value in (("--samples", samples), ("--steps", steps)):
         if value is not None and value < 1:
-            raise ValueError(f"{flag} {value}: must be at least 1")
+            raise SettingError(f"{flag} {value}: must be at least 1")
     if output.suffix != ".zip":
         raise ValueError(f"--output {output}: a bioimage.io package path must end in .zip")
     try:
@@ -373,10 +373,12 @@ def _sampler_note(config: RunDescription, settings: InferenceSettings) -> str:
     chosen = config.recommended_sampler
     if chosen is None or (chosen.solver, chosen.steps) != (settings.solver, settings.steps):
         return ""
+    solver, steps = chosen.reference_steps()
     return (
         f" The {chosen.solver} solver with {chosen.steps} steps is this model's tuned setting (`hazematching tune`"
         f" on `{chosen.data}`, K = {chosen.samples}, seed {chosen.seed}): {chosen.speedup:.1f}× fewer network"
-        f" evaluations than 20 Euler steps for {chosen.psnr_delta:+.2f} dB MMSE PSNR and {chosen.structure_text()}."
+        f" evaluations than {steps} {solver.capitalize()} steps for {chosen.psnr_delta:+.2f} dB MMSE PSNR and"
+        f" {chosen.structure_text()}."
     )
 
 

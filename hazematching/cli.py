@@ -19,36 +19,28 @@ from hazematching.settings import DEFAULT_NOISE, MS3IM_TOLERANCE, NOISE_KEYING, 
 def _simulate(args) -> None:
     from hazematching.data.simulate import simulate_dataset
 
-    try:
-        counts = simulate_dataset(Path(args.out), args.num_images, args.size, args.seed, depth=args.depth)
-    except (ValueError, ImportError) as exc:
-        sys.exit(f"error: {exc}")
+    counts = simulate_dataset(Path(args.out), args.num_images, args.size, args.seed, depth=args.depth)
     print(f"wrote {sum(counts.values())} pairs to {args.out} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
 
 
 def _predict(args) -> None:
-    from hazematching.data.io import DataError
-    from hazematching.inference.experiment import JobError, predict_experiment, summary_lines
-    from hazematching.run import RunError
+    from hazematching.inference.experiment import predict_experiment, summary_lines
 
-    try:
-        result = predict_experiment(
-            Path(args.model),
-            Path(args.input),
-            Path(args.output),
-            device=args.device,
-            channel=args.channel,
-            axes=args.axes,
-            overwrite=args.overwrite,
-            recursive=args.recursive,
-            keep_samples=args.save_samples,
-            calibrated=args.calibrated,
-            progress=not args.quiet,
-            noise=args.noise,
-            **_sampler_options(args),
-        )
-    except (DataError, RunError, JobError, ValueError) as exc:
-        sys.exit(f"error: {exc}")
+    result = predict_experiment(
+        Path(args.model),
+        Path(args.input),
+        Path(args.output),
+        device=args.device,
+        channel=args.channel,
+        axes=args.axes,
+        overwrite=args.overwrite,
+        recursive=args.recursive,
+        keep_samples=args.save_samples,
+        calibrated=args.calibrated,
+        progress=not args.quiet,
+        noise=args.noise,
+        **_sampler_options(args),
+    )
     if "complete" not in result:  # not the main process: the main one reports
         return
     print("\n".join(summary_lines(result)))
@@ -72,47 +64,36 @@ def _sampler_options(args) -> dict:
 
 
 def _evaluate(args) -> None:
-    from hazematching.data.io import DataError
     from hazematching.evaluation.evaluate import evaluate, markdown_table
-    from hazematching.evaluation.perceptual import BackboneError
-    from hazematching.run import RunError
 
     output = Path(args.output) if args.output else Path(args.model) / "evaluation"
-    try:
-        result = evaluate(
-            Path(args.model),
-            Path(args.data),
-            output,
-            baseline_dir=args.baseline and Path(args.baseline),
-            metric_samples=args.metric_samples,
-            device=args.device,
-            lpips_backbone=args.lpips_backbone,
-            lpips_linear=args.lpips_linear,
-            fid_backbone=args.fid_backbone,
-            **_sampler_options(args),
-        )
-    except (DataError, RunError, RuntimeError, BackboneError) as exc:
-        sys.exit(f"error: {exc}")
+    result = evaluate(
+        Path(args.model),
+        Path(args.data),
+        output,
+        baseline_dir=args.baseline and Path(args.baseline),
+        metric_samples=args.metric_samples,
+        device=args.device,
+        lpips_backbone=args.lpips_backbone,
+        lpips_linear=args.lpips_linear,
+        fid_backbone=args.fid_backbone,
+        **_sampler_options(args),
+    )
     print(markdown_table(result["mean"], result["not_computed"]), end="")
     print(f"wrote {output}/metrics.json, metrics.md and figures/")
 
 
 def _calibrate(args) -> None:
-    from hazematching.data.io import DataError
     from hazematching.evaluation.evaluate import calibrate
-    from hazematching.run import RunError
 
-    try:
-        result = calibrate(
-            Path(args.model),
-            Path(args.data),
-            eval_dir=args.eval_data and Path(args.eval_data),
-            bins=args.bins,
-            device=args.device,
-            **_sampler_options(args),
-        )
-    except (DataError, RunError, RuntimeError, ValueError) as exc:
-        sys.exit(f"error: {exc}")
+    result = calibrate(
+        Path(args.model),
+        Path(args.data),
+        eval_dir=args.eval_data and Path(args.eval_data),
+        bins=args.bins,
+        device=args.device,
+        **_sampler_options(args),
+    )
     print(f"calibrated std = {result['scale']:.4g} * std + {result['offset']:.4g} (stored in {args.model}/config.json)")
     print(
         f"|RMSE - RMV| on {result['plot_data']}: {result['mean_abs_deviation_before']:.4g} before, "
@@ -121,66 +102,59 @@ def _calibrate(args) -> None:
 
 
 def _tune(args) -> None:
-    from hazematching.data.io import DataError
     from hazematching.evaluation.tune import markdown, parse_grid, tune
-    from hazematching.run import RunError
 
-    try:
-        samples = tuple(int(k) for k in args.samples.split(",")) if args.samples else None
-        grid = parse_grid(args.settings) if args.settings else None
-        rows, chosen = tune(
-            Path(args.model),
-            Path(args.data),
-            samples,
-            grid,
-            args.seed,
-            args.device,
-            store=not args.dry_run,
-            psnr_tolerance=args.psnr_tolerance,
-            ms3im_tolerance=args.ms3im_tolerance,
-        )
-    except (DataError, RunError, RuntimeError, ValueError) as exc:
-        sys.exit(f"error: {exc}")
+    samples = tuple(int(k) for k in args.samples.split(",")) if args.samples else None
+    grid = parse_grid(args.settings) if args.settings else None
+    rows, chosen = tune(
+        Path(args.model),
+        Path(args.data),
+        samples,
+        grid,
+        args.seed,
+        args.device,
+        store=not args.dry_run,
+        psnr_tolerance=args.psnr_tolerance,
+        ms3im_tolerance=args.ms3im_tolerance,
+    )
+    solver, steps = chosen.reference_steps()
     print(
         markdown(
             rows,
             next(r for r in rows if (r.samples, r.solver, r.steps) == (chosen.samples, chosen.solver, chosen.steps)),
+            (solver, steps),
         )
     )
     where = "not stored (--dry-run)" if args.dry_run else f"stored in {args.model}/config.json"
     print(
         f"\nrecommended at K = {chosen.samples}: --solver {chosen.solver} --steps {chosen.steps} "
-        f"({chosen.speedup:.1f}x fewer network evaluations than Euler-20, {chosen.psnr_delta:+.2f} dB PSNR, "
+        f"({chosen.speedup:.1f}x fewer network evaluations than {solver.capitalize()}-{steps}, "
+        f"{chosen.psnr_delta:+.2f} dB PSNR, "
         f"{chosen.structure_text()}); {where}; table: {args.model}/tuning/tune.md"
     )
 
 
 def _export(args) -> None:
-    from hazematching.data.io import DataError
     from hazematching.export import export_model
-    from hazematching.run import RunError
 
-    try:
-        path = export_model(
-            Path(args.model),
-            Path(args.output),
-            samples=args.samples,
-            steps=args.steps,
-            seed=args.seed,
-            solver=args.solver,
-            tile_size=args.tile_size,
-            overlap=args.overlap,
-            name=args.name,
-            authors=args.authors,
-            maintainers=args.maintainers,
-            license=args.license,
-            formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
-            test_image=args.test_image and Path(args.test_image),
-            test_size=args.test_size,
-            evaluation=args.evaluation and Path(args.evaluation),
-        )
-    except (DataError, RunError, ValueError) as exc:
-        sys.exit(f"error: {exc}")
+    path = export_model(
+        Path(args.model),
+        Path(args.output),
+        samples=args.samples,
+        steps=args.steps,
+        seed=args.seed,
+        solver=args.solver,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        name=args.name,
+        authors=args.authors,
+        maintainers=args.maintainers,
+        license=args.license,
+        formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+        test_image=args.test_image and Path(args.test_image),
+        test_size=args.test_size,
+        evaluation=args.evaluation and Path(args.evaluation),
+    )
     print(f"wrote {path}; check it with: bioimageio test {path}")
     if not args.maintainers:
         print("note: no --maintainers given; uploading to bioimage.io needs at least one maintainer's GitHub user name")
@@ -194,19 +168,15 @@ def _reference_list(args) -> None:
 
 def _reference_import(args) -> None:
     from hazematching.paper.importer import import_checkpoint, statistics_from_flags
-    from hazematching.run import RunError
 
-    try:
-        description = import_checkpoint(
-            Path(args.checkpoint),
-            Path(args.output),
-            dataset=args.dataset,
-            source_channel=args.source_channel,
-            normalization=statistics_from_flags(args.input_mean, args.input_std, args.target_mean, args.target_std),
-            patch_size=args.patch_size,
-        )
-    except (RunError, ValueError, OSError) as exc:
-        sys.exit(f"error: {exc}")
+    description = import_checkpoint(
+        Path(args.checkpoint),
+        Path(args.output),
+        dataset=args.dataset,
+        source_channel=args.source_channel,
+        normalization=statistics_from_flags(args.input_mean, args.input_std, args.target_mean, args.target_std),
+        patch_size=args.patch_size,
+    )
     _imported(description, args.output)
 
 
@@ -224,25 +194,20 @@ def _imported(description, output) -> None:
 
 
 def _reference_download(args) -> None:
-    from hazematching.paper.archive import ArchiveError
-    from hazematching.paper.download import DownloadError, download_checkpoint, download_dataset
+    from hazematching.paper.download import download_checkpoint, download_dataset
     from hazematching.paper.importer import import_checkpoint
-    from hazematching.run import RunError
 
     cache = Path(args.cache) if args.cache else None
-    try:
-        checkpoint = download_checkpoint(args.dataset, cache, progress=not args.quiet)
-        print(f"checkpoint: {checkpoint} (sha256 verified)")
-        if args.data:
-            folder = download_dataset(args.dataset, Path(args.data), cache, progress=not args.quiet)
-            print(f"data: {folder} (train/, val/, test/; channel 0 confocal, channel 1 widefield)")
-        if args.output:
-            description = import_checkpoint(
-                checkpoint, Path(args.output), dataset=args.dataset, source_channel=args.source_channel
-            )
-            _imported(description, args.output)
-    except (DownloadError, ArchiveError, RunError, ValueError, OSError) as exc:
-        sys.exit(f"error: {exc}")
+    checkpoint = download_checkpoint(args.dataset, cache, progress=not args.quiet)
+    print(f"checkpoint: {checkpoint} (sha256 verified)")
+    if args.data:
+        folder = download_dataset(args.dataset, Path(args.data), cache, progress=not args.quiet)
+        print(f"data: {folder} (train/, val/, test/; channel 0 confocal, channel 1 widefield)")
+    if args.output:
+        description = import_checkpoint(
+            checkpoint, Path(args.output), dataset=args.dataset, source_channel=args.source_channel
+        )
+        _imported(description, args.output)
 
 
 def _add_reference_parser(sub) -> None:
@@ -511,7 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure quality against speed for Euler/midpoint/Heun and store the fastest good setting in the run",
         description="On held-out pairs, measure MMSE PSNR and MicroMS3IM, one sample's PSNR and the calibration "
         "slope for each solver and step count (and each K), print the table, and store the setting with the fewest "
-        "network evaluations within 0.2 dB PSNR and 0.01 MicroMS3IM of Euler with 20 steps at the run's K. predict, "
+        f"network evaluations within {PSNR_TOLERANCE} dB PSNR and {MS3IM_TOLERANCE} MicroMS3IM of Euler with 20 steps "
+        "(a run trained on a time "
+        "grid of G points: Euler with G - 1 steps, the grid's) at the run's K. predict, "
         "experiments and export then use it unless --solver or --steps is given.",
         formatter_class=HelpFormatter,
     )
@@ -591,11 +558,60 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    shown, warnings.formatwarning = warnings.formatwarning, _one_line_warning  # the message, not our line
+def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` on every (sub)command: a traceback instead of the one-line error."""
+    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_debug_flag(sub)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines) or type(exc).__name__
+
+
+def _stop(message: str, status: int) -> None:
+    """Exit with ``status``; the message goes to stderr and stays readable as the SystemExit's text."""
+    stop = SystemExit(message)
+    if status != 1:  # a non-1 status needs an int code, so the message is printed here
+        print(message, file=sys.stderr)
+        stop.code = status
+    raise stop
+
+
+def run_command(args) -> None:
+    """The one error policy of every subcommand: an invalid value exits 2 (as argparse does), any other
+    expected error (bad input, a missing file, no GPU, a failed download) exits 1, each with one line
+    naming the cause; an unexpected one says how to get its traceback. ``--debug`` re-raises."""
+    from hazematching.settings import SettingError
+
     try:
         args.func(args)
+    except KeyboardInterrupt:
+        _stop("interrupted", 130)
+    except Exception as exc:
+        if getattr(args, "debug", False):
+            raise
+        if isinstance(exc, SettingError):
+            _stop(f"error: {_one_line(exc)}", 2)
+        if isinstance(exc, (ValueError, RuntimeError, OSError, ImportError)):
+            _stop(f"error: {_one_line(exc)}", 1)
+        _stop(
+            f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (run the command again with --debug for the "
+            "traceback, and please report it)",
+            1,
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    _add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    shown, warnings.formatwarning = warnings.formatwarning, _one_line_warning  # the message, not our line
+    try:
+        run_command(args)
     finally:
         warnings.formatwarning = shown
 

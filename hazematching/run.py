@@ -144,8 +144,16 @@ class SamplerRecommendation(BaseModel):
     )
     ms_ssim_delta: float | None = Field(None, description="MMSE MS-SSIM minus the reference's")
     speedup: float = Field(description="network evaluations of the reference / of this setting")
+    reference: str | None = Field(
+        None, description="the reference setting, solver:steps (None: euler:20, as before it was recorded)"
+    )
     data: str = ""
     seed: int = 0
+
+    def reference_steps(self) -> tuple[str, int]:
+        """(solver, steps) the setting was compared with."""
+        solver, _, steps = (self.reference or "euler:20").partition(":")
+        return solver, int(steps)
 
     def structure_text(self) -> str:
         """The structural change the rule checked, as the CLI and the package README state it."""

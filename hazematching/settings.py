@@ -24,6 +24,10 @@ DEFAULT_NOISE = "per-plane"
 PSNR_TOLERANCE, MS3IM_TOLERANCE = 0.2, 0.01
 
 
+class SettingError(ValueError):
+    """An invalid setting value (``--steps 0``): the CLI exits with status 2, as argparse does."""
+
+
 class InferenceSettings(BaseModel):
     """What changes the numbers of a prediction: K samples of an N-step solve from a seed, tiled."""
 
@@ -33,7 +37,7 @@ class InferenceSettings(BaseModel):
     steps: int = Field(ge=1)
     seed: int = Field(ge=0)
     solver: Literal[SOLVERS]
-    tile_size: int = Field(ge=1)
+    tile_size: int = Field(ge=16)
     overlap: int = Field(ge=0)
 
 
@@ -53,7 +57,10 @@ def resolve_settings(
     if recommended is not None and solver is None and steps is None:  # solver and steps go together
         solver, steps = recommended.solver, recommended.steps
     solver = solver or stored.solver
-    evaluations_per_step(solver)  # "unknown solver ...: expected one of ..."
+    try:
+        evaluations_per_step(solver)
+    except ValueError as exc:  # "unknown solver ...: expected one of ..."
+        raise SettingError(str(exc)) from None
     try:
         return InferenceSettings(
             samples=stored.samples if samples is None else samples,
@@ -65,7 +72,7 @@ def resolve_settings(
         )
     except ValidationError as exc:
         problems = [f"--{str(e['loc'][0]).replace('_', '-')} {e['input']!r}: {e['msg']}" for e in exc.errors()]
-        raise ValueError("; ".join(problems)) from None
+        raise SettingError("; ".join(problems)) from None
 
 
 def resolve_options(description: RunDescription, options: dict) -> InferenceSettings:

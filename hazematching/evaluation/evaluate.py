@@ -97,6 +97,7 @@ def evaluate(
     lpips = LPIPS(lpips_backbone, lpips_linear) if lpips_backbone else None
     fid = FID(fid_backbone) if fid_backbone else None
     run = load_flow_run(model_dir, device)
+    resolve_options(run.config, predict_options)  # invalid values are refused before any work
     baseline = None
     if baseline_dir is not None:
         baseline = load_model(baseline_dir, device=resolve_device(device))
@@ -206,6 +207,7 @@ def calibrate(
     ``eval_dir`` (a held-out split; defaults to DATA/../test when it exists)."""
     model_dir = Path(model_dir)
     run = load_flow_run(model_dir, device)
+    resolve_options(run.config, predict_options)  # invalid values are refused before any work
     std, error = _errors_and_stds(run, data_dir, progress, **predict_options)
     scale, offset = fit_calibration(calibration_curve(std, error, bins))
     if eval_dir is None and (Path(data_dir).parent / "test").is_dir():

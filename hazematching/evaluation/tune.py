@@ -30,7 +30,7 @@ from hazematching.evaluation.metrics import (
 )
 from hazematching.inference.predict import predict_array
 from hazematching.run import LoadedRun, SamplerRecommendation
-from hazematching.settings import MS3IM_TOLERANCE, PSNR_TOLERANCE
+from hazematching.settings import MS3IM_TOLERANCE, PSNR_TOLERANCE, SettingError
 
 REFERENCE = ("euler", 20)
 GRID = (
@@ -63,7 +63,7 @@ def parse_grid(text: str) -> tuple[tuple[str, int], ...]:
     for item in text.split(","):
         solver, _, steps = item.strip().partition(":")
         if solver not in SOLVERS or not steps.isdigit() or int(steps) < 1:
-            raise ValueError(f"--settings item {item!r}: expected SOLVER:STEPS with SOLVER in {', '.join(SOLVERS)}")
+            raise SettingError(f"--settings item {item!r}: expected SOLVER:STEPS with SOLVER in {', '.join(SOLVERS)}")
         grid.append((solver, int(steps)))
     return tuple(dict.fromkeys([REFERENCE, *grid]))
 
@@ -79,7 +79,7 @@ def measure(
 ) -> list[TuneRow]:
     """The table: one row per (K, solver, steps), every row on the same pairs with the same seed."""
     if not samples or min(samples) < 2:
-        raise ValueError(f"--samples {samples}: each K must be at least 2 (the std needs two samples)")
+        raise SettingError(f"--samples {samples}: each K must be at least 2 (the std needs two samples)")
     pairs = read_split(Path(data_dir))
     if not pairs:
         raise DataError(f"{data_dir}: no image pairs to tune on")
@@ -112,12 +112,16 @@ def measure(
 
 
 def recommend(
-    rows: list[TuneRow], samples: int, psnr_tolerance: float = PSNR_TOLERANCE, ms3im_tolerance: float = MS3IM_TOLERANCE
+    rows: list[TuneRow],
+    samples: int,
+    psnr_tolerance: float = PSNR_TOLERANCE,
+    ms3im_tolerance: float = MS3IM_TOLERANCE,
+    reference_setting: tuple[str, int] = REFERENCE,
 ) -> tuple[TuneRow, TuneRow]:
     """(recommended row, reference row) at K = ``samples``: fewest evaluations within the tolerances
     (ties: the higher PSNR). The structural guard is MicroMS3IM, or MS-SSIM where it was not computed."""
     at_k = [r for r in rows if r.samples == samples]
-    reference = next(r for r in at_k if (r.solver, r.steps) == REFERENCE)
+    reference = next(r for r in at_k if (r.solver, r.steps) == reference_setting)
     guard = structural_guard(at_k)
     psnr_floor, guard_floor = reference.psnr - psnr_tolerance, getattr(reference, guard) - ms3im_tolerance
     good = [r for r in at_k if r.psnr >= psnr_floor and getattr(r, guard) >= guard_floor]
@@ -138,19 +142,20 @@ def recommendation(best: TuneRow, reference: TuneRow, data_dir: Path, seed: int)
         ms3im_delta=None if best.ms3im is None else best.ms3im - reference.ms3im,
         ms_ssim_delta=best.ms_ssim - reference.ms_ssim,
         speedup=reference.evaluations / best.evaluations,
+        reference=f"{reference.solver}:{reference.steps}",
         data=str(data_dir),
         seed=seed,
     )
 
 
-def markdown(rows: list[TuneRow], chosen: TuneRow | None = None) -> str:
+def markdown(rows: list[TuneRow], chosen: TuneRow | None = None, reference: tuple[str, int] = REFERENCE) -> str:
     lines = [
         "| K | solver | steps | NFE | MMSE PSNR (dB) | Δ PSNR | MicroMS3IM | MS-SSIM | sample PSNR | sample FSIM "
         "| sample GMSD | calibration slope | seconds |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ref = next(x for x in rows if x.samples == r.samples and (x.solver, x.steps) == REFERENCE)
+        ref = next(x for x in rows if x.samples == r.samples and (x.solver, x.steps) == reference)
         mark = "**" if r is chosen else ""
         lines.append(
             f"| {r.samples} | {mark}{r.solver}{mark} | {r.steps} | {r.evaluations} | {r.psnr:.2f} | "
@@ -167,9 +172,19 @@ def as_dicts(rows: list[TuneRow]) -> list[dict]:
     return [asdict(r) for r in rows]
 
 
+def reference_setting(description) -> tuple[str, int]:
+    """What the other settings are measured against: Euler on the time grid the network was trained
+    on (``--time-grid-points G``: G - 1 steps; the paper's released networks: 19), else Euler-20."""
+    points = description.training.time_grid_points
+    return ("euler", points - 1) if points >= 2 else REFERENCE
+
+
 def default_grid(description) -> tuple[tuple[str, int], ...]:
-    """``GRID``, plus ``SHORTCUT_GRID`` for a run trained with step conditioning."""
-    return GRID + (SHORTCUT_GRID if description.architecture.step_conditioning else ())
+    """``GRID``, plus ``SHORTCUT_GRID`` for a run trained with step conditioning; a network trained
+    on a time grid gets its grid's Euler first (every other setting leaves that grid)."""
+    shortcut = SHORTCUT_GRID if getattr(description.architecture, "step_conditioning", False) else ()
+    reference = reference_setting(description)
+    return tuple(dict.fromkeys([reference, *GRID, *shortcut])) if reference != REFERENCE else GRID + shortcut
 
 
 def tune(
@@ -195,10 +210,11 @@ def tune(
     model_dir, data_dir = Path(model_dir), Path(data_dir)
     run = load_flow_run(model_dir, device)
     samples = samples or (run.config.sampler.samples,)
-    grid = grid or default_grid(run.config)
+    reference_steps = reference_setting(run.config)
+    grid = tuple(dict.fromkeys([reference_steps, *(grid or default_grid(run.config))]))
     rows = measure(run, data_dir, samples, grid, seed, progress)
     k = run.config.sampler.samples if run.config.sampler.samples in samples else max(samples)
-    best, reference = recommend(rows, k, psnr_tolerance, ms3im_tolerance)
+    best, reference = recommend(rows, k, psnr_tolerance, ms3im_tolerance, reference_steps)
     chosen = recommendation(best, reference, data_dir, seed)
     folder = model_dir / "tuning"
     folder.mkdir(exist_ok=True)
@@ -212,7 +228,7 @@ def tune(
         "not_computed": {"micro_ms3im": problem} if problem else {},
     }
     atomic_write_bytes(folder / "tune.json", json.dumps(table, indent=2).encode())
-    atomic_write_bytes(folder / "tune.md", (markdown(rows, best) + "\n").encode())
+    atomic_write_bytes(folder / "tune.md", (markdown(rows, best, reference_steps) + "\n").encode())
     if store:
         write_description(model_dir, run.config.model_copy(update={"recommended_sampler": chosen}))
     return rows, chosen
