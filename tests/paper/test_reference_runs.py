@@ -132,7 +132,8 @@ def write_pairs(folder: Path, count: int, size: int = 64) -> Path:
     folder.mkdir(parents=True)
     for i in range(count):
         image = widefield((size, size), seed=10 + i)
-        target = (NEURON.target_mean + 0.2 * NEURON.target_std * (image - image.mean()) / image.std()).astype(
+        blobs = widefield((size, size), seed=20 + i)  # a target that is not the input rescaled
+        target = (NEURON.target_mean + 0.2 * NEURON.target_std * (blobs - blobs.mean()) / blobs.std()).astype(
             np.float32
         )
         tifffile.imwrite(folder / f"pair_{i}.tif", np.stack([target, image]))
@@ -171,8 +172,9 @@ def test_evaluate_and_calibrate(neuron_run, tmp_path):
     assert calibration is not None and np.isfinite(calibration.scale)
 
 
+@pytest.mark.slow
 def test_tune_dry_run(neuron_run, tmp_path, capsys):
-    data = write_pairs(tmp_path / "pairs", 1)
+    data = write_pairs(tmp_path / "pairs", 1, size=32)  # tune always adds Euler-20: a small tile
     before = (neuron_run / "config.json").read_text()
     cli_main(["tune", "--model", str(neuron_run), "--data", str(data), "--samples", "2", "--settings", "euler:2",
               "--device", "cpu", "--dry-run"])  # fmt: skip
