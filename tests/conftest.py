@@ -5,11 +5,13 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,3 +185,58 @@ def read_only_folder(tmp_path):
         pytest.skip("running as root without permission to mount a read-only file system")
     yield folder
     subprocess.run(["umount", str(folder)], check=True)
+
+
+# checkpoints of the paper's network (tests/paper): torchcfm 1.0.7's UNetModel, the class the released
+# files were saved from, with perturbed weights, saved as their train.py saves them
+#
+# the released configurations: patch size P -> channel_mult; attention at ds = P // 16
+REFERENCE_CONFIGS = {128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)}
+
+
+def torchcfm_unet(patch: int) -> torch.nn.Module:
+    """The paper's ``CCFMUNet(dim=(2, P, P), num_channels=32, out_channels=1, num_res_blocks=1)`` as the
+    torchcfm network it builds (as in tests/core/test_reference_unet.py; a stub stands in for POT)."""
+    sys.modules.setdefault("ot", types.ModuleType("ot"))
+    from torchcfm.models.unet.unet import UNetModel
+
+    return UNetModel(
+        image_size=patch,
+        in_channels=2,
+        model_channels=32,
+        out_channels=1,
+        num_res_blocks=1,
+        attention_resolutions=(patch // 16,),
+        channel_mult=REFERENCE_CONFIGS[patch],
+        num_heads=1,
+    ).eval()
+
+
+def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Make the zero-initialised layers active, so every weight matters."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    return model
+
+
+@pytest.fixture(scope="session")
+def neuron_like(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
+    """(torchcfm P = 64 network with perturbed weights, its state dict saved with torch.save): a file of
+    the Neuron release's layout that is not the released file (its sha256 is unknown)."""
+    torch.manual_seed(0)
+    model = perturb(torchcfm_unet(64))
+    path = tmp_path_factory.mktemp("neuron_like") / "best_model.pth"
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+@pytest.fixture(scope="session")
+def neuron_run(neuron_like, tmp_path_factory) -> Path:
+    """``neuron_like`` imported with ``--dataset neuron``."""
+    from hazematching.cli import main as cli_main
+
+    out = tmp_path_factory.mktemp("neuron_run") / "run"
+    cli_main(["reference", "import", str(neuron_like[1]), "--output", str(out), "--dataset", "neuron"])
+    return out

@@ -61,11 +61,23 @@ def infer_architecture(state: dict[str, torch.Tensor], path: Path) -> ReferenceA
             f"{path}: not a checkpoint of the paper's network (no input_blocks.0.0.weight / time_embed.0.weight; "
             f"first keys: {', '.join(list(state)[:3])})"
         )
+    try:
+        return _read_architecture(state, path)
+    except RunError:
+        raise
+    except (KeyError, IndexError, ValueError) as exc:  # a damaged or partial layout (ValueError: pydantic's)
+        what = f"no {exc.args[0]}" if isinstance(exc, KeyError) else str(exc).strip().splitlines()[0]
+        raise RunError(f"{path}: the layout of the paper's network cannot be read off its keys ({what})") from None
+
+
+def _read_architecture(state: dict[str, torch.Tensor], path: Path) -> ReferenceArchitecture:
     base = state["input_blocks.0.0.weight"].shape[0]
     blocks = sorted({int(m.group(1)) for key in state if (m := re.match(r"input_blocks\.(\d+)\.", key))})
     downsamples = [i for i in blocks if f"input_blocks.{i}.0.op.weight" in state]
     levels = len(downsamples) + 1
     per_level = (len(blocks) - 1 - len(downsamples)) // levels
+    if per_level < 1:
+        raise RunError(f"{path}: unexpected layout: no residual blocks in input_blocks")
     mults, attention, ds, i = [], [], 1, 1
     for level in range(levels):
         for _ in range(per_level):
@@ -149,7 +161,7 @@ def import_checkpoint(
     else:
         architecture = infer_architecture(state, checkpoint)
     check_state_dict(state, architecture, checkpoint)
-    stats = normalization or _release_statistics(release, source_channel)
+    stats = normalization or _release_statistics(release, source_channel, checkpoint)
     size = patch_size or (release.patch_size if release else 16 * max(architecture.attention_resolutions or (8,)))
     if size % architecture.stride:
         raise RunError(f"--patch-size {size} must be a multiple of the network's stride {architecture.stride}")
@@ -172,15 +184,15 @@ def statistics_from_flags(input_mean, input_std, target_mean, target_std) -> Nor
     return Normalisation(target_mean=target_mean, target_std=target_std, input_mean=input_mean, input_std=input_std)
 
 
-def _release_statistics(release: Release, source_channel: str | None) -> Normalisation:
+def _release_statistics(release: Release, source_channel: str | None, path: Path) -> Normalisation:
     channels = sorted(release.normalisation)
     if len(channels) == 1:
         if source_channel is not None:
-            raise RunError(f"--source-channel is for zebrafish only; {release.name} has one set of statistics")
+            raise RunError(f"{path}: --source-channel is for zebrafish only; {release.name} has one set of statistics")
         return release.normalisation[channels[0]]
     if source_channel not in release.normalisation:
         raise RunError(
-            f"{release.name} was trained with statistics per source channel: give --source-channel "
+            f"{path}: {release.name} was trained with statistics per source channel: give --source-channel "
             f"{' | '.join(channels)} (the ch token in the names of the files you will dehaze)"
         )
     return release.normalisation[source_channel]
