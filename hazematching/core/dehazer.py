@@ -26,7 +26,7 @@ from torch import nn
 
 from .networks import build_network
 from .sampler import ODESampler, update_moments
-from .tiles import OVERLAP, TILE_SIZE, fit_multiple, fitted_tile, tile_spans, window
+from .tiles import OVERLAP, TILE_SIZE, fit_multiple, fitted_tile, ramp, tile_spans, window
 
 
 class Dehazer(nn.Module):
@@ -57,6 +57,7 @@ class Dehazer(nn.Module):
         self.stride = int(stride)
         self.tile_size, self.overlap = window(int(tile_size), int(overlap), self.stride)
         self.fit_multiple = fit_multiple(self.sampler.net, self.stride)
+        self.blend = bool(getattr(self.sampler.net, "fixed_window", False))  # cross-fade tiles (tiles.ramp)
         self.halo = int(halo)
         # channels_last weights: ~15 % faster CPU convolutions; load_state_dict and TorchScript keep it
         self.to(memory_format=torch.channels_last)
@@ -114,12 +115,23 @@ class Dehazer(nn.Module):
         th, tw = min(tile_y, h), min(tile_x, w)
         mean = torch.zeros_like(cond)
         std = torch.zeros_like(cond)
+        weight = torch.zeros_like(cond)
         for y0, ky0, ky1 in tile_spans(h, tile_y, self.overlap):
             for x0, kx0, kx1 in tile_spans(w, tile_x, self.overlap):
                 # noise keyed on positions relative to the image centre, as in ``hazematching predict``
                 origin_y = torch.full([b], y0 - h // 2, dtype=torch.int64, device=cond.device)
                 origin_x = torch.full([b], x0 - w // 2, dtype=torch.int64, device=cond.device)
                 tile_mean, tile_std = self.posterior(cond[:, :, y0 : y0 + th, x0 : x0 + tw], origin_y, origin_x)
+                if self.blend:
+                    wy = torch.tensor(ramp(y0, th, h, self.overlap), dtype=cond.dtype, device=cond.device)
+                    wx = torch.tensor(ramp(x0, tw, w, self.overlap), dtype=cond.dtype, device=cond.device)
+                    ramps = wy[:, None] * wx[None, :]
+                    weight[:, :, y0 : y0 + th, x0 : x0 + tw] += ramps
+                    mean[:, :, y0 : y0 + th, x0 : x0 + tw] += ramps * tile_mean
+                    std[:, :, y0 : y0 + th, x0 : x0 + tw] += ramps * tile_std
+                    continue
                 mean[:, :, ky0:ky1, kx0:kx1] = tile_mean[:, :, ky0 - y0 : ky1 - y0, kx0 - x0 : kx1 - x0]
                 std[:, :, ky0:ky1, kx0:kx1] = tile_std[:, :, ky0 - y0 : ky1 - y0, kx0 - x0 : kx1 - x0]
+        if self.blend:
+            return mean / weight, std / weight
         return mean, std

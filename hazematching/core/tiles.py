@@ -49,6 +49,23 @@ def fit_multiple(net, stride: int) -> int:
     return 0 if getattr(net, "fixed_window", False) else stride
 
 
+def ramp(start: int, size: int, length: int, overlap: int) -> List[float]:
+    """Cross-fade weights along one axis of a tile that starts at ``start`` (``size`` px of an axis of
+    ``length``): rising linearly over ``overlap`` px from each tile edge inside the image, 1 elsewhere.
+    Fixed-window networks (global attention) blend overlapping tiles with these, normalised by their
+    sum, instead of cutting at the middle of the overlap: two windows see different context, and a
+    cut would show it as a seam."""
+    weights: List[float] = []
+    for i in range(size):
+        distance = size
+        if start > 0:
+            distance = min(distance, i)
+        if start + size < length:
+            distance = min(distance, size - 1 - i)
+        weights.append(min(1.0, (distance + 0.5) / overlap) if overlap > 0 else 1.0)
+    return weights
+
+
 def fitted_tile(length: int, tile: int, overlap: int, multiple: int) -> int:
     """The tile size in [tile, tile + (tile - overlap) // 4], a multiple of ``multiple``, that covers
     ``length`` with the fewest network pixels (ties: the smallest). E.g. 1024 px takes 5 tiles of

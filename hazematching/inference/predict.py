@@ -106,6 +106,8 @@ def predict_array(
     norm = run.normalization
     height, width = image.shape
     all_tiles, th, tw = tiles(height, width, tile_size, overlap, fit_multiple(run.model, stride))
+    # fixed-window networks cross-fade overlapping tiles (core.tiles.ramp); the others keep regions
+    blend = np.zeros((height, width), np.float32) if getattr(run.model, "fixed_window", False) else None
     mean = np.zeros((height, width), np.float32)
     std = None if point_predictor else np.zeros((height, width), np.float32)
     kept = np.zeros((samples, height, width), np.float32) if keep_samples else None
@@ -159,6 +161,16 @@ def predict_array(
                 out_mean, out_std, out_samples = post.mean, post.std, post.samples
             out_mean = out_mean.float().cpu().numpy()
             for i, t in enumerate(batch):
+                if blend is not None:
+                    w = t.blend_weights(th, tw, height, width, overlap)
+                    area = t.window(th, tw)
+                    blend[area] += w
+                    mean[area] += w * out_mean[i, 0]
+                    if out_std is not None:
+                        std[area] += w * out_std[i, 0].float().cpu().numpy()
+                    if out_samples is not None:
+                        kept[(slice(None), *area)] += w * out_samples[i, :, 0].float().cpu().numpy()
+                    continue
                 mean[t.kept()] = out_mean[i, 0][t.kept_in_tile()]
                 if out_std is not None:
                     std[t.kept()] = out_std[i, 0].cpu().numpy()[t.kept_in_tile()]
@@ -166,6 +178,10 @@ def predict_array(
                     kept[(slice(None), *t.kept())] = (
                         out_samples[i, :, 0].cpu().numpy()[(slice(None), *t.kept_in_tile())]
                     )
+    if blend is not None:
+        mean /= blend
+        std = std / blend if std is not None else None
+        kept = kept / blend if kept is not None else None
     mean = norm.denormalize_target(mean).astype(np.float32)
     if std is not None:
         std *= np.float32(norm.target_std)

@@ -9,7 +9,9 @@ result up to what lies beyond ``overlap / 2`` pixels.
 
 from dataclasses import dataclass
 
-from hazematching.core.tiles import fitted_tile, tile_spans
+import numpy as np
+
+from hazematching.core.tiles import fitted_tile, ramp, tile_spans
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,12 @@ class Tile:
     def kept(self) -> tuple[slice, slice]:
         """Kept region in image coordinates."""
         return slice(self.y.keep_start, self.y.keep_end), slice(self.x.keep_start, self.x.keep_end)
+
+    def blend_weights(self, height: int, width: int, image_height: int, image_width: int, overlap: int) -> np.ndarray:
+        """(height, width) cross-fade weights of this tile (``core.tiles.ramp``)."""
+        wy = ramp(self.y.start, height, image_height, overlap)
+        wx = ramp(self.x.start, width, image_width, overlap)
+        return np.outer(np.asarray(wy, np.float32), np.asarray(wx, np.float32))
 
     def kept_in_tile(self) -> tuple[slice, slice]:
         """Kept region in tile coordinates."""
