@@ -202,3 +202,21 @@ def test_export_passes_bioimageio_test(neuron_run, tmp_path):
     result = subprocess.run([*command, "test", str(package)], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "❌" not in result.stdout
+
+
+def test_napari_engine_takes_an_imported_run(neuron_run):
+    """The napari widget's engine (no Qt) pre-fills the run's tiling and sampler and dehazes a layer
+    with predict_array's numbers."""
+    from hazematching.inference.experiment.schedule import plane_seed
+    from hazematching.napari import engine
+
+    model = engine.load(neuron_run)
+    settings = model.defaults().settings
+    assert (settings.tile_size, settings.overlap, settings.solver, settings.steps) == (64, 16, "euler", 19)
+    layer = widefield((80, 72), seed=3)
+    result = engine.dehaze(model, layer, "layer.tif", {"samples": 1, "steps": 2})
+    expected = predict_array(
+        load_model(neuron_run), layer, samples=1, steps=2, seed=plane_seed(0, engine.DEFAULT_NOISE, "layer.tif", 0)
+    )
+    np.testing.assert_allclose(result.mean, expected.mean, rtol=1e-5, atol=1e-3)
+    assert result.std.shape == layer.shape and np.isfinite(result.std).all()
