@@ -94,6 +94,9 @@ class NormalizationStats(BaseModel):
     target_std: float
 
 
+CALIBRATION_BINS = 15  # std bins of the RMSE/RMV curves (``hazematching calibrate --bins``)
+
+
 class Calibration(BaseModel):
     """Written by ``hazematching calibrate``: the calibrated std is ``scale * std + offset``."""
 
@@ -101,7 +104,7 @@ class Calibration(BaseModel):
 
     scale: float
     offset: float
-    bins: int = 15
+    bins: int = CALIBRATION_BINS
     fit_data: str | None = None
     plot_data: str | None = None
     settings: dict = {}

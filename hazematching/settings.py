@@ -1,9 +1,13 @@
 """Inference settings, resolved in one place for every entry point (predict, the experiment runner,
 evaluate, calibrate, export): explicit options win over the run's recommended solver and steps
 (``hazematching tune``), which win over the run's stored sampler defaults, which win over the package
-defaults (``SamplerConfig`` for the sampler, ``core.tiles`` for tiling)."""
+defaults (``SamplerConfig`` for the sampler, ``core.tiles`` for tiling).
 
-from typing import Literal
+Typed, each field's bounds and help declared once: ``SettingsRequest`` (what a caller asks for; None:
+not given) resolves into ``InferenceSettings`` (what changes the numbers); ``SpeedOptions`` change
+only how fast. The ``hazematching`` flags are generated from them (``hazematching.commands``)."""
+
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -23,9 +27,44 @@ DEFAULT_NOISE = "per-plane"
 # How much quality `hazematching tune`'s recommended setting may give up against Euler-20 at the same K.
 PSNR_TOLERANCE, MS3IM_TOLERANCE = 0.2, 0.01
 
+# Speed defaults (``inference.speed`` applies them; the flags' help quotes them).
+# On a CPU, compiling the U-Net takes ~5 s (inductor cache warm) to ~35 s (cold) and saves only
+# ~4 % per call (~10 ms on a 304^2 tile, 2 cores; the eager channels_last network already runs
+# fused layer norms): worth it from a few thousand network evaluations on.
+CPU_COMPILE_MIN_EVALUATIONS = 3000
+# On an H100 (bf16, 8 tiles x 4 samples of 304^2 per call), compiling costs ~20 s (cold cache) and cuts
+# a call from ~12 ms to ~2.3 ms: it pays back from ~2000 evaluations (a 1024^2 image at K = 8,
+# N = 20 is 320), i.e. for jobs of about 6 such images or more. Smaller jobs run eagerly.
+GPU_COMPILE_MIN_EVALUATIONS = 2000
+IMAGE_EVALUATIONS = 320  # network evaluations of a 1024^2 image at K = 8, N = 20 on a GPU
+# Images per network call on a GPU with at least this much memory: 16 tiles x 8 samples of 304^2
+# measured 0.649 s per 1024^2 image against 0.745 s for 8 x 4 (H100); smaller GPUs keep 8 x 4.
+LARGE_GPU_BYTES = 40 * 2**30
+# Tiles per network call by default: 1 on a CPU (bigger batches are slower per tile), 8 or 16 on a GPU.
+CPU_TILES_PER_CALL, GPU_TILES_PER_CALL, LARGE_GPU_TILES_PER_CALL = 1, 8, 16
+# Images (tiles x samples) per network call the sampler aims at on a GPU.
+GPU_IMAGES_PER_CALL, LARGE_GPU_IMAGES_PER_CALL = 32, 128
+
+# The bounds of the settings, shared by the request and the resolved value.
+Samples = Annotated[int, Field(ge=1)]
+Steps = Annotated[int, Field(ge=1)]
+Seed = Annotated[int, Field(ge=0)]
+Solver = Literal[SOLVERS]
+TileSize = Annotated[int, Field(ge=16)]
+Overlap = Annotated[int, Field(ge=0)]
+
 
 class SettingError(ValueError):
     """An invalid setting value (``--steps 0``): the CLI exits with status 2, as argparse does."""
+
+
+def setting_error(exc: ValidationError) -> SettingError:
+    """One line naming each invalid value by its flag: ``--steps 0: Input should be ...``."""
+    problems = []
+    for error in exc.errors():
+        name = next((str(part) for part in reversed(error["loc"]) if isinstance(part, str)), "value")
+        problems.append(f"--{name.replace('_', '-')} {error['input']!r}: {error['msg']}")
+    return SettingError("; ".join(problems))
 
 
 class InferenceSettings(BaseModel):
@@ -33,12 +72,87 @@ class InferenceSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    samples: int = Field(ge=1)
-    steps: int = Field(ge=1)
-    seed: int = Field(ge=0)
-    solver: Literal[SOLVERS]
-    tile_size: int = Field(ge=16)
-    overlap: int = Field(ge=0)
+    samples: Samples
+    steps: Steps
+    seed: Seed
+    solver: Solver
+    tile_size: TileSize
+    overlap: Overlap
+
+
+class SettingsRequest(BaseModel):
+    """The settings a caller asks for (None: not given), resolved against a run by ``resolve``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    samples: Samples | None = Field(None, description="samples K averaged into the MMSE (default: the run's)")
+    steps: Steps | None = Field(
+        None, description="steps N of the ODE solver per sample (default: the run's tuned setting, else the run's)"
+    )
+    solver: Solver | None = Field(
+        None,
+        description="ODE solver; midpoint/heun use 2 network calls per step, shortcut needs a run trained with "
+        "--shortcut-fraction (default: the run's tuned setting, else the run's)",
+    )
+    seed: Seed | None = Field(None, description="noise seed (default: the run's)")
+    tile_size: TileSize | None = Field(
+        None,
+        description="larger images are processed in overlapping tiles of this edge in pixels (memory ~ tile^2 x "
+        f"batch; default: {TILE_SIZE})",
+    )
+    overlap: Overlap | None = Field(None, description=f"overlap of neighbouring tiles in pixels (default: {OVERLAP})")
+
+    # The fields whose help a qualifier extends (export: "... inside the package").
+    QUALIFIED: ClassVar[tuple[str, ...]] = ("samples", "steps", "solver", "seed", "tile_size")
+
+    def resolve(self, description: RunDescription) -> InferenceSettings:
+        """Explicit values over the run's tuned solver and steps (used only when neither is given)
+        over the run's sampler defaults over the package defaults."""
+        stored = description.sampler
+        solver, steps = self.solver, self.steps
+        recommended = description.recommended_sampler
+        if recommended is not None and solver is None and steps is None:  # solver and steps go together
+            solver, steps = recommended.solver, recommended.steps
+        try:
+            return InferenceSettings(
+                samples=stored.samples if self.samples is None else self.samples,
+                steps=stored.steps if steps is None else steps,
+                seed=stored.seed if self.seed is None else self.seed,
+                solver=solver or stored.solver,
+                tile_size=self.tile_size or stored.tile_size or TILE_SIZE,
+                overlap=next(value for value in (self.overlap, stored.overlap, OVERLAP) if value is not None),
+            )
+        except ValidationError as exc:
+            raise setting_error(exc) from None
+
+
+class SpeedOptions(BaseModel):
+    """What changes only how fast a prediction runs (up to floating-point rounding), and where."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    batch_size: int | None = Field(
+        None,
+        description=f"tiles per network call (default: {CPU_TILES_PER_CALL} on CPU, {GPU_TILES_PER_CALL} on a GPU, "
+        f"{LARGE_GPU_TILES_PER_CALL} on one with >= {LARGE_GPU_BYTES // 2**30} GiB)",
+    )
+    sample_batch: int | None = Field(
+        None,
+        description=f"samples per network call (default: 1 on CPU; on GPU enough for ~{GPU_IMAGES_PER_CALL} images "
+        "per call)",
+    )
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile the network (auto: when the job is large enough to pay the compile time back: "
+        f"on a GPU from ~{round(GPU_COMPILE_MIN_EVALUATIONS / IMAGE_EVALUATIONS)} images of 1024^2 at K = 8, N = 20, "
+        f"on a CPU from ~{CPU_COMPILE_MIN_EVALUATIONS} network calls)",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="network precision (auto: bf16 autocast on GPUs that support it, else fp32)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the network runs; auto: the GPU when there is one (default: auto)"
+    )
 
 
 def resolve_settings(
@@ -50,31 +164,22 @@ def resolve_settings(
     tile_size: int | None = None,
     overlap: int | None = None,
 ) -> InferenceSettings:
-    """Explicit values (None: not given) over the run's tuned solver and steps (used only when neither
-    is given) over the run's sampler defaults over the package defaults."""
-    stored = description.sampler
-    recommended = description.recommended_sampler
-    if recommended is not None and solver is None and steps is None:  # solver and steps go together
-        solver, steps = recommended.solver, recommended.steps
-    solver = solver or stored.solver
+    """``SettingsRequest(...).resolve(description)`` for keyword values (None, or an empty solver or
+    a zero tile size: not given)."""
+    if solver:
+        try:
+            evaluations_per_step(solver)
+        except ValueError as exc:  # "unknown solver ...: expected one of ..."
+            raise SettingError(str(exc)) from None
     try:
-        evaluations_per_step(solver)
-    except ValueError as exc:  # "unknown solver ...: expected one of ..."
-        raise SettingError(str(exc)) from None
-    try:
-        return InferenceSettings(
-            samples=stored.samples if samples is None else samples,
-            steps=stored.steps if steps is None else steps,
-            seed=stored.seed if seed is None else seed,
-            solver=solver,
-            tile_size=tile_size or stored.tile_size or TILE_SIZE,
-            overlap=next(value for value in (overlap, stored.overlap, OVERLAP) if value is not None),
+        request = SettingsRequest(
+            samples=samples, steps=steps, seed=seed, solver=solver or None, tile_size=tile_size or None, overlap=overlap
         )
     except ValidationError as exc:
-        problems = [f"--{str(e['loc'][0]).replace('_', '-')} {e['input']!r}: {e['msg']}" for e in exc.errors()]
-        raise SettingError("; ".join(problems)) from None
+        raise setting_error(exc) from None
+    return request.resolve(description)
 
 
 def resolve_options(description: RunDescription, options: dict) -> InferenceSettings:
     """``resolve_settings`` for a dict of predict options (the speed-only ones are ignored)."""
-    return resolve_settings(description, **{key: options.get(key) for key in InferenceSettings.model_fields})
+    return resolve_settings(description, **{key: options.get(key) for key in SettingsRequest.model_fields})

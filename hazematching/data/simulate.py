@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import tifffile
-from scipy import ndimage
-from tqdm.auto import tqdm
 
+# ``hazematching simulate``'s defaults (its flags quote them; scipy, tifffile and tqdm are imported where used,
+# so the command line reads these without loading them).
+NUM_IMAGES, SIZE, SEED, DEPTH = 24, 256, 0, 32
 VOXEL_NM = (250.0, 100.0, 100.0)  # z, y, x sampling of the ground truth and the images
 INSTALL_HINT = 'pip install "hazematching[simulate]"'
 
@@ -79,6 +79,8 @@ def ground_truth(rng: np.random.Generator, size: int, depth: int) -> np.ndarray:
     _add_filaments(volume, rng, count=max(1, int(rng.integers(8, 20) * area)))
     _add_spheres(volume, rng, count=max(1, int(rng.integers(20, 60) * area)), hollow=False)
     _add_spheres(volume, rng, count=max(1, int(rng.integers(2, 6) * area)), hollow=True)
+    from scipy import ndimage
+
     volume = ndimage.gaussian_filter(volume, 0.6)
     return volume / max(float(volume.max()), 1e-6)
 
@@ -115,9 +117,17 @@ def split_counts(num_images: int) -> dict[str, int]:
 
 
 def simulate_dataset(
-    out: Path, num_images: int = 24, size: int = 256, seed: int = 0, depth: int = 32, progress: bool = True
+    out: Path,
+    num_images: int = NUM_IMAGES,
+    size: int = SIZE,
+    seed: int = SEED,
+    depth: int = DEPTH,
+    progress: bool = True,
 ) -> dict[str, int]:
     """Write ``out/{train,val,test}/sim_XXXX.tif``; returns the split sizes."""
+    import tifffile
+    from tqdm.auto import tqdm
+
     if size < 32:
         raise ValueError(f"--size must be >= 32, got {size}")
     require_microsim()

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hazematching.run import CALIBRATION_BINS
+
 
 @dataclass
 class CalibrationCurve:
@@ -18,7 +20,7 @@ class CalibrationCurve:
     counts: np.ndarray
 
 
-def calibration_curve(std: np.ndarray, error: np.ndarray, bins: int = 15) -> CalibrationCurve:
+def calibration_curve(std: np.ndarray, error: np.ndarray, bins: int = CALIBRATION_BINS) -> CalibrationCurve:
     """``std``: predicted per-pixel std; ``error``: MMSE - target; any matching shapes."""
     std = np.asarray(std, np.float64).ravel()
     error = np.asarray(error, np.float64).ravel()

@@ -16,7 +16,15 @@ from hazematching.evaluation import metrics
 from hazematching.evaluation.calibration import calibration_curve, fit_calibration, plot_calibration
 from hazematching.evaluation.perceptual import FID, LPIPS, patches
 from hazematching.inference.predict import predict_array, resolve_device
-from hazematching.run import Calibration, LoadedRun, RunError, atomic_write_bytes, load_model, write_description
+from hazematching.run import (
+    CALIBRATION_BINS,
+    Calibration,
+    LoadedRun,
+    RunError,
+    atomic_write_bytes,
+    load_model,
+    write_description,
+)
 from hazematching.settings import resolve_options
 
 
@@ -198,7 +206,7 @@ def calibrate(
     model_dir: Path,
     data_dir: Path,
     eval_dir: Path | None = None,
-    bins: int = 15,
+    bins: int = CALIBRATION_BINS,
     device: str = "auto",
     progress: bool = True,
     **predict_options,

@@ -12,20 +12,20 @@ import warnings
 import torch
 from torch import nn
 
+from hazematching.settings import (  # the defaults live with the typed options, whose help quotes them
+    CPU_COMPILE_MIN_EVALUATIONS,
+    CPU_TILES_PER_CALL,
+    GPU_COMPILE_MIN_EVALUATIONS,
+    GPU_IMAGES_PER_CALL,
+    GPU_TILES_PER_CALL,
+    LARGE_GPU_BYTES,
+    LARGE_GPU_IMAGES_PER_CALL,
+    LARGE_GPU_TILES_PER_CALL,
+)
+
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
-# On a CPU, compiling the U-Net takes ~5 s (inductor cache warm) to ~35 s (cold) and saves only
-# ~4 % per call (~10 ms on a 304^2 tile, 2 cores; the eager channels_last network already runs
-# fused layer norms): worth it from a few thousand network evaluations on.
-CPU_COMPILE_MIN_EVALUATIONS = 3000
-# On an H100 (bf16, 8 tiles x 4 samples of 304^2 per call), compiling costs ~20 s (cold cache) and cuts
-# a call from ~12 ms to ~2.3 ms: it pays back from ~2000 evaluations (a 1024^2 image at K = 8,
-# N = 20 is 320), i.e. for jobs of about 6 such images or more. Smaller jobs run eagerly.
-GPU_COMPILE_MIN_EVALUATIONS = 2000
-# Images per network call on a GPU with at least this much memory: 16 tiles x 8 samples of 304^2
-# measured 0.649 s per 1024^2 image against 0.745 s for 8 x 4 (H100); smaller GPUs keep 8 x 4.
-LARGE_GPU_BYTES = 40 * 2**30
 
 
 def compile_problem(device: torch.device) -> str | None:
@@ -117,16 +117,18 @@ def large_gpu(device: torch.device) -> bool:
 def tiles_per_batch(device: torch.device) -> int:
     """Default tiles per network call: 1 on a CPU (bigger batches are slower per tile), 8 or 16 on a GPU."""
     if device.type == "cpu":
-        return 1
-    return 16 if large_gpu(device) else 8
+        return CPU_TILES_PER_CALL
+    return LARGE_GPU_TILES_PER_CALL if large_gpu(device) else GPU_TILES_PER_CALL
 
 
 def images_per_call(device: torch.device) -> int:
     """Images (tiles x samples) per network call the sampler aims at on this device."""
-    return 128 if large_gpu(device) else 32
+    return LARGE_GPU_IMAGES_PER_CALL if large_gpu(device) else GPU_IMAGES_PER_CALL
 
 
-def samples_per_batch(device: torch.device, samples: int, tiles_per_batch: int, target: int = 32) -> int:
+def samples_per_batch(
+    device: torch.device, samples: int, tiles_per_batch: int, target: int = GPU_IMAGES_PER_CALL
+) -> int:
     """How many samples of a tile batch go through the network together. On a GPU, enough to give
     it ~``target`` images per call; on a CPU one (bigger batches only thrash the caches). Always a
     divisor of ``samples``, so every call has the same shape (one compilation)."""
