@@ -22,6 +22,7 @@ import tifffile
 import torch
 
 import hazematching.core
+from hazematching.commands import DEFAULT_LICENSE, EXPORT_FORMATS, EXPORT_NAME, PAPER_WEIGHTS_LICENSE, TEST_SIZE
 from hazematching.core import Dehazer
 from hazematching.core.tiles import window
 from hazematching.data.io import DataError, read_split
@@ -34,8 +35,7 @@ CORE_DIR = Path(hazematching.core.__file__).parent
 TEMPLATE = importlib.resources.files("hazematching.rdf") / "model_README.md"
 # dependency order
 CORE_FILES = ("noise.py", "tiles.py", "unet.py", "reference_unet.py", "networks.py", "sampler.py", "dehazer.py")
-TEST_SIZE = 256  # edge of the test tensors' crop, unless the test image is smaller
-FORMATS = ("torchscript", "pytorch_state_dict")
+FORMATS = EXPORT_FORMATS
 PAPER_DOI = "10.48550/arXiv.2506.22397"
 
 
@@ -197,7 +197,7 @@ def export_model(
     solver: str | None = None,
     tile_size: int | None = None,
     overlap: int | None = None,
-    name: str = "HazeMatching widefield dehazing",
+    name: str = EXPORT_NAME,
     authors: list[str] | None = None,
     maintainers: list[str] | None = None,
     license: str | None = None,
@@ -338,8 +338,6 @@ def _write_documentation(
 
 
 PAPER_AUTHORS = ["Anirban Ray", "Ashesh", "Florian Jug"]
-PAPER_WEIGHTS_LICENSE = "MIT"  # github.com/rayanirban/HazeMatching, where the checkpoints are published
-DEFAULT_LICENSE = "BSD-3-Clause"
 
 
 def package_defaults(config: RunDescription, authors: list[str] | None, license: str | None) -> tuple[list, str]:

@@ -34,7 +34,8 @@ from hazematching.settings import (
 # checks that they agree).
 EXPORT_NAME = "HazeMatching widefield dehazing"
 EXPORT_FORMATS = ("torchscript", "pytorch_state_dict")
-DEFAULT_LICENSE, PAPER_WEIGHTS_LICENSE = "BSD-3-Clause", "MIT"
+DEFAULT_LICENSE = "BSD-3-Clause"
+PAPER_WEIGHTS_LICENSE = "MIT"  # github.com/rayanirban/HazeMatching, where the paper's checkpoints are published
 TEST_SIZE = 256  # edge of the package's test tensors' crop, unless the test image is smaller
 
 Dataset = typing.Literal[NAMES]

@@ -138,7 +138,7 @@ def test_the_request_resolves_as_the_keyword_wrapper():
 
 
 def test_export_defaults_agree_with_the_package_writer():
-    """export/package.py states the same defaults; they must not drift apart."""
+    """export/package.py takes its defaults from commands.py (declared once); they must not drift apart."""
     package = pytest.importorskip("hazematching.export.package")
     assert commands.EXPORT_FORMATS == package.FORMATS
     assert commands.TEST_SIZE == package.TEST_SIZE
