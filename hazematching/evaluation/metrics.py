@@ -40,6 +40,16 @@ def range_invariant_psnr(prediction, target) -> float:
     return psnr(affine_fit(prediction, target), target)
 
 
+def ms_ssim_scales(size: int, kernel: int = 11) -> int:
+    """The most scales (at most the standard 5) torchmetrics' MS-SSIM computes on ``size`` px: the
+    coarsest scale must hold the kernel, and torchmetrics also requires
+    ``size // (scales - 1) ** 2 > kernel - 1`` (4 scales need 99 px, 5 need 176)."""
+    scales = max(1, min(5, int(math.floor(math.log2((size - 1) / (kernel - 1)))) + 1))
+    while scales > 1 and size // max(1, scales - 1) ** 2 <= kernel - 1:
+        scales -= 1
+    return scales
+
+
 def ms_ssim(prediction, target) -> float:
     """torchmetrics' MS-SSIM of the affinely fitted prediction; scales reduced for small images."""
     from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
@@ -48,7 +58,7 @@ def ms_ssim(prediction, target) -> float:
     fitted = affine_fit(prediction, target)
     size = min(target.shape[-2:])
     betas = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-    scales = max(1, min(5, int(math.floor(math.log2((size - 1) / 10))) + 1))
+    scales = ms_ssim_scales(size)
     betas = tuple(b / sum(betas[:scales]) for b in betas[:scales])
     value = multiscale_structural_similarity_index_measure(
         fitted[None, None].float(),

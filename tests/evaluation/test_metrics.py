@@ -96,3 +96,14 @@ def test_fsim_hand_cases(image):
     step[:, 128:] = 255.0
     pc = metrics._phase_congruency(step + rng.normal(0, 10, step.shape))
     assert pc[:, 127:129].mean() > 0.6 and pc[:, 56:72].mean() < 0.1
+
+
+@pytest.mark.parametrize("size", [16, 43, 44, 81, 90, 98, 99, 161, 175, 176])
+def test_ms_ssim_runs_at_every_size_torchmetrics_allows(size):
+    """81-98 px and 161-175 px images once asked torchmetrics for more scales than it computes there."""
+    from hazematching.evaluation.metrics import ms_ssim, ms_ssim_scales
+
+    rng = np.random.default_rng(size)
+    target = rng.random((size, size))
+    assert 0.5 < ms_ssim(target + 0.05 * rng.random((size, size)), target) <= 1.0
+    assert ms_ssim_scales(size) == {16: 1, 43: 2, 44: 3, 81: 3, 90: 3, 98: 3, 99: 4, 161: 4, 175: 4, 176: 5}[size]
