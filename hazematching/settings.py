@@ -98,9 +98,13 @@ class SettingsRequest(BaseModel):
     tile_size: TileSize | None = Field(
         None,
         description="larger images are processed in overlapping tiles of this edge in pixels (memory ~ tile^2 x "
-        f"batch; default: {TILE_SIZE})",
+        f"batch; default: the run's, else {TILE_SIZE}; the paper's network: the crop it was trained on)",
     )
-    overlap: Overlap | None = Field(None, description=f"overlap of neighbouring tiles in pixels (default: {OVERLAP})")
+    overlap: Overlap | None = Field(
+        None,
+        description=f"overlap of neighbouring tiles in pixels (default: the run's, else {OVERLAP}; the paper's "
+        "network: a quarter tile)",
+    )
 
     # The fields whose help a qualifier extends (export: "... inside the package").
     QUALIFIED: ClassVar[tuple[str, ...]] = ("samples", "steps", "solver", "seed", "tile_size")
@@ -133,11 +137,13 @@ class SpeedOptions(BaseModel):
 
     batch_size: int | None = Field(
         None,
+        ge=1,
         description=f"tiles per network call (default: {CPU_TILES_PER_CALL} on CPU, {GPU_TILES_PER_CALL} on a GPU, "
         f"{LARGE_GPU_TILES_PER_CALL} on one with >= {LARGE_GPU_BYTES // 2**30} GiB)",
     )
     sample_batch: int | None = Field(
         None,
+        ge=1,
         description=f"samples per network call (default: 1 on CPU; on GPU enough for ~{GPU_IMAGES_PER_CALL} images "
         "per call)",
     )

@@ -326,6 +326,10 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
     else:
         file_axes = stored_axes.replace("S", "C") if "C" not in stored_axes else stored_axes
         unknown = sorted(set(file_axes) - set(KNOWN_AXES))
+        if unknown and channel is not None and len(shape) == 3 and shape[0] <= 4 and file_axes[1:] == "YX":
+            # --channel with a few unnamed planes: the paired layout (channel 0 confocal, 1 widefield)
+            # that training reads as CYX too
+            file_axes, unknown = "CYX", []
         if unknown or not file_axes.endswith("YX"):
             raise DataError(
                 f"{path}: unknown axes {stored_axes!r} for shape {shape}: the file does not say which "

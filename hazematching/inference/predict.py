@@ -43,6 +43,10 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+class TileSizeWarning(UserWarning):
+    """A network with attention over its whole window is tiled at another size than it was trained at."""
+
+
 class CalibrationWarning(UserWarning):
     """The std calibration is applied to predictions made with other K, N or solver than it was fitted with."""
 
@@ -100,6 +104,14 @@ def predict_array(
     per_step = evaluations_per_step(solver)
     stride = getattr(run.model, "stride", 1)
     tile_size, overlap = window(settings.tile_size, settings.overlap, stride)
+    trained = run.config.sampler.tile_size
+    if getattr(run.model, "fixed_window", False) and trained and tile_size != trained:
+        warnings.warn(
+            f"--tile-size {settings.tile_size}: this network attends over its whole window and was trained on "
+            f"{trained} px windows; tiles of another size change its output (leave --tile-size out)",
+            TileSizeWarning,
+            stacklevel=2,
+        )
 
     device = next(run.model.parameters()).device
     batch_size = batch_size or tiles_per_batch(device)
