@@ -31,7 +31,10 @@ class SamplerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(
-        20, ge=1, description="steps N of the ODE solver per sample, stored in the run for predict and export"
+        20,
+        ge=1,
+        description="steps N of the ODE solver per sample, stored in the run for predict and export (with "
+        "--time-grid-points G: G - 1, the grid's)",
     )
     samples: int = Field(
         8, ge=1, description="samples K averaged into the MMSE, stored in the run for predict and export"
@@ -162,6 +165,9 @@ class TrainConfig(BaseModel):
             derived["time_conditioning"] = self.objective == "cfm"
         # set without marking the field as given (``--init-from`` inherits the fields that were not)
         self.__dict__["model"] = self.model.model_copy(update=derived)
+        if self.time_grid_points >= 2 and "steps" not in self.sampler.model_fields_set:
+            # a network trained on G time points is sampled on them: Euler with G - 1 steps
+            self.__dict__["sampler"] = self.sampler.model_copy(update={"steps": self.time_grid_points - 1})
         if self.model.kind == "reference":
             # global attention: predict in windows of the size it was trained on, a quarter overlapping
             tile = self.sampler.tile_size or self.crop_size

@@ -35,7 +35,7 @@ def bad_values(run, data, tmp_path) -> dict:
         "predict": (["predict", "--model", run, "--input", run, "--output", out, "--steps", "0"], 2, "--steps 0"),
         "evaluate": (["evaluate", "--model", run, "--data", data, "--samples", "0"], 2, "--samples 0"),
         "calibrate": (["calibrate", "--model", run, "--data", data, "--tile-size", "3"], 2, "--tile-size 3"),
-        "tune": (["tune", "--model", run, "--data", data, "--samples", "1"], 2, "--samples (1,)"),
+        "tune": (["tune", "--model", run, "--data", data, "--samples", "1"], 2, "--samples 1:"),
         "export": (["export", "--model", run, "--output", out + ".zip", "--formats", "onnx"], 2, "--formats onnx"),
         "simulate": (["simulate", "--out", out, "--num-images", "1"], 1, "--num-images"),
         "reference import": (["reference", "import", str(tmp_path / "no.pth"), "--output", out], 1, "no.pth"),

@@ -79,7 +79,9 @@ def measure(
 ) -> list[TuneRow]:
     """The table: one row per (K, solver, steps), every row on the same pairs with the same seed."""
     if not samples or min(samples) < 2:
-        raise SettingError(f"--samples {samples}: each K must be at least 2 (the std needs two samples)")
+        raise SettingError(
+            f"--samples {','.join(map(str, samples))}: each K must be at least 2 (the std needs two samples)"
+        )
     pairs = read_split(Path(data_dir))
     if not pairs:
         raise DataError(f"{data_dir}: no image pairs to tune on")

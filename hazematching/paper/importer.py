@@ -38,8 +38,7 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError:
         raise RunError(f"{path}: no such file") from None
     except Exception as exc:  # truncated zip, foreign pickle, not a torch file: many types
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RunError(f"{path}: not a readable PyTorch state dict ({reason[:200]})") from None
+        raise RunError(f"{path}: {_unreadable(path, exc)}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a Lightning-style wrapper around the same weights
     if (
@@ -51,6 +50,22 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if all(key.startswith("module.") for key in state):  # saved from a DistributedDataParallel wrapper
         state = {key.removeprefix("module."): value for key, value in state.items()}
     return state
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line (torch's own message runs to
+    a paragraph with terminal escapes)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if Path(path).stat().st_size == 0:
+        return "the file is empty"
+    if "Unsupported global" in text or "GLOBAL" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (
+            f"holds pickled Python objects{what}, not only tensors, which are not loaded for safety (weights_only); "
+            "save the network's state dict instead: torch.save(model.state_dict(), PATH)"
+        )
+    return "not a PyTorch file written by torch.save, or a damaged or truncated one"
 
 
 def infer_architecture(state: dict[str, torch.Tensor], path: Path) -> ReferenceArchitecture:

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hazematching.architecture import parse_architecture
+from hazematching.architecture import is_derived, parse_architecture
 from hazematching.config import TrainConfig, format_validation_error
 from hazematching.core import cfm_loss, keyed_normal, keyed_time, mse_loss, shortcut_loss
 from hazematching.data.checks import check_pairs
@@ -124,8 +124,15 @@ def with_base_run_settings(config: TrainConfig) -> tuple[TrainConfig, list[str]]
         "sampler": base.sampler.model_dump(),
     }
     taken = {key: value for key, value in taken.items() if key not in given}
+    if "model" in given and "kind" not in config.model.model_fields_set:
+        # model flags without --architecture change that run's network, not the default one
+        fields = type(config.model).model_fields
+        set_here = {n: getattr(config.model, n) for n in config.model.model_fields_set if not is_derived(fields[n])}
+        taken["model"] = base.architecture.model_dump(mode="json") | set_here
     if "model" in taken:
         taken["model"].pop("step_conditioning", None)  # set again from --shortcut-fraction
+    if "sampler" in taken and "time_grid_points" in given:
+        taken["sampler"].pop("steps")  # a new time grid brings its own Euler steps (config.py)
     if not taken:
         return config, []
     data = config.model_dump(mode="json", exclude=set(taken)) | taken

@@ -104,7 +104,13 @@ def test_a_truncated_file_is_refused(neuron_like, tmp_path):
     path = tmp_path / "truncated.pth"
     path.write_bytes(data[: len(data) // 2])
     message = refused(path, tmp_path / "run", "--dataset", "neuron")
-    assert str(path) in message and "not a readable PyTorch state dict" in message
+    assert str(path) in message and "damaged or truncated" in message
+
+
+def test_an_empty_file_is_refused(tmp_path):
+    path = tmp_path / "empty.pth"
+    path.write_bytes(b"")
+    assert "the file is empty" in refused(path, tmp_path / "run", "--dataset", "neuron")
 
 
 def test_a_pickle_that_is_not_a_state_dict_is_refused(tmp_path):
@@ -119,7 +125,7 @@ def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save(WritesMarker(marker), path)
     message = refused(path, tmp_path / "run", "--dataset", "neuron")
-    assert str(path) in message and "not a readable PyTorch state dict" in message
+    assert str(path) in message and "holds pickled Python objects" in message and "\x1b" not in message
     assert not marker.exists()
     torch.load(path, weights_only=False)  # the file is live: a plain unpickling does run its code
     assert marker.read_text() == "code ran"
