@@ -325,7 +325,7 @@ def _write_documentation(
             step=geometry.step,
             calibrated_note=", calibrated" if calibration else "",
             calibrated_detail=calibrated_detail,
-            training_data=config.training.data,
+            training_data=_training_data_text(config),
             input_mean=config.normalization.input_mean,
             input_std=config.normalization.input_std,
             max_mean_distance=input_range.MAX_MEAN_DISTANCE,
@@ -346,6 +346,16 @@ def package_defaults(config: RunDescription, authors: list[str] | None, license:
     imported = config.imported is not None and config.imported.verified
     authors = authors or (PAPER_AUTHORS if imported else ["HazeMatching contributors"])
     return authors, license or (PAPER_WEIGHTS_LICENSE if imported else DEFAULT_LICENSE)
+
+
+def _training_data_text(config: RunDescription) -> str:
+    """What the model was trained on, as the README's intended-use paragraph names it."""
+    source = config.imported
+    if source is None:
+        return str(config.training.data)
+    if source.release:
+        return f"the paper's {source.release} data set"
+    return "the data of the imported checkpoint"
 
 
 def _origin_text(config: RunDescription) -> str:
