@@ -109,7 +109,12 @@ class Dehazer(nn.Module):
         """Mean and std (normalised units) of a normalised image. Images larger than
         ``tile_size`` are processed in the overlapping tiles of ``hazematching predict`` (same spans,
         same noise): big activations thrash the CPU caches, and deepImageJ sends whole images."""
-        b, h, w = cond.shape[0], cond.shape[2], cond.shape[3]
+        b, height, width = cond.shape[0], cond.shape[2], cond.shape[3]
+        # one border rule (``inference.predict.pad_to_stride``): the image, not each tile, is padded
+        pad_h, pad_w = (-height) % self.stride, (-width) % self.stride
+        if pad_h > 0 or pad_w > 0:
+            cond = F.pad(cond, [0, pad_w, 0, pad_h], mode="replicate")
+        h, w = cond.shape[2], cond.shape[3]
         tile_y = fitted_tile(h, self.tile_size, self.overlap, self.fit_multiple)
         tile_x = fitted_tile(w, self.tile_size, self.overlap, self.fit_multiple)
         th, tw = min(tile_y, h), min(tile_x, w)
@@ -119,8 +124,8 @@ class Dehazer(nn.Module):
         for y0, ky0, ky1 in tile_spans(h, tile_y, self.overlap):
             for x0, kx0, kx1 in tile_spans(w, tile_x, self.overlap):
                 # noise keyed on positions relative to the image centre, as in ``hazematching predict``
-                origin_y = torch.full([b], y0 - h // 2, dtype=torch.int64, device=cond.device)
-                origin_x = torch.full([b], x0 - w // 2, dtype=torch.int64, device=cond.device)
+                origin_y = torch.full([b], y0 - height // 2, dtype=torch.int64, device=cond.device)
+                origin_x = torch.full([b], x0 - width // 2, dtype=torch.int64, device=cond.device)
                 tile_mean, tile_std = self.posterior(cond[:, :, y0 : y0 + th, x0 : x0 + tw], origin_y, origin_x)
                 if self.blend:
                     wy = torch.tensor(ramp(y0, th, h, self.overlap), dtype=cond.dtype, device=cond.device)
@@ -133,5 +138,5 @@ class Dehazer(nn.Module):
                 mean[:, :, ky0:ky1, kx0:kx1] = tile_mean[:, :, ky0 - y0 : ky1 - y0, kx0 - x0 : kx1 - x0]
                 std[:, :, ky0:ky1, kx0:kx1] = tile_std[:, :, ky0 - y0 : ky1 - y0, kx0 - x0 : kx1 - x0]
         if self.blend:
-            return mean / weight, std / weight
-        return mean, std
+            mean, std = mean / weight, std / weight
+        return mean[:, :, :height, :width], std[:, :, :height, :width]

@@ -59,6 +59,15 @@ def calibration(run: LoadedRun) -> tuple[float, float]:
     return cal.scale, cal.offset
 
 
+def pad_to_stride(image: np.ndarray, stride: int) -> np.ndarray:
+    """The one border rule for every window the network sees: the image (not each window) is padded
+    by repeating its last row/column to a multiple of the network's stride, as the network would pad
+    a window of that size; so one whole-image window and many tiles see the same border, and the
+    exported model (``core/dehazer.py``) does the same."""
+    pad_h, pad_w = (-image.shape[0]) % stride, (-image.shape[1]) % stride
+    return np.pad(image, ((0, pad_h), (0, pad_w)), mode="edge") if pad_h or pad_w else image
+
+
 @torch.inference_mode()
 def predict_array(
     run: LoadedRun,
@@ -117,13 +126,15 @@ def predict_array(
     batch_size = batch_size or tiles_per_batch(device)
     norm = run.normalization
     height, width = image.shape
-    all_tiles, th, tw = tiles(height, width, tile_size, overlap, fit_multiple(run.model, stride))
+    normalized = pad_to_stride(norm.normalize_input(image).astype(np.float32), stride)
+    padded_height, padded_width = normalized.shape
+    all_tiles, th, tw = tiles(padded_height, padded_width, tile_size, overlap, fit_multiple(run.model, stride))
     # fixed-window networks cross-fade overlapping tiles (core.tiles.ramp); the others keep regions
-    blend = np.zeros((height, width), np.float32) if getattr(run.model, "fixed_window", False) else None
-    mean = np.zeros((height, width), np.float32)
-    std = None if point_predictor else np.zeros((height, width), np.float32)
-    kept = np.zeros((samples, height, width), np.float32) if keep_samples else None
-    normalized = norm.normalize_input(image).astype(np.float32)
+    canvas = (padded_height, padded_width)
+    blend = np.zeros(canvas, np.float32) if getattr(run.model, "fixed_window", False) else None
+    mean = np.zeros(canvas, np.float32)
+    std = None if point_predictor else np.zeros(canvas, np.float32)
+    kept = np.zeros((samples, *canvas), np.float32) if keep_samples else None
     batches = [all_tiles[i : i + batch_size] for i in range(0, len(all_tiles), batch_size)]
     total = len(batches) * (1 if point_predictor else samples)
     evaluations = len(batches) * (1 if point_predictor else samples * steps * per_step) * job_planes
@@ -174,7 +185,7 @@ def predict_array(
             out_mean = out_mean.float().cpu().numpy()
             for i, t in enumerate(batch):
                 if blend is not None:
-                    w = t.blend_weights(th, tw, height, width, overlap)
+                    w = t.blend_weights(th, tw, padded_height, padded_width, overlap)
                     area = t.window(th, tw)
                     blend[area] += w
                     mean[area] += w * out_mean[i, 0]
@@ -194,6 +205,9 @@ def predict_array(
         mean /= blend
         std = std / blend if std is not None else None
         kept = kept / blend if kept is not None else None
+    mean = mean[:height, :width]
+    std = std[:height, :width] if std is not None else None
+    kept = kept[:, :height, :width] if kept is not None else None
     mean = norm.denormalize_target(mean).astype(np.float32)
     if std is not None:
         std *= np.float32(norm.target_std)
