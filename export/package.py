@@ -181,11 +181,11 @@ class Geometry:
             # global attention: no finite receptive field; blocks of at least one tile, whose outer
             # quarter-tile is context, as in the model's own tiling
             halo = -(-(tile_size // 4) // stride) * stride
-            return cls(halo=halo, min_size=max(tile_size, (2 * halo // stride + 1) * stride), step=stride)
+            return cls(halo=halo, min_size=max(tile_size, (2 * halo // stride + 1) * stride), step=1)
         halo = -(-receptive_radius(net) // stride) * stride
-        # consumers only accept min + k * step (the network itself takes any size); min is a multiple
-        # of step with a non-empty centre
-        return cls(halo=halo, min_size=(2 * halo // stride + 1) * stride, step=stride)
+        # every size from min on (step 1): the model pads the image to its stride itself (one border
+        # rule, core/dehazer.py); min leaves a non-empty centre inside the consumer's halo
+        return cls(halo=halo, min_size=(2 * halo // stride + 1) * stride, step=1)
 
 
 def export_model(

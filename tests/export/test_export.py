@@ -129,6 +129,17 @@ def test_bioimageio_predict_matches_hazematching_predict(package, trained_run, s
             assert bool(np.abs(got - cli).max() <= 1e-4 * np.abs(cli).max()) is equal, (noise, name)
 
 
+@pytest.mark.parametrize("shape", [(85, 87), (88, 89)])
+def test_bioimageio_predict_takes_every_size_from_the_minimum(package, sim_data, tmp_path, shape):
+    """Robustness case 5: sizes that are not min + k * stride (once refused with a traceback)."""
+    image = np.tile(read_split(sim_data / "test")[0].input, (2, 2))[: shape[0], : shape[1]]
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    out = tmp_path / "out" / "{output_id}.tif"
+    result = bioimageio("predict", "--inputs", str(tmp_path / "img.tif"), "--outputs", str(out), str(package))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert np.squeeze(tifffile.imread(tmp_path / "out" / "dehazed.tif")).shape == (2, *shape)
+
+
 def test_torchscript_runs_without_the_project(package, tmp_path):
     with zipfile.ZipFile(package) as zf:
         zf.extractall(tmp_path)
