@@ -211,6 +211,7 @@ class DehazeWidget(QWidget):
         self.worker.returned.connect(lambda result: self._add_layers(layer, result))
         self.worker.errored.connect(self._errored)
         self.worker.finished.connect(self._finished)
+        self.progress.setValue(0)
         self._busy(True)
         self.status.setText(f"dehazing {layer.name} …")
         self.worker.start()
@@ -243,6 +244,7 @@ class DehazeWidget(QWidget):
                 units=("pixel", *layer.units),
                 contrast_limits=_limits(result.mean, 0.5),
             )
+        self.progress.setValue(self.progress.maximum())  # finished: the bar stays full until the next run
         self.status.setText(
             f"{layer.name}: added '{layer.name} dehazed'" + (" and 'std'" if result.std is not None else "")
         )
@@ -252,6 +254,7 @@ class DehazeWidget(QWidget):
             show_warning(result.warning)
 
     def _errored(self, exc: Exception) -> None:
+        self.progress.setValue(0)  # nothing was added: the bar does not claim otherwise
         if isinstance(exc, engine.Cancelled):
             self.status.setText("cancelled: nothing was added")
         elif isinstance(exc, EXPECTED):
@@ -266,8 +269,6 @@ class DehazeWidget(QWidget):
     def _busy(self, busy: bool) -> None:
         self.dehaze_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
-        if not busy:
-            self.progress.setValue(0)
 
     def _fail(self, message: str) -> bool:
         self.status.setText(message)

@@ -23,6 +23,7 @@ from hazematching.data.io import read_two_channel  # noqa: E402
 from hazematching.data.sample import SAMPLE_PAIR  # noqa: E402
 from hazematching.inference.experiment import derive_seed  # noqa: E402
 from hazematching.inference.predict import predict_array  # noqa: E402
+from hazematching.napari import engine  # noqa: E402
 from hazematching.run import load_model  # noqa: E402
 
 WAIT_MS = 300_000
@@ -93,6 +94,15 @@ def test_2d_layer_gives_predict_array_results_with_the_layers_geometry(qtbot, wi
         assert tuple(out.axis_labels) == tuple(layer.axis_labels)
         lo, hi = out.contrast_limits
         assert out.data.min() <= hi and lo < hi
+
+
+def test_the_progress_bar_is_full_after_a_run_and_empty_after_a_cancel(qtbot, widget, widefield):
+    """It read 0 % after a finished run (robustness README)."""
+    widget.viewer.add_image(widefield[:64, :64], name="wf")
+    _run(qtbot, widget, "wf")
+    assert widget.progress.value() == widget.progress.maximum() > 0
+    widget._errored(engine.Cancelled())  # what a cancelled run reports
+    assert widget.progress.value() == 0
 
 
 def test_3d_layer_from_a_file_equals_the_cli_on_that_file(qtbot, widget, widefield, trained_run, tmp_path):
