@@ -179,6 +179,11 @@ def split_axes(axes: str) -> tuple[str, dict[str, int]]:
     return letters, sizes
 
 
+class SingleChannelError(DataError):
+    """``--channel`` asked of a file with one channel (in a folder that mixes paired and single files,
+    the experiment runner dehazes that file as it is and says so)."""
+
+
 def _check_plane_and_channel(
     path: Path, file_axes: str, shape: tuple, channel: int | None, min_size: int
 ) -> int | None:
@@ -202,7 +207,7 @@ def _check_plane_and_channel(
             )
         channel = channel or 0
     elif channel not in (None, 0):
-        raise DataError(
+        raise SingleChannelError(
             f"{path}: --channel {channel} requested but the image (axes {file_axes}, shape {shape}) has one channel"
         )
     else:

@@ -85,3 +85,24 @@ def test_several_series_are_refused_never_dropped(trained_run, sim_data, tmp_pat
     files = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["files"]
     assert files["two_series.ome.tif"]["status"] == "failed" and files["single.tif"]["status"] == "complete"
     assert sorted(p.name for p in (tmp_path / "out").glob("*.tif")) == ["single.tif", "single_std.tif"]
+
+
+def test_a_folder_mixing_paired_and_single_channel_files_runs_with_one_channel_flag(trained_run, sim_data, tmp_path):
+    """--channel picks the widefield channel of the paired files; a single-channel file in the same
+    folder is dehazed as it is, with a warning naming it (it used to fail)."""
+    pair = read_split(sim_data / "test")[0]
+    src = tmp_path / "mixed"
+    src.mkdir()
+    tifffile.imwrite(src / "paired.tif", np.stack([pair.target, pair.input]), metadata={"axes": "CYX"})
+    tifffile.imwrite(src / "single.tif", pair.input)
+    _predict(trained_run, src, tmp_path / "out", "--channel", "1", "--noise", "package")  # same noise for both
+    files = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["files"]
+    assert {name: entry["status"] for name, entry in files.items()} == {
+        "paired.tif": "complete",
+        "single.tif": "complete",
+    }
+    assert "one channel, dehazed as it is" in files["single.tif"]["warning"]
+    paired, single = (tifffile.imread(tmp_path / "out" / name) for name in ("paired.tif", "single.tif"))
+    np.testing.assert_array_equal(paired, single)
+    with pytest.raises(SystemExit, match="has one channel"):  # a single file asked for a channel it lacks
+        _predict(trained_run, src / "single.tif", tmp_path / "alone.tif", "--channel", "1")

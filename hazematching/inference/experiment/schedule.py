@@ -5,7 +5,7 @@ import shutil
 import uuid
 
 from hazematching.data.io import DataError
-from hazematching.data.stack import PlaneReader, open_stack
+from hazematching.data.stack import PlaneReader, SingleChannelError, open_stack
 from hazematching.inference.experiment.jobs import MIN_SIZE, JobError, input_stat
 from hazematching.inference.experiment.manifest import Manifest
 from hazematching.inference.experiment.workfolder import WorkFolder
@@ -91,8 +91,20 @@ def plan_job(
             skipped.append(job.key)
             continue
         try:
-            job.info = open_stack(job.input, axes, channel, MIN_SIZE)
-            job.warning = range_warning(job, normalization)
+            try:
+                job.info = open_stack(job.input, axes, channel, MIN_SIZE)
+                note = None
+            except SingleChannelError:
+                if single_file:
+                    raise
+                # a folder mixing paired (multi-channel) and single-channel files: --channel picks the
+                # channel of the former; the latter hold one image, dehazed as it is
+                job.info = open_stack(job.input, axes, None, MIN_SIZE)
+                note = (
+                    f"warning: {job.input}: one channel, dehazed as it is (--channel {channel} applies to the files "
+                    "with several)"
+                )
+            job.warning = "; ".join(w for w in (note, range_warning(job, normalization)) if w) or None
             entry.update(
                 axes=job.info.axes, shape=list(job.info.shape), planes=job.info.planes, channel=job.info.channel
             )
