@@ -15,6 +15,9 @@ COPY_CORRELATION = 0.99999
 # in the input: widefield haze adds background, so confocal targets have the higher std/mean
 # (12 of 12 simulated pairs and every pair of ../shared/robustness have it; measured 2026-11-30)
 SWAPPED_FRACTION = 0.75
+# a channel with at least this fraction of its pixels at one value is nearly blank (a warning: sparse
+# samples can be like that; the spots of the tests' simulated targets leave 98.7 % at the background)
+NEARLY_CONSTANT_FRACTION = 0.995
 
 
 def _thinned(image: np.ndarray) -> np.ndarray:
@@ -26,6 +29,13 @@ def _thinned(image: np.ndarray) -> np.ndarray:
 def _constant(image: np.ndarray) -> bool:
     image = _thinned(image)
     return float(image.std()) <= CONSTANT_RELATIVE_STD * max(1.0, abs(float(image.mean())))
+
+
+def _most_common(image: np.ndarray) -> tuple[float, float]:
+    """(value, fraction of the pixels that have it)."""
+    values, counts = np.unique(_thinned(image), return_counts=True)
+    top = int(counts.argmax())
+    return float(values[top]), float(counts[top]) / float(counts.sum())
 
 
 def _contrast(image: np.ndarray) -> float:
@@ -49,7 +59,7 @@ def _listed(problems: list[str], split: str, what: str, advice: str) -> DataErro
 def check_pairs(pairs: list[ImagePair], split: str) -> list[str]:
     """Refuse (``DataError``) pairs with a constant channel or an input that is a (rescaled) copy of its
     target, naming the first file and how many more; return warnings for a split (named ``split`` in
-    the messages) whose channels look swapped."""
+    the messages) whose channels look swapped, and for channels that are nearly constant."""
     constant = [
         f"{_where(pair, role)} ({split} split) is constant ({float(np.asarray(image).mean()):.6g} everywhere)"
         for pair in pairs
@@ -77,12 +87,22 @@ def check_pairs(pairs: list[ImagePair], split: str) -> list[str]:
             "are the same image (one is a copy of the other, perhaps rescaled)",
             "the pair teaches nothing about dehazing (was the widefield image saved as the target too?)",
         )
+    warnings = []
+    for pair in pairs:
+        for role, image in (("target", pair.target), ("input", pair.input)):
+            value, fraction = _most_common(image)
+            if fraction >= NEARLY_CONSTANT_FRACTION:
+                warnings.append(
+                    f"warning: {_where(pair, role)} ({split} split) is nearly constant: {100 * fraction:.1f} % of its "
+                    f"pixels are {value:.6g}; check that the file holds the image you mean (a nearly blank channel "
+                    "teaches the model little)"
+                )
     higher = [p.name for p in pairs if _contrast(p.input) > _contrast(p.target)]
     if pairs and len(higher) >= SWAPPED_FRACTION * len(pairs) and len(pairs) >= 2:
         folder = pairs[0].input_path.parent if pairs[0].input_path is not None else split
-        return [
+        warnings.append(
             f"warning: {folder} ({split} split): in {len(higher)} of {len(pairs)} pairs the input (channel 1) has "
             "more contrast than the target (channel 0), as if the channels were swapped; HazeMatching expects "
             "channel 0 = confocal target, channel 1 = widefield input (or input/ and target/ folders)"
-        ]
-    return []
+        )
+    return warnings

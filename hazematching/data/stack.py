@@ -198,12 +198,13 @@ def _check_plane_and_channel(
         if channel is None and channels > 1:
             raise DataError(
                 f"{path}: has {channels} channels (axes {file_axes}); pick the one the model was trained "
-                "for with --channel C (e.g. --channel 1 for the widefield channel of paired files)"
+                "for with --channel C, counted from 0 (Fiji's channel 2 is --channel 1; --channel 1 is the widefield "
+                "channel of paired files)"
             )
         if channel is not None and not 0 <= channel < channels:
             raise DataError(
                 f"{path}: --channel {channel} requested but the image (axes {file_axes}, shape {shape}) has "
-                f"{channels} channel(s)"
+                f"{channels} channel(s), numbered from 0"
             )
         channel = channel or 0
     elif channel not in (None, 0):
@@ -331,10 +332,6 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
     else:
         file_axes = stored_axes.replace("S", "C") if "C" not in stored_axes else stored_axes
         unknown = sorted(set(file_axes) - set(KNOWN_AXES))
-        if unknown and channel is not None and len(shape) == 3 and shape[0] <= 4 and file_axes[1:] == "YX":
-            # --channel with a few unnamed planes: the paired layout (channel 0 confocal, 1 widefield)
-            # that training reads as CYX too
-            file_axes, unknown = "CYX", []
         if unknown or not file_axes.endswith("YX"):
             raise DataError(
                 f"{path}: unknown axes {stored_axes!r} for shape {shape}: the file does not say which "

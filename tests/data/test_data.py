@@ -269,3 +269,15 @@ def test_copied_channels_are_refused_and_swapped_channels_warned(tmp_path):
     _pairs_folder(tmp_path / "swapped", lambda i: _hazy_pair(i)[::-1].copy(), 4)
     warnings = checked(tmp_path / "swapped", 0.25)
     assert len(warnings) == 1 and "in 3 of 3 pairs the input (channel 1) has more contrast" in warnings[0]
+
+
+def test_a_nearly_constant_channel_is_warned_about_naming_file_split_and_channel(tmp_path):
+    """Robustness case 2, another instance: 42 everywhere but 0.1 % of pixels at 43 trained silently."""
+    _pairs_folder(tmp_path / "train", _hazy_pair, 4)
+    nearly = _hazy_pair(9, shape=(64, 64))
+    nearly[0] = 42
+    nearly[0, 0, :4] = 43
+    tifffile.imwrite(tmp_path / "train" / "p9.tif", nearly)
+    warnings = checked(tmp_path, 0.2)
+    ours = [w for w in warnings if f"{tmp_path / 'train' / 'p9.tif'}: the target (channel 0) (" in w]
+    assert len(ours) == 1 and "split) is nearly constant: 99.9 % of its pixels are 42" in ours[0], warnings

@@ -137,14 +137,3 @@ def test_axes_imagej_cannot_hold_are_written_as_ome(tmp_path):
     out = tmp_path / "samples.tif"
     create_output(out, info, "ZTCYX", (2, 3, 4, 40, 50))
     assert open_stack(out, channel=0).axes == "ZTCYX"
-
-
-def test_channel_names_the_leading_axis_of_an_unlabelled_paired_file(tmp_path):
-    """The paper's paired TIFFs carry no axes: with --channel the 2 unnamed planes are channels (as
-    training reads them); without it the file still asks what they are."""
-    path = tmp_path / "pair.tif"
-    tifffile.imwrite(path, np.stack([np.full((32, 32), 300, np.float32), np.full((32, 32), 100, np.float32)]))
-    info = open_stack(path, channel=1)
-    assert info.axes == "CYX" and info.channel == 1
-    with pytest.raises(DataError, match="unknown axes"):
-        open_stack(path)

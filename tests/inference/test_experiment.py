@@ -179,11 +179,13 @@ def test_bad_files_are_reported_and_skipped(trained_run, sim_data, tmp_path, cap
         cli_main(["predict", *_flags(trained_run, src, tmp_path / "out", samples=1, steps=2, channel=1)])
     assert exit_info.value.code == 1
     printed = capsys.readouterr().out
-    assert "1 file(s) dehazed" in printed and "5 failed" in printed
+    assert "2 file(s) dehazed" in printed and "4 failed" in printed
     files = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["files"]
     assert files["good.tif"]["status"] == "complete"
+    # a single-channel file in a folder of paired ones is dehazed as it is, and said so (robustness
+    # README, "a folder mixing paired and single-channel files"); alone it is refused (test_readers.py)
+    assert files["one_channel.tif"]["status"] == "complete" and "one channel" in files["one_channel.tif"]["warning"]
     expected = {
-        "one_channel.tif": "--channel 1 requested but the image .* has one channel",
         "small.tif": "smaller than the minimum",
         "unknown.tif": "unknown axes .* pass --axes",
         "cut.tif": "truncated",
@@ -192,7 +194,12 @@ def test_bad_files_are_reported_and_skipped(trained_run, sim_data, tmp_path, cap
     for name, pattern in expected.items():
         assert files[name]["status"] == "failed" and __import__("re").search(pattern, files[name]["error"]), files[name]
         assert f"FAILED {name}" in printed
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.tif")) == ["good.tif", "good_std.tif"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tif")) == [
+        "good.tif",
+        "good_std.tif",
+        "one_channel.tif",
+        "one_channel_std.tif",
+    ]
     assert tifffile.imread(tmp_path / "out" / "good.tif").shape == (2, 64, 64)
 
     # --axes makes the unknown file usable
