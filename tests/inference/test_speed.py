@@ -118,7 +118,8 @@ def test_compiled_prediction_of_several_sizes_equals_eager_without_a_compile_per
     options = dict(samples=2, steps=2, seed=3, progress=False, tile_size=96, overlap=16)
     torch._dynamo.reset()
     counters.clear()
-    for shape in [(120, 136), (150, 110), (200, 176)]:
+    # the first two sizes give tiles that differ in both axes: dynamo frees only the axes that changed
+    for shape in [(120, 136), (108, 112), (200, 176)]:
         image = (rng.random(shape) * 500).astype(np.float32)
         eager = predict_array(run, image, compile="off", **options)
         compiled = predict_array(run, image, compile="on", **options)

@@ -101,5 +101,8 @@ def test_fine_tuning_an_imported_checkpoint_needs_no_model_flags(sim_data, tmp_p
     assert config["normalization"]["input_mean"] == 500.0
     assert max_difference(weights(tuned), weights(imported)) < 1e-6
 
-    other = run_trainer([*flags, "--output-dir", str(tmp_path / "bad"), "--base-channels", "8"])
+    other = run_trainer([*flags, "--output-dir", str(tmp_path / "bad"), "--architecture", "unet"])
     assert other.returncode != 0 and "that run is a reference network" in other.stderr
+    # model flags without --architecture change that run's network: named as the difference
+    wider = run_trainer([*flags, "--output-dir", str(tmp_path / "wider"), "--base-channels", "64"])
+    assert wider.returncode != 0 and "base_channels: that run 32, the flags 64" in wider.stderr
