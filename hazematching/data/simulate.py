@@ -130,9 +130,9 @@ def simulate_dataset(
 
     if size < 32:
         raise ValueError(f"--size must be >= 32, got {size}")
+    counts = split_counts(num_images)  # bad values are named before a missing extra
     require_microsim()
     out = Path(out)
-    counts = split_counts(num_images)
     index = 0
     with tqdm(total=num_images, desc="simulating pairs", disable=not progress) as bar:
         for split, count in counts.items():
