@@ -52,7 +52,7 @@ class StackInfo:
     channel: int | None  # the dehazed index along C; None when there is no C axis
     pixel_sizes: PixelSizes = field(default_factory=PixelSizes)
     offset: int | None = None  # start of contiguous uncompressed pixel data, else None
-    per_page: int = 1  # planes stored in one TIFF page
+    per_page: int = 1  # planes stored in one TIFF page; -n: one plane stored in n consecutive pages
     ngff: omezarr.NgffImage | None = None  # OME-Zarr only
 
     @property
@@ -311,12 +311,24 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
         if "Y" in stored_axes and "X" in stored_axes
         else {len(shape) - 2, len(shape) - 1}
     )
+    relabel = kind == "plain" and any(shape[i] == 1 for i in yx) and sum(n > 1 for n in shape) >= 2
+    if relabel:  # an unlabelled (64, 1, 64): tifffile's pages of (1, 64) say nothing about Y and X
+        yx = set([i for i, n in enumerate(shape) if n > 1][-2:])
     keep = [i for i, n in enumerate(shape) if n > 1 or i in yx]
     stored_axes, shape = "".join(stored_axes[i] for i in keep), tuple(shape[i] for i in keep)
+    if relabel:
+        stored_axes = "Q" * (len(shape) - 2) + "YX"
     if axes is not None:
         given = split_axes(axes)[0]
         if len(given) == len(full_shape) and len(full_shape) != len(shape):
+            dropped = "".join(given[i] for i in range(len(full_shape)) if i not in keep)
             given = "".join(given[i] for i in keep)
+            if not given.endswith("YX"):
+                raise DataError(
+                    f"{path}: --axes {axes} puts {' and '.join(sorted(set(dropped) & set('YX')))} on an axis of size "
+                    f"1 of shape {full_shape}; size-1 axes are dropped wherever they stand, so name only the "
+                    f"{len(shape)} axes of size > 1, e.g. --axes {'TZYX'[-len(shape) :] if len(shape) <= 4 else 'TZCYX'}"
+                )
         if len(given) > len(shape) == 3 and stored_axes[0] not in KNOWN_AXES:
             shape = _unfold_pages(path, axes, shape)  # pages of a file that does not say what they are
         if len(given) != len(shape):
@@ -344,12 +356,18 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
                 + "; pages that interleave axes take sizes, e.g. --axes Z3C2YX"
             )
     channel = _check_plane_and_channel(path, file_axes, shape, channel, min_size)
-    per_page = math.prod(page_shape) // (shape[-2] * shape[-1])
-    if page_shape[-2:] != shape[-2:] or per_page * num_pages != math.prod(shape[:-2]):
+    plane_size, page_size = shape[-2] * shape[-1], math.prod(page_shape)
+    per_page = page_size // plane_size
+    # pages hold whole planes, or (a relabelled (64, 1, 64)) whole planes are runs of pages
+    whole_planes = page_shape[-2:] == shape[-2:] and per_page * num_pages == math.prod(shape[:-2])
+    runs = relabel and plane_size % page_size == 0 and num_pages * page_size == math.prod(shape)
+    if not (whole_planes or runs):
         raise DataError(
             f"{path}: pages of shape {page_shape} do not hold whole YX planes of the series {shape}; "
             "save the stack as an ImageJ hyperstack or OME-TIFF"
         )
+    if runs:
+        per_page = -(plane_size // page_size)
     return StackInfo(path, kind, file_axes, shape, dtype, channel, pixel_sizes, offset, per_page)
 
 
@@ -404,6 +422,9 @@ class PlaneReader:
                 if len(data) != nbytes:
                     raise DataError(f"{info.path}: truncated at plane {plane}")
                 array = np.frombuffer(data, info.dtype).reshape(height, width)
+            elif info.per_page < 0:
+                pages = self._tif.series[0].pages[index * -info.per_page : (index + 1) * -info.per_page]
+                array = np.concatenate([p.asarray().ravel() for p in pages]).reshape(height, width)
             else:
                 page, within = divmod(index, info.per_page)
                 array = self._tif.series[0].pages[page].asarray().reshape(info.per_page, height, width)[within]

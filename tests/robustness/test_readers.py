@@ -28,20 +28,33 @@ def _predict(run, src, out, *extra):
     cli_main(["predict", "--model", str(run), "--input", str(src), "--output", str(out), *FLAGS, *extra])
 
 
-@pytest.mark.parametrize("layout", ["YX1", "1YX", "ome TZCYX 11164"])
+@pytest.mark.parametrize("layout", ["YX1", "1YX", "Y1X", "Y1X zlib", "ome TZCYX 11164"])
 def test_size_one_axes_are_dropped_wherever_they_stand(trained_run, sim_data, tmp_path, layout):
     plane = _planes(sim_data, 1)[0]
     if layout.startswith("ome"):  # an OME-TIFF recording T, Z and C of size 1 before YX
         tifffile.imwrite(tmp_path / "in.tif", plane.reshape(1, 1, 1, 64, 64), ome=True, metadata={"axes": "TZCYX"})
-    else:
-        data = plane.reshape([1 if c == "1" else 64 for c in layout])
-        tifffile.imwrite(tmp_path / "in.tif", data, photometric="minisblack")
+    else:  # Y1X: tifffile stores 64 pages of (1, 64); zlib: no contiguous pixel data to read by offset
+        data = plane.reshape([1 if c == "1" else 64 for c in layout.split()[0]])
+        compression = layout.split()[1] if " " in layout else None
+        tifffile.imwrite(tmp_path / "in.tif", data, photometric="minisblack", compression=compression)
     assert open_stack(tmp_path / "in.tif").axes == "YX"
     _predict(trained_run, tmp_path / "in.tif", tmp_path / "out.tif")
     _predict(trained_run, tmp_path / "in.tif", tmp_path / "out_yx.tif", "--axes", "YX")
     out = tifffile.imread(tmp_path / "out.tif")
     assert out.shape == (64, 64) and np.isfinite(out).all()
     np.testing.assert_array_equal(out, tifffile.imread(tmp_path / "out_yx.tif"))
+
+
+@pytest.mark.parametrize("shape,axes,named", [((64, 64, 1), "ZYX", "X"), ((64, 1, 64), "ZYX", "Y")])
+def test_axes_naming_a_size_one_axis_as_y_or_x_are_refused(trained_run, sim_data, tmp_path, shape, axes, named):
+    """``--axes ZYX`` on a (64, 64, 1) file used to drop X's axis and write ZY planes under a corrupt
+    ImageJ header; it names the axis and the fix instead, and writes nothing."""
+    tifffile.imwrite(tmp_path / "in.tif", _planes(sim_data, 1)[0].reshape(shape), photometric="minisblack")
+    with pytest.raises(SystemExit) as stopped:
+        _predict(trained_run, tmp_path / "in.tif", tmp_path / "out.tif", "--axes", axes)
+    message = str(stopped.value.code)
+    assert f"puts {named} on an axis of size 1 of shape {shape}" in message and "e.g. --axes YX" in message
+    assert "in.tif" in message and not (tmp_path / "out.tif").exists()
 
 
 @pytest.mark.parametrize("axes,z_of,c_of", [("Z3C2YX", lambda p: p // 2, lambda p: p % 2), ("C2ZYX", None, None)])
