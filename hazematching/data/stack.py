@@ -216,6 +216,11 @@ def _check_plane_and_channel(
     return channel
 
 
+def _axes_example(count: int) -> str:
+    """An --axes value with ``count`` letters, for messages."""
+    return "TZYX"[-count:] if count <= 4 else "TZCYX"
+
+
 def _unfold_pages(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape of a plain file's N pages read as the leading axes of ``axes`` (C order, e.g. Z3C2YX):
     the sizes given, the one left out computed from N."""
@@ -327,7 +332,7 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
                 raise DataError(
                     f"{path}: --axes {axes} puts {' and '.join(sorted(set(dropped) & set('YX')))} on an axis of size "
                     f"1 of shape {full_shape}; size-1 axes are dropped wherever they stand, so name only the "
-                    f"{len(shape)} axes of size > 1, e.g. --axes {'TZYX'[-len(shape) :] if len(shape) <= 4 else 'TZCYX'}"
+                    f"{len(shape)} axes of size > 1, e.g. --axes {_axes_example(len(shape))}"
                 )
         if len(given) > len(shape) == 3 and stored_axes[0] not in KNOWN_AXES:
             shape = _unfold_pages(path, axes, shape)  # pages of a file that does not say what they are
@@ -335,7 +340,7 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
             raise DataError(
                 f"{path}: --axes {axes} names {len(given)} axes but the image has shape {full_shape} "
                 f"({len(shape)} axes of size > 1, stored as {stored_axes!r}); give {len(shape)} letters ending in "
-                f"YX, e.g. --axes {'TZYX'[-len(shape) :] if len(shape) <= 4 else 'TZCYX'}"
+                f"YX, e.g. --axes {_axes_example(len(shape))}"
             )
         wrong = {a: n for a, n in split_axes(axes)[1].items() if n != shape[given.index(a)]}
         if wrong:
@@ -351,7 +356,7 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
                 + (
                     "--axes ZYX (z-planes), TYX (time points) or CYX (channels, with --channel)"
                     if len(shape) == 3
-                    else f"--axes {'TZYX'[-len(shape) :] if len(shape) <= 4 else 'TZCYX'}"
+                    else f"--axes {_axes_example(len(shape))}"
                 )
                 + "; pages that interleave axes take sizes, e.g. --axes Z3C2YX"
             )
