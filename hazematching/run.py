@@ -178,10 +178,12 @@ class ImportedCheckpoint(BaseModel):
 
 class SettingChange(BaseModel):
     """Training settings changed when a run was resumed: ``changes`` maps a ``TrainConfig`` field to
-    (before, after), in effect from ``step`` on."""
+    (before, after), in effect from ``step`` on. ``rewound_from_step``: the run had reached that step
+    and went back to ``step`` (its state then is kept in ``superseded/``)."""
 
     step: int
     changes: dict[str, tuple[Any, Any]]
+    rewound_from_step: int | None = None
 
 
 class RunDescription(BaseModel):
@@ -217,6 +219,9 @@ class RunDescription(BaseModel):
         ):  # absent, not null, until they exist
             if data.get(key) is None:
                 data.pop(key, None)
+        for change in data.get("setting_changes", []):
+            if change["rewound_from_step"] is None:
+                del change["rewound_from_step"]
         return json.dumps(data, indent=2).encode()
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 _PATTERN = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "trainer_state.json"
 _REPLACED = ".tmp-replaced-"
+SUPERSEDED = "superseded"
 
 
 def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
@@ -50,6 +51,45 @@ def resolve_resume(value: str | None, checkpoint_dir: Path) -> Path | None:
             f"--resume-from-checkpoint {value}: not a complete checkpoint folder (no {COMPLETE_MARKER})"
         )
     return path
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(_PATTERN.match(Path(path).name.removeprefix(_REPLACED)).group(1))
+
+
+def set_aside_newer(run_dir: Path, step: int, run_step: int | None) -> Path | None:
+    """Before a run goes back to an older checkpoint (``step``) than what it had reached: move its newer
+    checkpoints and copy its ``model.safetensors``, ``config.json``, logs and sample grids to
+    ``superseded/step-<newest>/``, so that resuming neither overwrites nor deletes anything (and ``latest``
+    then finds the checkpoint resumed from). Returns that folder, or None when nothing is newer."""
+    run_dir = Path(run_dir)
+    newer = [path for path in list_checkpoints(run_dir / "checkpoints") if checkpoint_step(path) > step]
+    newest = max([run_step or 0, *map(checkpoint_step, newer)])
+    if newest <= step:
+        return None
+    target = run_dir / SUPERSEDED / f"step-{newest}"
+    for attempt in range(2, 1000):  # the same step superseded twice: step-N-2, ...
+        if not target.exists():
+            break
+        target = run_dir / SUPERSEDED / f"step-{newest}-{attempt}"
+    staging = target.with_name(f".tmp-{target.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "checkpoints").mkdir(parents=True)
+    for name in ("model.safetensors", "config.json"):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, staging / name)
+    if (run_dir / "logs").is_dir():
+        shutil.copytree(run_dir / "logs", staging / "logs")
+    samples = run_dir / "samples"
+    newer_grids = [g for g in samples.glob("step-*.png") if int(re.sub(r"\D", "", g.stem) or 0) > step]
+    if newer_grids:
+        (staging / "samples").mkdir()
+        for grid in newer_grids:
+            shutil.copy2(grid, staging / "samples" / grid.name)
+    os.replace(staging, target)  # complete copies first; then the checkpoints leave checkpoints/
+    for path in newer:
+        os.replace(path, target / "checkpoints" / path.name.removeprefix(_REPLACED))
+    return target
 
 
 def missing_process_files(folder: Path, num_processes: int) -> list[str]:

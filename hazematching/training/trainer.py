@@ -205,7 +205,7 @@ class Trainer:
             self.normalization = Normalization(**base.normalization.model_dump())  # what the network was trained on
         elif self.resume_state is not None:
             self.normalization = self._resumed_normalization(resume_path, train_pairs)
-            self.setting_changes = self._setting_changes(resume_path)
+            self.setting_changes = self._setting_changes(resume_path, self._rewind(resume_path))
         else:
             self.normalization = Normalization.from_pairs(train_pairs)
         self.train_set = RandomCropDataset(
@@ -361,31 +361,55 @@ class Trainer:
             )
         return kept
 
-    def _setting_changes(self, resume_path: Path) -> list[SettingChange]:
-        """The run's history of changed settings, plus what this resume changes (said in one line)."""
+    def _rewind(self, resume_path: Path) -> int | None:
+        """A resume from an older checkpoint than the run had reached (an explicit path): what is newer is
+        set aside in superseded/ before anything is overwritten; returns the step the run had reached."""
+        rewound = None
+        if self.config.resume_from_checkpoint != "latest" and self.main_process:
+            try:
+                run_step = read_description(self.output_dir).step
+            except RunError:
+                run_step = None
+            step = self.resume_state["step"]
+            kept = checkpoints.set_aside_newer(self.output_dir, step, run_step)
+            if kept is not None:
+                rewound = int(kept.name.split("-")[1])
+                print(
+                    f"note: going back from step {rewound} to step {step}: the newer model, config.json, logs and "
+                    f"checkpoints are kept in {kept}",
+                    file=sys.stderr,
+                )
+        self.accelerator.wait_for_everyone()  # no process looks at checkpoints/ while they move
+        return broadcast_object_list([rewound])[0]
+
+    def _setting_changes(self, resume_path: Path, rewound_from: int | None) -> list[SettingChange]:
+        """The run's history of changed settings, plus what this resume changes (said in one line) and
+        the step it went back from."""
         history = [SettingChange(**c) for c in self.resume_state.get("setting_changes", [])]
         saved = self.resume_state.get("training")
         if saved is None:  # older checkpoints: compare with the run's config.json when it is there
             try:
                 saved = read_description(self.output_dir).training.model_dump(mode="json")
             except RunError:
-                return history
-        now = self.config.model_dump(mode="json")
-        # not a flag, but it changes the effective batch (batch size x processes) of a DDP run
-        saved = {**saved, "num_processes": self.resume_state.get("num_processes", saved.get("num_processes"))}
-        now["num_processes"] = self.accelerator.num_processes
-        changes = {
-            key: (saved.get(key), value)
-            for key, value in now.items()
-            if key not in _NOT_A_CHANGE and saved.get(key) != value
-        }
-        if not changes:
-            return history
+                pass
+        changes = {}
+        if saved is not None:
+            now = self.config.model_dump(mode="json")
+            # not a flag, but it changes the effective batch (batch size x processes) of a DDP run
+            saved = {**saved, "num_processes": self.resume_state.get("num_processes", saved.get("num_processes"))}
+            now["num_processes"] = self.accelerator.num_processes
+            changes = {
+                key: (saved.get(key), value)
+                for key, value in now.items()
+                if key not in _NOT_A_CHANGE and saved.get(key) != value
+            }
         step = self.resume_state["step"]
-        if self.main_process:
+        if changes and self.main_process:
             listed = "; ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items())
             print(f"resuming at step {step} with changed settings: {listed} (recorded in config.json)", file=sys.stderr)
-        return [*history, SettingChange(step=step, changes=changes)]
+        if not changes and rewound_from is None:
+            return history
+        return [*history, SettingChange(step=step, changes=changes, rewound_from_step=rewound_from)]
 
     def _check_resumable(self, resume_path: Path) -> None:
         """The same network (and, for ZeRO, the same number of processes) as the checkpoint, checked before

@@ -344,6 +344,38 @@ def test_resume_keeps_the_normalisation_and_records_changed_settings(sim_data, t
     assert json.loads((run / "config.json").read_text())["setting_changes"] == saved["setting_changes"]
 
 
+def test_resuming_an_older_checkpoint_sets_the_newer_state_aside_and_records_the_rewind(sim_data, tmp_path):
+    """--resume-from-checkpoint checkpoint-2 of a run at step 6: the step-6 model, its config.json (with
+    its own setting history) and the newer checkpoints move to superseded/step-6 instead of being
+    overwritten or rotated away; config.json records the rewind; ``latest`` finds the rewound branch."""
+    run = tmp_path / "run"
+    common = ["--data", str(sim_data), "--output-dir", str(run), "--checkpointing-steps", "2", *SMALL]
+    check(run_trainer([*common, "--batch-size", "2", "--max-steps", "4"]))
+    latest = ["--resume-from-checkpoint", "latest"]
+    check(run_trainer([*common, "--batch-size", "2", "--max-steps", "6", "--lr", "2e-4", *latest]))
+    reached, reached_weights = json.loads((run / "config.json").read_text()), weights(run)
+    assert reached["step"] == 6 and reached["setting_changes"][0]["step"] == 4
+
+    back = ["--resume-from-checkpoint", str(run / "checkpoints" / "checkpoint-2")]
+    result = run_trainer([*common, "--batch-size", "2", "--max-steps", "5", *back])
+    check(result)
+    kept = run / "superseded" / "step-6"
+    assert (
+        f"going back from step 6 to step 2: the newer model, config.json, logs and checkpoints are kept in {kept}"
+        in (result.stderr)
+    )
+    assert json.loads((kept / "config.json").read_text()) == reached
+    assert max_difference(load_file(kept / "model.safetensors"), reached_weights) == 0
+    assert load_model(kept).config.step == 6  # a run folder of its own
+    assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["checkpoint-4", "checkpoint-6"]
+    assert [json.loads(line)["step"] for line in (kept / "logs" / "train.jsonl").read_text().splitlines()][-1] == 6
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    now = json.loads((run / "config.json").read_text())
+    assert now["step"] == 5
+    assert now["setting_changes"] == [{"step": 2, "changes": {"max_steps": [4, 5]}, "rewound_from_step": 6}]
+    assert max_difference(weights(run), reached_weights) > 0
+
+
 def test_training_on_a_constant_target_is_refused_before_any_step(tmp_path):
     """The shared robustness case 2: an empty (constant) target channel used to train with exit 0."""
     for split, seeds in (("train", (1, 2, 3)), ("val", (4,))):
