@@ -360,10 +360,8 @@ def test_resuming_an_older_checkpoint_sets_the_newer_state_aside_and_records_the
     result = run_trainer([*common, "--batch-size", "2", "--max-steps", "5", *back])
     check(result)
     kept = run / "superseded" / "step-6"
-    assert (
-        f"going back from step 6 to step 2: the newer model, config.json, logs and checkpoints are kept in {kept}"
-        in (result.stderr)
-    )
+    note = f"going back from step 6 to step 2: the newer model, config.json, logs and checkpoints are kept in {kept}"
+    assert note in result.stderr
     assert json.loads((kept / "config.json").read_text()) == reached
     assert max_difference(load_file(kept / "model.safetensors"), reached_weights) == 0
     assert load_model(kept).config.step == 6  # a run folder of its own
