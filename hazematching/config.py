@@ -113,6 +113,13 @@ class TrainConfig(BaseModel):
     )
     validation_crops: int = Field(8, ge=1, description="validation crops in the loss and the sample grid")
     time_grid_points: int = Field(0, ge=0, description="0: t ~ U[0,1); G: t on linspace(0, 1, G) as the reference code")
+    time_zero_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="fraction of the training items drawn at t = 0 exactly, the rest as --time-grid-points says; "
+        "there the network learns the posterior mean, so one Euler step from noise estimates the MMSE",
+    )
     shortcut_fraction: float = Field(
         0.0,
         ge=0.0,
@@ -183,6 +190,8 @@ class TrainConfig(BaseModel):
                 f"checkpoints_total_limit is set but checkpointing_steps ({self.checkpointing_steps}) > "
                 f"max_steps ({self.max_steps}): no checkpoint would ever be written"
             )
+        if self.time_zero_fraction > 0 and self.objective != "cfm":
+            raise ValueError("time_zero_fraction needs objective 'cfm' (the U-Net baseline has no time)")
         if self.shortcut_fraction > 0 and self.objective != "cfm":
             raise ValueError("shortcut_fraction needs objective 'cfm' (the U-Net baseline takes no steps)")
         if self.sampler.solver == "shortcut" and self.shortcut_fraction == 0:

@@ -496,7 +496,7 @@ class Trainer:
             return mse_loss(self.forward, target, cond)
         keys = batch["key"].to(device, non_blocking=True)
         noise = keyed_normal(keys, config.seed, *target.shape[1:])
-        t = keyed_time(keys, config.seed, config.time_grid_points)
+        t = keyed_time(keys, config.seed, config.time_grid_points, config.time_zero_fraction)
         if config.shortcut_fraction > 0:
             consistency = max(1, round(config.shortcut_fraction * len(keys)))
             return shortcut_loss(self.forward, noise, target, t, cond, keys, config.seed, consistency)

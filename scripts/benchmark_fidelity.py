@@ -1,0 +1,159 @@
+"""MMSE fidelity against the U-Net at a fraction of the network evaluations (issue 25), in one run.
+
+For each data set (the committed pairs in tests/assets/sim, and an independently simulated set:
+training seed 0, held-out seed 1001, as benchmark_quality.py), trains with trainer/train.py at one
+budget: the U-Net point predictor (--objective mse), HazeMatching with t ~ U[0, 1) (the paper's
+objective) and HazeMatching with a fraction of the items at t = 0 (--time-zero-fraction). Then,
+on the held-out pairs, for each way of estimating the MMSE:
+
+- "samples": the mean of K posterior samples (K x N network evaluations per pixel);
+- "one-step": the mean of K1 one-step Euler estimates x0 + v(x0, 0, c) (K1 evaluations; the
+  posterior mean for a perfect velocity field);
+- "Euler-2": the mean of K2 two-step samples (few-step sampler, larger K).
+
+Prints MMSE PSNR / MS-SSIM / MicroMS3IM, one sample's PSNR / MicroMS3IM (the first of the K
+samples), the calibration slope a of RMSE = a RMV + b (std of the K samples against the error of
+that MMSE, on the held-out pixels), NFE per pixel for the MMSE and the std, training wall time.
+
+    python scripts/benchmark_fidelity.py --workdir bench/fidelity --max-steps 1000
+"""
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hazematching.data.io import read_split
+from hazematching.evaluation import metrics
+from hazematching.evaluation.calibration import calibration_curve, fit_calibration
+from hazematching.inference.predict import predict_array
+from hazematching.run import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from benchmark_quality import prepare_data  # noqa: E402  (one definition of the simulated set)
+
+
+def train(data: Path, out: Path, flags: list[str], args) -> float:
+    """Train unless the run exists (an earlier run is reused); returns its training wall time in seconds."""
+    timing = out / "train_seconds.txt"
+    if (out / "model.safetensors").exists() and timing.exists():
+        return float(timing.read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    cmd = [sys.executable, str(REPO / "trainer" / "train.py"), "--data", str(data), "--output-dir", str(out)]
+    cmd += ["--max-steps", str(args.max_steps), "--batch-size", str(args.batch_size)]
+    cmd += ["--crop-size", str(args.crop_size), "--lr", str(args.lr), "--seed", "0"]
+    cmd += ["--checkpointing-steps", str(args.max_steps), "--validation-steps", "0", *flags]
+    subprocess.run(cmd, check=True)
+    seconds = time.perf_counter() - start
+    timing.write_text(f"{seconds:.1f}")
+    return seconds
+
+
+def mmse_rows(run, pairs, args) -> dict[str, dict]:
+    """Every MMSE estimate of one flow-matching run on the held-out pairs, with the shared samples."""
+    ways = {
+        f"samples K={args.samples} Euler-{args.steps}": (args.samples, args.steps),
+        f"one-step K={args.one_step_samples}": (args.one_step_samples, 1),
+        f"Euler-2 K={args.two_step_samples}": (args.two_step_samples, 2),
+    }
+    rows = {name: {"mmse": [], "sample": [], "std": [], "error": [], "nfe": k * n} for name, (k, n) in ways.items()}
+    for pair in pairs:
+        posterior = predict_array(
+            run, pair.input, samples=args.samples, steps=args.steps, solver="euler", seed=0, keep_samples=True,
+            progress=False,
+        )  # fmt: skip
+        sample = image_row(posterior.samples[0], pair.target)
+        for name, (k, n) in ways.items():
+            mean = (
+                posterior.mean
+                if (k, n) == (args.samples, args.steps)
+                else predict_array(run, pair.input, samples=k, steps=n, solver="euler", seed=1, progress=False).mean
+            )
+            rows[name]["mmse"].append(image_row(mean, pair.target))
+            rows[name]["sample"].append(sample)
+            rows[name]["std"].append(posterior.std.ravel())
+            rows[name]["error"].append((mean - pair.target).ravel())
+    return rows
+
+
+def image_row(image: np.ndarray, target: np.ndarray) -> dict:
+    row = {"psnr": metrics.range_invariant_psnr(image, target), "ms_ssim": metrics.ms_ssim(image, target)}
+    if metrics.micro_ms3im_problem([target.shape], ["held-out"]) is None:
+        row["micro_ms3im"] = metrics.micro_ms3im(image, target)
+    return row
+
+
+def mean_of(rows: list[dict], key: str) -> str:
+    values = [r[key] for r in rows if key in r]
+    return f"{np.mean(values):.3f}" if len(values) == len(rows) else "–"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=Path("bench/fidelity"))
+    parser.add_argument("--num-images", type=int, default=40, help="simulated training pairs (train+val)")
+    parser.add_argument("--heldout-images", type=int, default=6)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--heldout-seed", type=int, default=1001)
+    parser.add_argument("--max-steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--crop-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--samples", type=int, default=8, help="K posterior samples (std, and today's MMSE)")
+    parser.add_argument("--steps", type=int, default=10, help="Euler steps of the posterior samples")
+    parser.add_argument("--one-step-samples", type=int, default=16)
+    parser.add_argument("--two-step-samples", type=int, default=8)
+    parser.add_argument("--zero-fractions", default="0.25", help="comma-separated --time-zero-fraction values")
+    parser.add_argument("--datasets", default="committed,simulated")
+    args = parser.parse_args()
+
+    sets = {}
+    if "committed" in args.datasets:
+        committed = REPO / "tests" / "assets" / "sim"  # val/ is held out too: --validation-steps 0
+        sets["committed"] = (committed, [committed / "val", committed / "test"])
+    if "simulated" in args.datasets:
+        data, heldout = prepare_data(args)
+        sets["simulated"] = (data, [heldout])
+    approaches = {"uniform t": []} | {
+        f"{float(f):.0%} at t = 0": ["--time-zero-fraction", f] for f in args.zero_fractions.split(",")
+    }
+    header = "| data | training | MMSE | MMSE NFE | std NFE | MMSE PSNR | MS-SSIM | MicroMS3IM | "
+    header += "sample PSNR | sample MicroMS3IM | slope | train s |"
+    lines = [header, "|---" * (header.count("|") - 1) + "|"]
+    for set_name, (data, heldout) in sets.items():
+        pairs = [pair for folder in heldout for pair in read_split(folder)]
+        workdir = args.workdir / set_name
+        seconds = train(data, workdir / "unet", ["--objective", "mse"], args)
+        baseline = load_model(workdir / "unet")
+        unet = [image_row(predict_array(baseline, p.input, progress=False).mean, p.target) for p in pairs]
+        lines.append(
+            f"| {set_name} | U-Net | point | 1 | – | {mean_of(unet, 'psnr')} | {mean_of(unet, 'ms_ssim')} | "
+            f"{mean_of(unet, 'micro_ms3im')} | – | – | – | {seconds:.0f} |"
+        )
+        for approach, flags in approaches.items():
+            folder = workdir / ("cfm" if not flags else f"cfm-t0-{flags[1]}")
+            seconds = train(data, folder, flags, args)
+            for way, row in mmse_rows(load_model(folder), pairs, args).items():
+                slope, _ = fit_calibration(calibration_curve(np.concatenate(row["std"]), np.concatenate(row["error"])))
+                m, s = row["mmse"], row["sample"]
+                lines.append(
+                    f"| {set_name} | {approach} | {way} | {row['nfe']} | {args.samples * args.steps} | "
+                    f"{mean_of(m, 'psnr')} | {mean_of(m, 'ms_ssim')} | {mean_of(m, 'micro_ms3im')} | "
+                    f"{mean_of(s, 'psnr')} | {mean_of(s, 'micro_ms3im')} | {slope:.2f} | {seconds:.0f} |"
+                )
+        print("\n".join(lines[-7:]), flush=True)
+    print(
+        f"\nbudget per model: {args.max_steps} steps x batch {args.batch_size} x {args.crop_size}^2 crops, "
+        f"lr {args.lr}, seed 0, one process\n"
+    )
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
