@@ -61,6 +61,32 @@ def test_two_processes_train_one_model(sim_data, tmp_path):
     assert max_difference(weights(half), weights(two)) > 1e-3
 
 
+def test_time_zero_fraction_trains_the_same_model_on_two_processes_and_after_a_resume(sim_data, tmp_path):
+    """The objective with items at t = 0 (--time-zero-fraction, keyed per item): 2 processes with half
+    the batch match 1 process, a resumed run equals the uninterrupted one, and the objective really
+    differs from plain flow matching."""
+    common = ["--data", str(sim_data), "--max-steps", "20", "--checkpointing-steps", "10", *SMALL]
+    zero = ["--time-zero-fraction", "0.5"]
+    one = tmp_path / "one"
+    check(run_trainer([*common, *zero, "--output-dir", str(one), "--batch-size", "4"]))
+    assert json.loads((one / "config.json").read_text())["training"]["time_zero_fraction"] == 0.5
+
+    two = tmp_path / "two"
+    launcher = accelerate_launcher("cpu_2proc.yaml", "--main_process_port", free_port())
+    check(run_trainer([*common, *zero, "--output-dir", str(two), "--batch-size", "2"], launcher=launcher))
+    assert max_difference(weights(one), weights(two)) < 1e-4
+
+    resumed = tmp_path / "resumed"
+    check(run_trainer([*common, *zero, "--output-dir", str(resumed), "--batch-size", "4", "--max-steps", "10"]))
+    latest = ["--resume-from-checkpoint", "latest"]
+    check(run_trainer([*common, *zero, "--output-dir", str(resumed), "--batch-size", "4", *latest]))
+    assert max_difference(weights(resumed), weights(one)) == 0
+
+    plain = tmp_path / "plain"
+    check(run_trainer([*common, "--output-dir", str(plain), "--batch-size", "4"]))
+    assert max_difference(weights(plain), weights(one)) > 1e-3
+
+
 def test_sigkill_and_resume_latest_continues_exactly(sim_data, tmp_path):
     common = [
         "--data",
