@@ -35,7 +35,7 @@ from hazematching.run import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from benchmark_quality import prepare_data  # noqa: E402  (one definition of the simulated set)
+from benchmark_quality import add_arguments, prepare_data  # noqa: E402  (one definition of the simulated set)
 
 
 def train(data: Path, out: Path, flags: list[str], args) -> float:
@@ -96,15 +96,8 @@ def mean_of(rows: list[dict], key: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=Path("bench/fidelity"))
-    parser.add_argument("--num-images", type=int, default=40, help="simulated training pairs (train+val)")
-    parser.add_argument("--heldout-images", type=int, default=6)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--heldout-seed", type=int, default=1001)
-    parser.add_argument("--max-steps", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--crop-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    add_arguments(parser)  # data and training budget, as benchmark_quality.py
+    parser.set_defaults(workdir=Path("bench/fidelity"), heldout_images=6)
     parser.add_argument("--samples", type=int, default=8, help="K posterior samples (std, and today's MMSE)")
     parser.add_argument("--steps", type=int, default=10, help="Euler steps of the posterior samples")
     parser.add_argument("--one-step-samples", type=int, default=16)
