@@ -137,6 +137,7 @@ def _export(args) -> None:
         solver=args.solver,
         tile_size=args.tile_size,
         overlap=args.overlap,
+        mmse_draws=args.mmse_draws,
         name=args.name,
         authors=args.authors,
         maintainers=args.maintainers,

@@ -58,13 +58,23 @@ class SamplerConfig(BaseModel):
         "--architecture reference a quarter of the tile)",
     )
 
+    mmse_draws: int = Field(
+        0,
+        ge=0,
+        description="0: the MMSE is the mean of the K samples; M > 0: the mean of M one-step estimates "
+        "x0 + v(x0, 0, c) (M network evaluations; for --time-zero-fraction > 0), stored in the run for predict "
+        "and export",
+    )
+
     @model_serializer(mode="wrap")
     def _unset_tiling_is_absent(self, handler):
-        # runs that leave tiling to the package defaults keep the config.json of earlier releases
+        # runs that leave tiling (and the MMSE) to the package defaults keep the config.json of earlier releases
         data = handler(self)
         for key in ("tile_size", "overlap"):
             if data.get(key) is None:
                 data.pop(key, None)
+        if data.get("mmse_draws") == 0:
+            data.pop("mmse_draws", None)
         return data
 
 

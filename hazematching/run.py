@@ -112,7 +112,8 @@ class Calibration(BaseModel):
     mean_abs_deviation_after: float | None = None
 
     # The spread of K samples after N solver steps depends on all three, so a fit holds only for them.
-    TIED_TO: ClassVar[tuple[str, ...]] = ("samples", "steps", "solver")
+    # The MMSE's error depends on how it is made (``mmse_draws``; fits of earlier releases do not record it).
+    TIED_TO: ClassVar[tuple[str, ...]] = ("samples", "steps", "solver", "mmse_draws")
 
     def mismatch(self, settings) -> str | None:
         """Why this fit may not hold for ``settings`` (anything with samples/steps/solver), or None."""
@@ -120,7 +121,7 @@ class Calibration(BaseModel):
         used = {key: getattr(settings, key) for key in fitted}
         if fitted == used:
             return None
-        flags = " ".join(f"--{key} {value}" for key, value in used.items())
+        flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in used.items())
         return (
             f"the std calibration was fitted with {_describe(fitted)} but these predictions use {_describe(used)}, "
             f"so the calibrated std may be off; refit it for these settings with `hazematching calibrate --model RUN "

@@ -52,6 +52,7 @@ Seed = Annotated[int, Field(ge=0)]
 Solver = Literal[SOLVERS]
 TileSize = Annotated[int, Field(ge=16)]
 Overlap = Annotated[int, Field(ge=0)]
+MmseDraws = Annotated[int, Field(ge=0)]
 
 
 class SettingError(ValueError):
@@ -78,6 +79,7 @@ class InferenceSettings(BaseModel):
     solver: Solver
     tile_size: TileSize
     overlap: Overlap
+    mmse_draws: MmseDraws = 0  # 0: the MMSE is the mean of the samples; M: of M one-step estimates
 
 
 class SettingsRequest(BaseModel):
@@ -106,6 +108,13 @@ class SettingsRequest(BaseModel):
         "network: a quarter tile)",
     )
 
+    mmse_draws: MmseDraws | None = Field(
+        None,
+        description="0: the MMSE is the mean of the K samples; M > 0: the mean of M one-step estimates (M network "
+        "evaluations; for runs trained with --time-zero-fraction); the std is the samples' either way (default: "
+        "the run's)",
+    )
+
     # The fields whose help a qualifier extends (export: "... inside the package").
     QUALIFIED: ClassVar[tuple[str, ...]] = ("samples", "steps", "solver", "seed", "tile_size")
 
@@ -125,6 +134,7 @@ class SettingsRequest(BaseModel):
                 solver=solver or stored.solver,
                 tile_size=self.tile_size or stored.tile_size or TILE_SIZE,
                 overlap=next(value for value in (self.overlap, stored.overlap, OVERLAP) if value is not None),
+                mmse_draws=stored.mmse_draws if self.mmse_draws is None else self.mmse_draws,
             )
         except ValidationError as exc:
             raise setting_error(exc) from None
@@ -169,6 +179,7 @@ def resolve_settings(
     solver: str | None = None,
     tile_size: int | None = None,
     overlap: int | None = None,
+    mmse_draws: int | None = None,
 ) -> InferenceSettings:
     """``SettingsRequest(...).resolve(description)`` for keyword values (None, or an empty solver or
     a zero tile size: not given)."""
@@ -179,7 +190,13 @@ def resolve_settings(
             raise SettingError(str(exc)) from None
     try:
         request = SettingsRequest(
-            samples=samples, steps=steps, seed=seed, solver=solver or None, tile_size=tile_size or None, overlap=overlap
+            samples=samples,
+            steps=steps,
+            seed=seed,
+            solver=solver or None,
+            tile_size=tile_size or None,
+            overlap=overlap,
+            mmse_draws=mmse_draws,
         )
     except ValidationError as exc:
         raise setting_error(exc) from None
