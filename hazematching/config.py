@@ -130,6 +130,13 @@ class TrainConfig(BaseModel):
         description="fraction of the training items drawn at t = 0 exactly, the rest as --time-grid-points says; "
         "there the network learns the posterior mean, so one Euler step from noise estimates the MMSE",
     )
+    mean_anchor_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="fraction of the training items given x = 0 at t = 0 with the target image as velocity: the "
+        "network's v(0, 0, c) is then a point prediction of the posterior mean (the MMSE in one evaluation)",
+    )
     shortcut_fraction: float = Field(
         0.0,
         ge=0.0,
@@ -200,8 +207,10 @@ class TrainConfig(BaseModel):
                 f"checkpoints_total_limit is set but checkpointing_steps ({self.checkpointing_steps}) > "
                 f"max_steps ({self.max_steps}): no checkpoint would ever be written"
             )
-        if self.time_zero_fraction > 0 and self.objective != "cfm":
-            raise ValueError("time_zero_fraction needs objective 'cfm' (the U-Net baseline has no time)")
+        if (self.time_zero_fraction > 0 or self.mean_anchor_fraction > 0) and self.objective != "cfm":
+            raise ValueError(
+                "time_zero_fraction and mean_anchor_fraction need objective 'cfm' (the U-Net baseline has no time)"
+            )
         if self.shortcut_fraction > 0 and self.objective != "cfm":
             raise ValueError("shortcut_fraction needs objective 'cfm' (the U-Net baseline takes no steps)")
         if self.sampler.solver == "shortcut" and self.shortcut_fraction == 0:

@@ -26,11 +26,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from hazematching.data.io import read_split
 from hazematching.evaluation import metrics
 from hazematching.evaluation.calibration import calibration_curve, fit_calibration
-from hazematching.inference.predict import predict_array
+from hazematching.inference.predict import pad_to_stride, predict_array
 from hazematching.run import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +56,16 @@ def train(data: Path, out: Path, flags: list[str], args) -> float:
     return seconds
 
 
+@torch.no_grad()
+def anchor_mean(run, image: np.ndarray) -> np.ndarray:
+    """v(0, 0, c) of the whole image: the posterior mean of a run trained with --mean-anchor-fraction."""
+    norm = run.normalization
+    cond = torch.from_numpy(pad_to_stride(norm.normalize_input(image).astype(np.float32), run.model.stride))
+    cond = cond[None, None]
+    out = run.model(torch.zeros_like(cond), cond, torch.zeros(1))[0, 0, : image.shape[0], : image.shape[1]]
+    return norm.denormalize_target(out.numpy()).astype(np.float32)
+
+
 def mmse_rows(run, pairs, args) -> dict[str, dict]:
     """Every MMSE estimate of one flow-matching run on the held-out pairs, with the shared samples."""
     ways = {
@@ -62,7 +73,11 @@ def mmse_rows(run, pairs, args) -> dict[str, dict]:
         f"one-step K={args.one_step_samples}": (args.one_step_samples, 1),
         f"Euler-2 K={args.two_step_samples}": (args.two_step_samples, 2),
     }
-    rows = {name: {"mmse": [], "sample": [], "std": [], "error": [], "nfe": k * n} for name, (k, n) in ways.items()}
+    if run.config.training.mean_anchor_fraction > 0:
+        ways["anchor v(0, 0, c)"] = (0, 0)
+    rows = {
+        name: {"mmse": [], "sample": [], "std": [], "error": [], "nfe": k * n or 1} for name, (k, n) in ways.items()
+    }
     for pair in pairs:
         posterior = predict_array(
             run, pair.input, samples=args.samples, steps=args.steps, solver="euler", seed=0, keep_samples=True,
@@ -70,11 +85,12 @@ def mmse_rows(run, pairs, args) -> dict[str, dict]:
         )  # fmt: skip
         sample = image_row(posterior.samples[0], pair.target)
         for name, (k, n) in ways.items():
-            mean = (
-                posterior.mean
-                if (k, n) == (args.samples, args.steps)
-                else predict_array(run, pair.input, samples=k, steps=n, solver="euler", seed=1, progress=False).mean
-            )
+            if (k, n) == (0, 0):
+                mean = anchor_mean(run, pair.input)
+            elif (k, n) == (args.samples, args.steps):
+                mean = posterior.mean
+            else:
+                mean = predict_array(run, pair.input, samples=k, steps=n, solver="euler", seed=1, progress=False).mean
             rows[name]["mmse"].append(image_row(mean, pair.target))
             rows[name]["sample"].append(sample)
             rows[name]["std"].append(posterior.std.ravel())
@@ -103,6 +119,7 @@ def main() -> None:
     parser.add_argument("--one-step-samples", type=int, default=16)
     parser.add_argument("--two-step-samples", type=int, default=8)
     parser.add_argument("--zero-fractions", default="0.25", help="comma-separated --time-zero-fraction values")
+    parser.add_argument("--anchor-fractions", default="0.25", help="comma-separated --mean-anchor-fraction values")
     parser.add_argument("--datasets", default="committed,simulated")
     args = parser.parse_args()
 
@@ -113,14 +130,16 @@ def main() -> None:
     if "simulated" in args.datasets:
         data, heldout = prepare_data(args)
         sets["simulated"] = (data, [heldout])
-    approaches = {"uniform t": []} | {
-        f"{float(f):.0%} at t = 0": ["--time-zero-fraction", f] for f in args.zero_fractions.split(",")
-    }
+    approaches = (
+        {"uniform t": []}
+        | {f"{float(f):.0%} at t = 0": ["--time-zero-fraction", f] for f in args.zero_fractions.split(",") if f}
+        | {f"{float(f):.0%} mean anchor": ["--mean-anchor-fraction", f] for f in args.anchor_fractions.split(",") if f}
+    )
     header = "| data | training | MMSE | MMSE NFE | std NFE | MMSE PSNR | MS-SSIM | MicroMS3IM | "
     header += "sample PSNR | sample MicroMS3IM | slope | train s |"
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for set_name, (data, heldout) in sets.items():
-        pairs = [pair for folder in heldout for pair in read_split(folder)]
+        pairs, first = [pair for folder in heldout for pair in read_split(folder)], len(lines)
         workdir = args.workdir / set_name
         seconds = train(data, workdir / "unet", ["--objective", "mse"], args)
         baseline = load_model(workdir / "unet")
@@ -130,7 +149,7 @@ def main() -> None:
             f"{mean_of(unet, 'micro_ms3im')} | – | – | – | {seconds:.0f} |"
         )
         for approach, flags in approaches.items():
-            folder = workdir / ("cfm" if not flags else f"cfm-t0-{flags[1]}")
+            folder = workdir / ("cfm" if not flags else f"cfm-{'t0' if 'time' in flags[0] else 'anchor'}-{flags[1]}")
             seconds = train(data, folder, flags, args)
             for way, row in mmse_rows(load_model(folder), pairs, args).items():
                 slope, _ = fit_calibration(calibration_curve(np.concatenate(row["std"]), np.concatenate(row["error"])))
@@ -140,7 +159,7 @@ def main() -> None:
                     f"{mean_of(m, 'psnr')} | {mean_of(m, 'ms_ssim')} | {mean_of(m, 'micro_ms3im')} | "
                     f"{mean_of(s, 'psnr')} | {mean_of(s, 'micro_ms3im')} | {slope:.2f} | {seconds:.0f} |"
                 )
-        print("\n".join(lines[-7:]), flush=True)
+        print("\n".join(lines[first:]), flush=True)
     print(
         f"\nbudget per model: {args.max_steps} steps x batch {args.batch_size} x {args.crop_size}^2 crops, "
         f"lr {args.lr}, seed 0, one process\n"

@@ -82,6 +82,11 @@ def _item_hash(keys: torch.Tensor, seed: int) -> torch.Tensor:
     return hash32(hash32((keys & 0xFFFFFFFF) + _scalar_hash(seed)) + (keys >> 32))
 
 
+def keyed_fraction(keys: torch.Tensor, seed: int, fraction: float, salt: int) -> torch.Tensor:
+    """A boolean per item, True with probability ``fraction``, a function of (seed, key, salt)."""
+    return hash32(_item_hash(keys, seed) ^ salt).double() / 4294967296.0 < fraction
+
+
 def keyed_normal(keys: torch.Tensor, seed: int, channels: int, height: int, width: int) -> torch.Tensor:
     """Training noise x0 of shape (len(keys), channels, height, width) on ``keys.device``: item i
     depends only on (seed, keys[i]), so a resumed or multi-process run draws exactly the noise of

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from hazematching.architecture import is_derived, parse_architecture
 from hazematching.config import TrainConfig, format_validation_error
 from hazematching.core import cfm_loss, keyed_normal, keyed_time, mse_loss, shortcut_loss
+from hazematching.core.noise import keyed_fraction
 from hazematching.data.checks import check_pairs
 from hazematching.data.dataset import FixedCropDataset, RandomCropDataset
 from hazematching.data.io import DataError, load_splits
@@ -497,6 +498,10 @@ class Trainer:
         keys = batch["key"].to(device, non_blocking=True)
         noise = keyed_normal(keys, config.seed, *target.shape[1:])
         t = keyed_time(keys, config.seed, config.time_grid_points, config.time_zero_fraction)
+        if config.mean_anchor_fraction > 0:  # x = 0 at t = 0: the velocity to learn is the target itself
+            anchor = keyed_fraction(keys, config.seed, config.mean_anchor_fraction, 0x3D4C2B1A)
+            t = torch.where(anchor, torch.zeros_like(t), t)
+            noise = torch.where(anchor.view(-1, 1, 1, 1), torch.zeros_like(noise), noise)
         if config.shortcut_fraction > 0:
             consistency = max(1, round(config.shortcut_fraction * len(keys)))
             return shortcut_loss(self.forward, noise, target, t, cond, keys, config.seed, consistency)
