@@ -18,6 +18,9 @@ SWAPPED_FRACTION = 0.75
 # a channel with at least this fraction of its pixels at one value is nearly blank (a warning: sparse
 # samples can be like that; the spots of the tests' simulated targets leave 98.7 % at the background)
 NEARLY_CONSTANT_FRACTION = 0.995
+# ... and so is one whose std is below this fraction of its mean (a constant plus faint noise, e.g. a
+# float channel 42 + N(0, 1e-4)); fluorescence images have std/mean above 0.05 (every pair of the tests)
+NEARLY_CONSTANT_CONTRAST = 1e-3
 
 
 def _thinned(image: np.ndarray) -> np.ndarray:
@@ -27,8 +30,10 @@ def _thinned(image: np.ndarray) -> np.ndarray:
 
 
 def _constant(image: np.ndarray) -> bool:
+    """No image at all: relative to its own mean, so an image in small units (1e-7) is not constant."""
     image = _thinned(image)
-    return float(image.std()) <= CONSTANT_RELATIVE_STD * max(1.0, abs(float(image.mean())))
+    std = float(image.std())
+    return std == 0.0 or std <= CONSTANT_RELATIVE_STD * abs(float(image.mean()))
 
 
 def _most_common(image: np.ndarray) -> tuple[float, float]:
@@ -52,20 +57,29 @@ def _where(pair: ImagePair, role: str) -> str:
 
 
 def _listed(problems: list[str], split: str, what: str, advice: str) -> DataError:
+    """``problems``: one per pair (the first problem of each)."""
     more = f" (and {len(problems) - 1} more pair(s) of the {split} split)" if len(problems) > 1 else ""
     return DataError(f"{' '.join(filter(None, (problems[0], what)))}{more}; {advice}")
+
+
+def _channels(pair: ImagePair) -> str:
+    """How the messages name input and target of a split's pairs."""
+    if pair.input_path is None or pair.input_path == pair.target_path:
+        return "the input (channel 1)", "the target (channel 0)"
+    return "the input image", "the target image"
 
 
 def check_pairs(pairs: list[ImagePair], split: str) -> list[str]:
     """Refuse (``DataError``) pairs with a constant channel or an input that is a (rescaled) copy of its
     target, naming the first file and how many more; return warnings for a split (named ``split`` in
     the messages) whose channels look swapped, and for channels that are nearly constant."""
-    constant = [
-        f"{_where(pair, role)} ({split} split) is constant ({float(np.asarray(image).mean()):.6g} everywhere)"
-        for pair in pairs
-        for role, image in (("target", pair.target), ("input", pair.input))
-        if _constant(image)
-    ]
+    constant = []
+    for pair in pairs:  # the first constant channel of each pair
+        for role, image in (("target", pair.target), ("input", pair.input)):
+            if _constant(image):
+                mean = float(np.asarray(image).mean())
+                constant.append(f"{_where(pair, role)} ({split} split) is constant ({mean:.6g} everywhere)")
+                break
     if constant:
         raise _listed(
             constant,
@@ -91,18 +105,24 @@ def check_pairs(pairs: list[ImagePair], split: str) -> list[str]:
     for pair in pairs:
         for role, image in (("target", pair.target), ("input", pair.input)):
             value, fraction = _most_common(image)
+            contrast = _contrast(image)
             if fraction >= NEARLY_CONSTANT_FRACTION:
-                warnings.append(
-                    f"warning: {_where(pair, role)} ({split} split) is nearly constant: {100 * fraction:.1f} % of its "
-                    f"pixels are {value:.6g}; check that the file holds the image you mean (a nearly blank channel "
-                    "teaches the model little)"
-                )
+                how = f"{100 * fraction:.1f} % of its pixels are {value:.6g}"
+            elif contrast < NEARLY_CONSTANT_CONTRAST:
+                how = f"its std is {contrast:.2g} of its mean {float(np.mean(image)):.6g}"
+            else:
+                continue
+            warnings.append(
+                f"warning: {_where(pair, role)} ({split} split) is nearly constant: {how}; check that the file holds "
+                "the image you mean (a nearly blank channel teaches the model little)"
+            )
     higher = [p.name for p in pairs if _contrast(p.input) > _contrast(p.target)]
     if pairs and len(higher) >= SWAPPED_FRACTION * len(pairs) and len(pairs) >= 2:
         folder = pairs[0].input_path.parent if pairs[0].input_path is not None else split
+        given, expected = _channels(pairs[0])
         warnings.append(
-            f"warning: {folder} ({split} split): in {len(higher)} of {len(pairs)} pairs the input (channel 1) has "
-            "more contrast than the target (channel 0), as if the channels were swapped; HazeMatching expects "
-            "channel 0 = confocal target, channel 1 = widefield input (or input/ and target/ folders)"
+            f"warning: {folder} ({split} split): in {len(higher)} of {len(pairs)} pairs {given} has more contrast "
+            f"than {expected}, as if they were swapped; HazeMatching expects channel 0 = confocal target, channel 1 "
+            "= widefield input (or input/ and target/ folders)"
         )
     return warnings

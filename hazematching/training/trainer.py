@@ -363,10 +363,11 @@ class Trainer:
         return kept
 
     def _rewind(self, resume_path: Path) -> int | None:
-        """A resume from an older checkpoint than the run had reached (an explicit path): what is newer is
-        set aside in superseded/ before anything is overwritten; returns the step the run had reached."""
+        """A resume from an older checkpoint than the run had reached (an explicit path, or ``latest`` in a
+        run of an earlier release that ended between checkpoints): what is newer is set aside in
+        superseded/ before anything is overwritten; returns the step the run had reached."""
         rewound = None
-        if self.config.resume_from_checkpoint != "latest" and self.main_process:
+        if self.main_process:
             try:
                 run_step = read_description(self.output_dir).step
             except RunError:
@@ -399,10 +400,14 @@ class Trainer:
             # not a flag, but it changes the effective batch (batch size x processes) of a DDP run
             saved = {**saved, "num_processes": self.resume_state.get("num_processes", saved.get("num_processes"))}
             now["num_processes"] = self.accelerator.num_processes
+            # a field newer than the checkpoint at its default is no change (old runs resume without a word)
+            fields = TrainConfig.model_fields
             changes = {
                 key: (saved.get(key), value)
                 for key, value in now.items()
-                if key not in _NOT_A_CHANGE and saved.get(key) != value
+                if key not in _NOT_A_CHANGE
+                and saved.get(key) != value
+                and not (key not in saved and key in fields and value == fields[key].default)
             }
         step = self.resume_state["step"]
         if changes and self.main_process:
@@ -516,6 +521,7 @@ class Trainer:
         )
         samples_per_step = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
         window_start, window_steps = time.perf_counter(), 0
+        start = self.global_step  # a resumed run's step: its checkpoint exists
         self.model.train()
         for batch in self.loader:
             if self.global_step >= config.max_steps:
@@ -546,6 +552,10 @@ class Trainer:
             if config.validation_steps and self.global_step % config.validation_steps == 0:
                 self.validate()
         progress.close()
+        if self.global_step % config.checkpointing_steps and self.global_step != start:
+            # the last step is a checkpoint too: `latest` then resumes where the run ended, never before
+            # the saved model (which a longer resume would otherwise overwrite with an older branch)
+            self.save_checkpoint()
 
     def log_training(self, loss: torch.Tensor, samples_per_s: float, progress) -> None:
         mean_loss = self.accelerator.reduce(loss.detach().float(), reduction="mean").item()

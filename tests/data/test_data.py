@@ -281,3 +281,28 @@ def test_a_nearly_constant_channel_is_warned_about_naming_file_split_and_channel
     warnings = checked(tmp_path, 0.2)
     ours = [w for w in warnings if f"{tmp_path / 'train' / 'p9.tif'}: the target (channel 0) (" in w]
     assert len(ours) == 1 and "split) is nearly constant: 99.9 % of its pixels are 42" in ours[0], warnings
+
+
+def test_faint_noise_on_a_constant_is_warned_about_and_small_units_are_not_constant(tmp_path):
+    """Two more instances of case 2: a float target 42 + N(0, 1e-4) trained silently; a real pair in
+    small units (x 1e-9) was refused as constant, and its pairs were counted twice."""
+    _pairs_folder(tmp_path / "faint" / "train", _hazy_pair, 4)
+    faint = _hazy_pair(9, shape=(64, 64))
+    faint[0] = 42 + np.random.default_rng(0).normal(0, 1e-4, (64, 64))
+    tifffile.imwrite(tmp_path / "faint" / "train" / "p9.tif", faint.astype(np.float32))
+    warnings = checked(tmp_path / "faint", 0.2)
+    ours = [w for w in warnings if f"{tmp_path / 'faint' / 'train' / 'p9.tif'}: the target (channel 0) (" in w]
+    assert len(ours) == 1 and "is nearly constant: its std is 2.4e-06 of its mean 42" in ours[0], warnings
+
+    _pairs_folder(tmp_path / "small", lambda i: (_hazy_pair(i) * 1e-9).astype(np.float32), 4)
+    assert checked(tmp_path / "small", 0.25) == []
+
+
+def test_swapped_input_and_target_folders_are_named_as_folders(tmp_path):
+    for i in range(4):
+        pair = _hazy_pair(i)
+        for role, image in (("input", pair[0]), ("target", pair[1])):  # swapped
+            (tmp_path / role).mkdir(exist_ok=True)
+            tifffile.imwrite(tmp_path / role / f"s{i}.tif", image)
+    warnings = checked(tmp_path, 0.25)
+    assert len(warnings) == 1 and "pairs the input image has more contrast than the target image" in warnings[0]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -364,6 +365,11 @@ def test_resume_keeps_the_normalisation_and_records_changed_settings(sim_data, t
     state = json.loads((run / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["normalization"] == first["normalization"] and state["training"]["batch_size"] == 4
 
+    # a checkpoint of an earlier release lacks the newer fields: at their defaults they are no change
+    marker = run / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    older = json.loads(marker.read_text())
+    del older["training"]["time_zero_fraction"], older["training"]["mean_anchor_fraction"]
+    marker.write_text(json.dumps(older))
     again = run_trainer(["--data", str(brighter), "--batch-size", "4", "--max-steps", "4", *resume, *common])
     check(again)
     assert "changed settings" not in again.stderr
@@ -393,11 +399,34 @@ def test_resuming_an_older_checkpoint_sets_the_newer_state_aside_and_records_the
     assert load_model(kept).config.step == 6  # a run folder of its own
     assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["checkpoint-4", "checkpoint-6"]
     assert [json.loads(line)["step"] for line in (kept / "logs" / "train.jsonl").read_text().splitlines()][-1] == 6
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4", "checkpoint-5"]
     now = json.loads((run / "config.json").read_text())
     assert now["step"] == 5
     assert now["setting_changes"] == [{"step": 2, "changes": {"max_steps": [4, 5]}, "rewound_from_step": 6}]
     assert max_difference(weights(run), reached_weights) > 0
+
+
+def test_the_last_step_is_a_checkpoint_so_latest_never_goes_behind_the_saved_model(sim_data, tmp_path):
+    """A run ending between checkpoints (7 steps, every 2) checkpoints its last step: resuming ``latest``
+    with other settings continues from step 7 instead of overwriting the step-7 model with a branch from
+    step 6. A run of an earlier release (no final checkpoint) has its step-7 model set aside first."""
+    run = tmp_path / "run"
+    common = ["--data", str(sim_data), "--output-dir", str(run), "--checkpointing-steps", "2", *SMALL]
+    check(run_trainer([*common, "--batch-size", "2", "--max-steps", "7"]))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "checkpoint-7"
+    reached = weights(run)
+    latest = ["--resume-from-checkpoint", "latest"]
+    result = run_trainer([*common, "--batch-size", "2", "--max-steps", "9", "--lr", "2e-4", *latest])
+    check(result)
+    assert "at step 7" in result.stderr and json.loads((run / "config.json").read_text())["step"] == 9
+
+    older = tmp_path / "older"  # as an earlier release left it: the model at step 7, checkpoints up to 6
+    check(run_trainer([*common[:3], str(older), *common[4:], "--batch-size", "2", "--max-steps", "7"]))
+    shutil.rmtree(older / "checkpoints" / "checkpoint-7")
+    result = run_trainer([*common[:3], str(older), *common[4:], "--batch-size", "2", "--max-steps", "8", *latest])
+    check(result)
+    assert "going back from step 7 to step 6" in result.stderr
+    assert max_difference(load_file(older / "superseded" / "step-7" / "model.safetensors"), reached) == 0
 
 
 def test_training_on_a_constant_target_is_refused_before_any_step(tmp_path):
