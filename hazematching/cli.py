@@ -117,11 +117,12 @@ def _tune(args) -> None:
         )
     )
     where = "not stored (--dry-run)" if args.dry_run else f"stored in {args.model}/config.json"
+    table = Path(args.model) / "tuning" / ("dry-run" if args.dry_run else "") / "tune.md"
     print(
         f"\nrecommended at K = {chosen.samples}: --solver {chosen.solver} --steps {chosen.steps} "
         f"({chosen.speedup:.1f}x fewer network evaluations than {solver.capitalize()}-{steps}, "
         f"{chosen.psnr_delta:+.2f} dB PSNR, "
-        f"{chosen.structure_text()}); {where}; table: {args.model}/tuning/tune.md"
+        f"{chosen.structure_text()}); {where}; table: {table}"
     )
 
 

@@ -163,7 +163,11 @@ class TuneOptions(Options):
         MS3IM_TOLERANCE, description="MicroMS3IM the recommended setting may lose against Euler-20"
     )
     device: Device = SpeedOptions.model_fields["device"]
-    dry_run: bool = Field(False, description="print and write the table, keep config.json as it is")
+    dry_run: bool = Field(
+        False,
+        description="keep config.json and its table in MODEL/tuning as they are; this table goes to "
+        "MODEL/tuning/dry-run",
+    )
 
 
 class ExportOptions(Options):

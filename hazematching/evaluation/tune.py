@@ -201,8 +201,9 @@ def tune(
     psnr_tolerance: float = PSNR_TOLERANCE,
     ms3im_tolerance: float = MS3IM_TOLERANCE,
 ) -> tuple[list[TuneRow], SamplerRecommendation]:
-    """Measure the table on ``data_dir``, write it to RUN/tuning/, and (``store``) keep the
-    recommendation for the run's K in config.json, where predict, experiments and export find it.
+    """Measure the table on ``data_dir`` and (``store``) keep the recommendation for the run's K in
+    config.json, where predict, experiments and export find it, with its table in RUN/tuning/ (not
+    stored: the table goes to RUN/tuning/dry-run/).
     ``grid`` None: ``default_grid``."""
     import json
 
@@ -218,8 +219,9 @@ def tune(
     k = run.config.sampler.samples if run.config.sampler.samples in samples else max(samples)
     best, reference = recommend(rows, k, psnr_tolerance, ms3im_tolerance, reference_steps)
     chosen = recommendation(best, reference, data_dir, seed)
-    folder = model_dir / "tuning"
-    folder.mkdir(exist_ok=True)
+    # a dry run leaves the stored recommendation's table in tuning/ as it is
+    folder = model_dir / "tuning" if store else model_dir / "tuning" / "dry-run"
+    folder.mkdir(parents=True, exist_ok=True)
     pairs = read_split(data_dir)
     problem = micro_ms3im_problem([p.target.shape for p in pairs], [p.name for p in pairs])
     table = {

@@ -183,10 +183,15 @@ def test_evaluate_and_calibrate(neuron_run, tmp_path):
 def test_tune_dry_run(neuron_run, tmp_path, capsys):
     data = write_pairs(tmp_path / "pairs", 1, size=32)  # tune always adds Euler-20: a small tile
     before = (neuron_run / "config.json").read_text()
+    stored = neuron_run / "tuning" / "tune.json"  # the table of a stored recommendation stays with it
+    stored.parent.mkdir(exist_ok=True)
+    stored.write_text('{"data": "earlier"}')
     cli_main(["tune", "--model", str(neuron_run), "--data", str(data), "--samples", "2", "--settings", "euler:2",
               "--device", "cpu", "--dry-run"])  # fmt: skip
-    assert "euler" in capsys.readouterr().out
-    assert (neuron_run / "config.json").read_text() == before
+    out = capsys.readouterr().out
+    assert "euler" in out and f"table: {neuron_run}/tuning/dry-run/tune.md" in out
+    assert (neuron_run / "config.json").read_text() == before and stored.read_text() == '{"data": "earlier"}'
+    assert json.loads((neuron_run / "tuning" / "dry-run" / "tune.json").read_text())["data"] == str(data)
 
 
 @pytest.mark.slow
