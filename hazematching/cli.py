@@ -338,7 +338,10 @@ def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
 
 def _one_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return "; ".join(lines) or type(exc).__name__
+    joined = ""
+    for line in lines:  # a line ending in ':' introduces the next one
+        joined += line if not joined else (" " if joined.endswith(":") else "; ") + line
+    return joined or type(exc).__name__
 
 
 def _stop(message: str, status: int) -> None:
