@@ -101,7 +101,7 @@ class PredictOptions(Options):
         None,
         description="axes of files that do not record them, letters of TZCYX ending in YX, e.g. TZYX; for a plain "
         "multi-page TIFF the sizes of the leading axes may follow their letters, e.g. Z3C2YX (pages z0c0, z0c1, "
-        "z1c0, ...); size-1 axes may be left out",
+        "z1c0, ...); YXC for a plain (Y, X, C) file (found by itself when C < 16); size-1 axes may be left out",
     )
     overwrite: bool = Field(False, description="recompute outputs that are complete, or were made with other settings")
     recursive: bool = Field(

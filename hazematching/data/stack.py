@@ -53,6 +53,7 @@ class StackInfo:
     pixel_sizes: PixelSizes = field(default_factory=PixelSizes)
     offset: int | None = None  # start of contiguous uncompressed pixel data, else None
     per_page: int = 1  # planes stored in one TIFF page; -n: one plane stored in n consecutive pages
+    channel_last: bool = False  # a plain (Y, X, C) file: planes are read from the whole array
     ngff: omezarr.NgffImage | None = None  # OME-Zarr only
 
     @property
@@ -155,8 +156,11 @@ def parse_axes(axes: str) -> str:
 
 def split_axes(axes: str) -> tuple[str, dict[str, int]]:
     """'Z3C2YX' -> ('ZCYX', {'Z': 3, 'C': 2}); raises DataError for anything but distinct letters from
-    TZCYX ending in YX, each leading letter optionally followed by its size."""
+    TZCYX ending in YX, each leading letter optionally followed by its size, or YXC (channels last)."""
     import re
+
+    if axes.strip().upper() == "YXC":
+        return "YXC", {}
 
     parts = re.findall(r"([A-Z])(\d*)", axes.strip().upper())
     letters = "".join(letter for letter, _ in parts)
@@ -172,9 +176,9 @@ def split_axes(axes: str) -> tuple[str, dict[str, int]]:
         or any(n < 1 for n in sizes.values())
     ):
         raise DataError(
-            f"--axes {axes!r}: expected distinct letters from {KNOWN_AXES} ending in YX, e.g. TZYX or ZCYX; for a "
-            "plain multi-page TIFF the sizes of the leading axes may follow their letters, e.g. Z3C2YX"
-            + (f" (unknown: {''.join(bad)})" if bad else "")
+            f"--axes {axes!r}: expected distinct letters from {KNOWN_AXES} ending in YX, e.g. TZYX or ZCYX, or YXC "
+            "(channels last); for a plain multi-page TIFF the sizes of the leading axes may follow their letters, "
+            "e.g. Z3C2YX" + (f" (unknown: {''.join(bad)})" if bad else "")
         )
     return letters, sizes
 
@@ -323,6 +327,17 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
     stored_axes, shape = "".join(stored_axes[i] for i in keep), tuple(shape[i] for i in keep)
     if relabel:
         stored_axes = "Q" * (len(shape) - 2) + "YX"
+    yxc = axes is not None and axes.strip().upper() == "YXC"
+    if yxc and (kind != "plain" or len(shape) != 3):
+        raise DataError(
+            f"{path}: --axes YXC is for plain (Y, X, C) files that do not record their axes; this one is {kind} "
+            f"with axes {stored_axes!r} and shape {full_shape}: leave --axes out"
+        )
+    if kind == "plain" and len(shape) == 3 and (yxc or (axes is None and shape[-1] < min_size)):
+        # channels last, as training reads paired files: a last axis this small cannot be X
+        shape = (shape[2], shape[0], shape[1])
+        channel = _check_plane_and_channel(path, "CYX", shape, channel, min_size)
+        return StackInfo(path, kind, "CYX", shape, dtype, channel, pixel_sizes, None, 1, channel_last=True)
     if axes is not None:
         given = split_axes(axes)[0]
         if len(given) == len(full_shape) and len(full_shape) != len(shape):
@@ -360,6 +375,11 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
                 )
                 + "; pages that interleave axes take sizes, e.g. --axes Z3C2YX"
             )
+    if kind == "plain" and full_shape[-1] < min_size <= min(full_shape[-3:-1], default=0):
+        raise DataError(
+            f"{path}: --axes {axes} makes planes of {shape[-2]} x {shape[-1]} pixels, but the file's last axis "
+            f"({full_shape[-1]}) looks like channels: --axes YXC (or leave --axes out)"
+        )
     channel = _check_plane_and_channel(path, file_axes, shape, channel, min_size)
     plane_size, page_size = shape[-2] * shape[-1], math.prod(page_shape)
     per_page = page_size // plane_size
@@ -399,6 +419,7 @@ class PlaneReader:
         self._zarr = omezarr.ZarrPlaneReader(info) if zarr else None
         self._fd = os.open(info.path, os.O_RDONLY) if info.offset is not None and not zarr else None
         self._tif = tifffile.TiffFile(info.path) if info.offset is None and not zarr else None
+        self._channels_last = None  # (Y, X, C), read once on first use
 
     def __enter__(self):
         return self
@@ -421,6 +442,10 @@ class PlaneReader:
         try:
             if self._zarr is not None:
                 array = self._zarr.read_raw(plane)
+            elif info.channel_last:
+                if self._channels_last is None:
+                    self._channels_last = self._tif.series[0].asarray().reshape(height, width, info.shape[0])
+                array = self._channels_last[:, :, index]
             elif self._fd is not None:
                 nbytes = height * width * info.dtype.itemsize
                 data = os.pread(self._fd, nbytes, info.offset + index * nbytes)

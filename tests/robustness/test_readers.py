@@ -119,3 +119,21 @@ def test_a_folder_mixing_paired_and_single_channel_files_runs_with_one_channel_f
     np.testing.assert_array_equal(paired, single)
     with pytest.raises(SystemExit, match="has one channel"):  # a single file asked for a channel it lacks
         _predict(trained_run, src / "single.tif", tmp_path / "alone.tif", "--channel", "1")
+
+
+@pytest.mark.parametrize("channels,axes", [(2, None), (2, "YXC"), (3, "YXC")])
+def test_channels_last_plain_files_are_read_as_training_reads_pairs(trained_run, sim_data, tmp_path, channels, axes):
+    """A pair saved as (Y, X, 2) trains (data.md: CYX or YXC) and now predicts too: the small last axis
+    is channels (by itself, or with --axes YXC); --axes CYX on it names the fix."""
+    planes = _planes(sim_data, channels)
+    tifffile.imwrite(tmp_path / "yxc.tif", np.moveaxis(planes, 0, -1), photometric="minisblack")
+    extra = ["--axes", axes] if axes else []
+    _predict(trained_run, tmp_path / "yxc.tif", tmp_path / "out.tif", "--channel", "1", "--noise", "package", *extra)
+    tifffile.imwrite(tmp_path / "plane.tif", planes[1])
+    _predict(trained_run, tmp_path / "plane.tif", tmp_path / "plane_out.tif", "--noise", "package")
+    out = tifffile.imread(tmp_path / "out.tif")
+    assert out.shape == (64, 64)
+    np.testing.assert_array_equal(out, tifffile.imread(tmp_path / "plane_out.tif"))
+    with pytest.raises(SystemExit) as stopped:
+        _predict(trained_run, tmp_path / "yxc.tif", tmp_path / "bad.tif", "--channel", "1", "--axes", "CYX")
+    assert "looks like channels: --axes YXC" in str(stopped.value.code) and not (tmp_path / "bad.tif").exists()
