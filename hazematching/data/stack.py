@@ -375,7 +375,7 @@ def open_stack(path: Path, axes: str | None = None, channel: int | None = None, 
                 )
                 + "; pages that interleave axes take sizes, e.g. --axes Z3C2YX"
             )
-    if kind == "plain" and full_shape[-1] < min_size <= min(full_shape[-3:-1], default=0):
+    if kind == "plain" and min(shape[-2:]) < min_size and 1 < full_shape[-1] < min_size <= min(full_shape[-3:-1]):
         raise DataError(
             f"{path}: --axes {axes} makes planes of {shape[-2]} x {shape[-1]} pixels, but the file's last axis "
             f"({full_shape[-1]}) looks like channels: --axes YXC (or leave --axes out)"
