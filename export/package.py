@@ -23,7 +23,7 @@ import torch
 
 import hazematching.core
 from hazematching.commands import DEFAULT_LICENSE, EXPORT_FORMATS, EXPORT_NAME, PAPER_WEIGHTS_LICENSE, TEST_SIZE
-from hazematching.core import Dehazer
+from hazematching.core import Dehazer, networks
 from hazematching.core.tiles import window
 from hazematching.data.io import DataError, read_split
 from hazematching.inference import input_range
@@ -57,26 +57,11 @@ def architecture_source() -> str:
 
 
 def receptive_radius(net: torch.nn.Module, size: int = 257) -> int:
-    """Largest distance at which an input pixel still changes an output pixel (random weights, so no
-    trained zero can hide a path): the halo a tiling consumer must add."""
-    import copy
-
-    probe = copy.deepcopy(net).float().cpu()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in probe.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
-    centre = size // 2
-    cond = torch.zeros(1, 1, size, size, requires_grad=True)
-    x = torch.zeros(1, 1, size, size, requires_grad=True)
-    t = torch.tensor([0.5]) if getattr(probe, "time_conditioning", True) else None
-    probe(x, cond, t)[0, 0, centre, centre].backward()
-    grad = (cond.grad.abs() + x.grad.abs())[0, 0]
-    ys, xs = torch.nonzero(grad > 0, as_tuple=True)
-    radius = int(max((ys - centre).abs().max(), (xs - centre).abs().max()))
-    if radius >= centre:
+    """``core.networks.receptive_radius``; a network whose field is not local cannot be tiled by consumers."""
+    radius = networks.receptive_radius(net, size)
+    if radius is None:
         raise RunError(
-            f"receptive field ({radius} px) reaches the probe border: attention or non-local layers cannot be tiled"
+            f"receptive field reaches the probe border ({size // 2} px): attention or non-local layers cannot be tiled"
         )
     return radius
 

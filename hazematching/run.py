@@ -267,10 +267,19 @@ class LoadedRun:
     config: RunDescription
     # networks prepared for fast inference, by (device, compile, precision): compiled once per process
     fast: dict = field(default_factory=dict, repr=False, compare=False)
+    _radius: list = field(default_factory=list, repr=False, compare=False)
 
     @property
     def objective(self) -> str:
         return self.config.objective
+
+    def receptive_radius(self) -> int | None:
+        """``core.networks.receptive_radius`` of the network, probed once (seconds for the default U-Net)."""
+        if not self._radius:
+            from hazematching.core.networks import receptive_radius
+
+            self._radius.append(receptive_radius(self.model))
+        return self._radius[0]
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:

@@ -17,3 +17,27 @@ def build_network(architecture: dict) -> nn.Module:
     if kind not in NETWORKS:
         raise ValueError(f"unknown network kind {kind!r}; expected one of {', '.join(NETWORKS)}")
     return NETWORKS[kind](**kwargs)
+
+
+def receptive_radius(net: nn.Module, size: int = 257) -> int | None:
+    """Largest distance in pixels at which an input pixel still changes an output pixel (weights made
+    random, so no trained zero can hide a path): the halo a tiling consumer must add. None when the
+    field reaches the probe's border (attention or other non-local layers)."""
+    import copy
+
+    import torch
+
+    probe = copy.deepcopy(net).float().cpu()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in probe.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    centre = size // 2
+    cond = torch.zeros(1, 1, size, size, requires_grad=True)
+    x = torch.zeros(1, 1, size, size, requires_grad=True)
+    t = torch.tensor([0.5]) if getattr(probe, "time_conditioning", True) else None
+    probe(x, cond, t)[0, 0, centre, centre].backward()
+    grad = (cond.grad.abs() + x.grad.abs())[0, 0]
+    ys, xs = torch.nonzero(grad > 0, as_tuple=True)
+    radius = int(max((ys - centre).abs().max(), (xs - centre).abs().max()))
+    return None if radius >= centre else radius

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hazematching.core import evaluations_per_step, sample_posterior
-from hazematching.core.tiles import fit_multiple, window
+from hazematching.core.tiles import OVERLAP, fit_multiple, window
 from hazematching.data.io import DataError
 from hazematching.inference.input_range import InputRangeWarning, out_of_range
 from hazematching.inference.speed import fast_network, images_per_call, samples_per_batch, tiles_per_batch
@@ -45,6 +45,10 @@ def resolve_device(device: str) -> torch.device:
 
 class TileSizeWarning(UserWarning):
     """A network with attention over its whole window is tiled at another size than it was trained at."""
+
+
+class TileSeamWarning(UserWarning):
+    """Tiles overlap by less than the network's receptive radius: a tiled image can differ from the whole."""
 
 
 class CalibrationWarning(UserWarning):
@@ -123,6 +127,17 @@ def predict_array(
             TileSizeWarning,
             stacklevel=2,
         )
+
+    larger = max(image.shape) > tile_size
+    if larger and overlap < OVERLAP and not getattr(run.model, "fixed_window", False):
+        radius = run.receptive_radius()
+        if radius is not None and overlap < radius:
+            warnings.warn(
+                f"--overlap {overlap}: less than the network's receptive radius ({radius} px), so tiles see less "
+                f"context than the whole image and can show seams; use --overlap {radius} or more",
+                TileSeamWarning,
+                stacklevel=2,
+            )
 
     device = next(run.model.parameters()).device
     batch_size = batch_size or tiles_per_batch(device)

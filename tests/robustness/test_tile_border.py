@@ -51,3 +51,26 @@ def test_the_exported_model_pads_the_image_as_predict_does(trained_run, sim_data
     with torch.no_grad():
         out = model(torch.from_numpy(image)[None, None])[0, 0].numpy()
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-3 * np.ptp(expected))
+
+
+def test_an_overlap_below_the_receptive_radius_is_warned_about(trained_run, sim_data):
+    """Case 1, another instance: --tile-size 48 --overlap 8 gave seams (0.8 % of the range) without a
+    word; an overlap of at least the receptive radius is silent and gives the whole image's result."""
+    import warnings
+
+    from hazematching.inference.predict import TileSeamWarning
+
+    run = load_model(trained_run)
+    radius = run.receptive_radius()
+    assert radius is not None and 8 < radius < 64
+    image = _image(sim_data, 200)
+    options = dict(samples=2, steps=2, seed=0, progress=False, compile="off")
+    whole = predict_array(run, image, tile_size=512, **options)
+    with pytest.warns(TileSeamWarning, match=rf"--overlap 8: less than the network's receptive radius \({radius} px\)"):
+        narrow = predict_array(run, image, tile_size=64, overlap=8, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TileSeamWarning)
+        wide = predict_array(run, image, tile_size=160, overlap=radius, **options)
+    spread = float(whole.mean.max() - whole.mean.min())
+    assert np.abs(narrow.mean - whole.mean).max() > 1e-3 * spread
+    assert np.abs(wide.mean - whole.mean).max() < 1e-3 * spread
