@@ -452,6 +452,12 @@ class Trainer:
             for name in ("train.jsonl", "validation.jsonl"):
                 trim_jsonl(self.output_dir / "logs" / name, state["step"])
             print(f"resumed from {resume_path} at step {state['step']}", file=sys.stderr)
+            if Path(resume_path).resolve().parent != self.checkpoint_dir.resolve():
+                print(
+                    f"note: {resume_path} is a checkpoint of another run; this run ({self.output_dir}) continues from "
+                    "its weights, optimiser state and normalisation",
+                    file=sys.stderr,
+                )
         return state["step"]
 
     def _loader(self) -> DataLoader:

@@ -428,6 +428,13 @@ def test_the_last_step_is_a_checkpoint_so_latest_never_goes_behind_the_saved_mod
     assert "going back from step 7 to step 6" in result.stderr
     assert max_difference(load_file(older / "superseded" / "step-7" / "model.safetensors"), reached) == 0
 
+    other = ["--resume-from-checkpoint", str(older / "checkpoints" / "checkpoint-8")]
+    result = run_trainer(
+        [*common[:3], str(tmp_path / "branch"), *common[4:], "--batch-size", "2", "--max-steps", "9", *other]
+    )
+    check(result)
+    assert "checkpoint-8 is a checkpoint of another run" in result.stderr
+
 
 def test_training_on_a_constant_target_is_refused_before_any_step(tmp_path):
     """The shared robustness case 2: an empty (constant) target channel used to train with exit 0."""
