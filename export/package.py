@@ -182,7 +182,7 @@ def export_model(
     solver: str | None = None,
     tile_size: int | None = None,
     overlap: int | None = None,
-    mmse_draws: int | None = None,
+    mmse: str | None = None,
     name: str = EXPORT_NAME,
     authors: list[str] | None = None,
     maintainers: list[str] | None = None,
@@ -204,7 +204,7 @@ def export_model(
     run = load_model(run_dir)
     if run.objective != "cfm":
         raise RunError(f"{run_dir} is a U-Net baseline run; only HazeMatching runs can be exported")
-    settings = resolve_settings(run.config, samples, steps, seed, solver, tile_size, overlap, mmse_draws)
+    settings = resolve_settings(run.config, samples, steps, seed, solver, tile_size, overlap, mmse)
     if run.config.calibration is not None and (problem := run.config.calibration.mismatch(settings)):
         warnings.warn(f"the package applies the std calibration, but {problem}", CalibrationWarning, stacklevel=2)
     geometry = Geometry.of(run.model, window(settings.tile_size, settings.overlap, run.model.stride)[0])
@@ -259,7 +259,7 @@ def _dehazer_kwargs(run: LoadedRun, settings: InferenceSettings, geometry: Geome
         "overlap": settings.overlap,
         "halo": geometry.halo,  # consumer padding by the halo is recognised and not computed on
         # packages that average their samples into the MMSE keep the kwargs of earlier releases
-        **({"mmse_draws": settings.mmse_draws} if settings.mmse_draws else {}),
+        **({"mmse": settings.mmse} if settings.mmse != "samples" else {}),
     }
 
 
@@ -307,10 +307,10 @@ def _write_documentation(
             seed=settings.seed,
             solver=settings.solver.capitalize(),
             mmse_detail=(
-                f"the MMSE as the mean of {settings.mmse_draws} one-step estimates x0 + v(x0, 0, c) of the "
-                "posterior mean (the network was trained to give it at t = 0) and the standard deviation over "
-                "the samples"
-                if settings.mmse_draws
+                "the MMSE as the network's velocity at x = 0, t = 0 (one more network evaluation: a prediction "
+                "of the posterior mean, which the network was trained to give there) and the standard deviation "
+                "over the samples"
+                if settings.mmse == "anchor"
                 else "mean (the MMSE) and standard deviation over the samples"
             ),
             tile_size=model.tile_size,

@@ -124,6 +124,11 @@ def _tune(args) -> None:
         f"{chosen.psnr_delta:+.2f} dB PSNR, "
         f"{chosen.structure_text()}); {where}; table: {table}"
     )
+    print(
+        f"MMSE: --mmse {chosen.mmse} (the anchor v(0, 0, c), one network evaluation, is {chosen.mmse_psnr_delta:+.2f} "
+        f"dB PSNR from the mean of the reference's {chosen.samples} samples; recommended within "
+        f"{args.psnr_tolerance} dB)"
+    )
 
 
 def _export(args) -> None:
@@ -138,7 +143,7 @@ def _export(args) -> None:
         solver=args.solver,
         tile_size=args.tile_size,
         overlap=args.overlap,
-        mmse_draws=args.mmse_draws,
+        mmse=args.mmse,
         name=args.name,
         authors=args.authors,
         maintainers=args.maintainers,

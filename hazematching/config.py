@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from hazematching.architecture import KINDS, Architecture, UNetArchitecture
-from hazematching.core.sampler import SOLVERS
+from hazematching.core.sampler import MMSE_ESTIMATES, SOLVERS
 from hazematching.core.tiles import OVERLAP, TILE_SIZE
 
 
@@ -58,12 +58,10 @@ class SamplerConfig(BaseModel):
         "--architecture reference a quarter of the tile)",
     )
 
-    mmse_draws: int = Field(
-        0,
-        ge=0,
-        description="0: the MMSE is the mean of the K samples; M > 0: the mean of M one-step estimates "
-        "x0 + v(x0, 0, c) (M network evaluations; for --time-zero-fraction > 0), stored in the run for predict "
-        "and export",
+    mmse: Literal[MMSE_ESTIMATES] = Field(
+        "samples",
+        description="how predict and export make the MMSE: samples (the mean of the K samples) or anchor (the "
+        "velocity at x = 0, t = 0, one network evaluation; the default with --mean-anchor-fraction)",
     )
 
     @model_serializer(mode="wrap")
@@ -73,8 +71,8 @@ class SamplerConfig(BaseModel):
         for key in ("tile_size", "overlap"):
             if data.get(key) is None:
                 data.pop(key, None)
-        if data.get("mmse_draws") == 0:
-            data.pop("mmse_draws", None)
+        if data.get("mmse") == "samples":
+            data.pop("mmse", None)
         return data
 
 
@@ -123,13 +121,6 @@ class TrainConfig(BaseModel):
     )
     validation_crops: int = Field(8, ge=1, description="validation crops in the loss and the sample grid")
     time_grid_points: int = Field(0, ge=0, description="0: t ~ U[0,1); G: t on linspace(0, 1, G) as the reference code")
-    time_zero_fraction: float = Field(
-        0.0,
-        ge=0.0,
-        lt=1.0,
-        description="fraction of the training items drawn at t = 0 exactly, the rest as --time-grid-points says; "
-        "there the network learns the posterior mean, so one Euler step from noise estimates the MMSE",
-    )
     mean_anchor_fraction: float = Field(
         0.0,
         ge=0.0,
@@ -189,6 +180,9 @@ class TrainConfig(BaseModel):
             derived["time_conditioning"] = self.objective == "cfm"
         # set without marking the field as given (``--init-from`` inherits the fields that were not)
         self.__dict__["model"] = self.model.model_copy(update=derived)
+        if self.mean_anchor_fraction > 0 and "mmse" not in self.sampler.model_fields_set:
+            # a network trained at the anchor predicts the posterior mean there: its MMSE by default
+            self.__dict__["sampler"] = self.sampler.model_copy(update={"mmse": "anchor"})
         if self.time_grid_points >= 2 and "steps" not in self.sampler.model_fields_set:
             # a network trained on G time points is sampled on them: Euler with G - 1 steps
             self.__dict__["sampler"] = self.sampler.model_copy(update={"steps": self.time_grid_points - 1})
@@ -207,10 +201,8 @@ class TrainConfig(BaseModel):
                 f"checkpoints_total_limit is set but checkpointing_steps ({self.checkpointing_steps}) > "
                 f"max_steps ({self.max_steps}): no checkpoint would ever be written"
             )
-        if (self.time_zero_fraction > 0 or self.mean_anchor_fraction > 0) and self.objective != "cfm":
-            raise ValueError(
-                "time_zero_fraction and mean_anchor_fraction need objective 'cfm' (the U-Net baseline has no time)"
-            )
+        if self.mean_anchor_fraction > 0 and self.objective != "cfm":
+            raise ValueError("mean_anchor_fraction needs objective 'cfm' (the U-Net baseline has no velocity)")
         if self.shortcut_fraction > 0 and self.objective != "cfm":
             raise ValueError("shortcut_fraction needs objective 'cfm' (the U-Net baseline takes no steps)")
         if self.sampler.solver == "shortcut" and self.shortcut_fraction == 0:

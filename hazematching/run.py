@@ -20,6 +20,7 @@ from torch import nn
 from hazematching.architecture import Architecture
 from hazematching.config import SamplerConfig, TrainConfig
 from hazematching.core import SOLVERS
+from hazematching.core.sampler import MMSE_ESTIMATES
 from hazematching.data.normalization import Normalization
 from hazematching.version import __version__
 
@@ -112,8 +113,8 @@ class Calibration(BaseModel):
     mean_abs_deviation_after: float | None = None
 
     # The spread of K samples after N solver steps depends on all three, so a fit holds only for them.
-    # The MMSE's error depends on how it is made (``mmse_draws``; fits of earlier releases do not record it).
-    TIED_TO: ClassVar[tuple[str, ...]] = ("samples", "steps", "solver", "mmse_draws")
+    # The MMSE's error depends on how it is made (``mmse``; fits of earlier releases do not record it).
+    TIED_TO: ClassVar[tuple[str, ...]] = ("samples", "steps", "solver", "mmse")
 
     def mismatch(self, settings) -> str | None:
         """Why this fit may not hold for ``settings`` (anything with samples/steps/solver), or None."""
@@ -153,6 +154,10 @@ class SamplerRecommendation(BaseModel):
     )
     data: str = ""
     seed: int = 0
+    mmse: Literal[MMSE_ESTIMATES] | None = Field(
+        None, description="the MMSE estimate recommended beside the samples' setting (None: tuned before it was)"
+    )
+    mmse_psnr_delta: float | None = Field(None, description="the anchor MMSE's PSNR minus the reference's, dB")
 
     def reference_steps(self) -> tuple[str, int]:
         """(solver, steps) the setting was compared with."""

@@ -11,7 +11,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hazematching.core.sampler import SOLVERS, evaluations_per_step
+from hazematching.core.sampler import MMSE_ESTIMATES, SOLVERS, evaluations_per_step
 from hazematching.core.tiles import OVERLAP, TILE_SIZE
 from hazematching.run import RunDescription
 
@@ -52,7 +52,7 @@ Seed = Annotated[int, Field(ge=0)]
 Solver = Literal[SOLVERS]
 TileSize = Annotated[int, Field(ge=16)]
 Overlap = Annotated[int, Field(ge=0)]
-MmseDraws = Annotated[int, Field(ge=0)]
+Mmse = Literal[MMSE_ESTIMATES]
 
 
 class SettingError(ValueError):
@@ -79,7 +79,7 @@ class InferenceSettings(BaseModel):
     solver: Solver
     tile_size: TileSize
     overlap: Overlap
-    mmse_draws: MmseDraws = 0  # 0: the MMSE is the mean of the samples; M: of M one-step estimates
+    mmse: Mmse = "samples"  # the MMSE: the mean of the samples, or v(0, 0, c) ("anchor")
 
 
 class SettingsRequest(BaseModel):
@@ -108,11 +108,11 @@ class SettingsRequest(BaseModel):
         "network: a quarter tile)",
     )
 
-    mmse_draws: MmseDraws | None = Field(
+    mmse: Mmse | None = Field(
         None,
-        description="0: the MMSE is the mean of the K samples; M > 0: the mean of M one-step estimates (M network "
-        "evaluations; for runs trained with --time-zero-fraction); the std is the samples' either way (default: "
-        "the run's)",
+        description="samples: the MMSE is the mean of the K samples; anchor: the network's velocity at x = 0, t = 0, "
+        "a posterior-mean prediction in one network evaluation (trained by --mean-anchor-fraction); the std is the "
+        "samples' either way (default: the run's)",
     )
 
     # The fields whose help a qualifier extends (export: "... inside the package").
@@ -134,7 +134,7 @@ class SettingsRequest(BaseModel):
                 solver=solver or stored.solver,
                 tile_size=self.tile_size or stored.tile_size or TILE_SIZE,
                 overlap=next(value for value in (self.overlap, stored.overlap, OVERLAP) if value is not None),
-                mmse_draws=stored.mmse_draws if self.mmse_draws is None else self.mmse_draws,
+                mmse=self.mmse or (recommended.mmse if recommended is not None else None) or stored.mmse,
             )
         except ValidationError as exc:
             raise setting_error(exc) from None
@@ -179,7 +179,7 @@ def resolve_settings(
     solver: str | None = None,
     tile_size: int | None = None,
     overlap: int | None = None,
-    mmse_draws: int | None = None,
+    mmse: str | None = None,
 ) -> InferenceSettings:
     """``SettingsRequest(...).resolve(description)`` for keyword values (None, or an empty solver or
     a zero tile size: not given)."""
@@ -196,7 +196,7 @@ def resolve_settings(
             solver=solver or None,
             tile_size=tile_size or None,
             overlap=overlap,
-            mmse_draws=mmse_draws,
+            mmse=mmse or None,
         )
     except ValidationError as exc:
         raise setting_error(exc) from None

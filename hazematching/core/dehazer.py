@@ -3,7 +3,7 @@
 This is what the bioimage.io package runs (TorchScript or state dict): normalisation with the
 training statistics, K samples of the N-step ODE solve (Euler, midpoint or Heun) with in-graph hash
 noise (fixed seed, so every call and every device gives the same result), mean and std over the
-samples (or the mean of M one-step estimates, ``mmse_draws``), both mapped back to target
+samples (or the velocity at the anchor x = 0, t = 0, ``mmse``), both mapped back to target
 intensities, and the std calibrated (a * std + b) when the run was calibrated. Doing the
 normalisation inside keeps the result identical in every consumer, whatever pre/post-processing ops
 it implements and however it tiles.
@@ -46,14 +46,14 @@ class Dehazer(nn.Module):
         tile_size: int = TILE_SIZE,
         overlap: int = OVERLAP,
         halo: int = 0,
-        mmse_draws: int = 0,
+        mmse: str = "samples",
     ):
         super().__init__()
         self.sampler = ODESampler(build_network(architecture), architecture.get("out_channels", 1), solver)
         self.input_mean, self.input_std = float(input_mean), float(input_std)
         self.target_mean, self.target_std = float(target_mean), float(target_std)
         self.samples, self.steps, self.seed = int(samples), int(steps), int(seed)
-        self.mmse_draws = int(mmse_draws)  # 0: the MMSE is the samples' mean; M: of M one-step estimates
+        self.mmse = str(mmse)  # "samples": the MMSE is the samples' mean; "anchor": v(0, 0, c)
         self.std_scale, self.std_offset = float(std_scale), float(std_offset)
         stride = self.sampler.net.stride
         self.stride = int(stride)
@@ -73,11 +73,8 @@ class Dehazer(nn.Module):
         for k in range(self.samples):
             x = self.sampler.draw(cond, k, self.steps, self.seed, origin_y, origin_x)
             mean, m2 = update_moments(mean, m2, x, k + 1)
-        if self.mmse_draws > 0:  # as core.sampler.sample_posterior
-            mean = torch.zeros_like(cond)
-            for j in range(self.mmse_draws):
-                mean = mean + self.sampler.one_step_mean(cond, j, self.seed, origin_y, origin_x)
-            mean = mean / self.mmse_draws
+        if self.mmse == "anchor":  # as core.sampler.sample_posterior
+            mean = self.sampler.anchor_mean(cond)
         return mean, torch.sqrt(m2 / self.samples)
 
     def consumer_padding(self, image: torch.Tensor) -> List[int]:

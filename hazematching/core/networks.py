@@ -27,17 +27,18 @@ def receptive_radius(net: nn.Module, size: int = 257) -> int | None:
 
     import torch
 
-    probe = copy.deepcopy(net).float().cpu()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in probe.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
-    centre = size // 2
-    cond = torch.zeros(1, 1, size, size, requires_grad=True)
-    x = torch.zeros(1, 1, size, size, requires_grad=True)
-    t = torch.tensor([0.5]) if getattr(probe, "time_conditioning", True) else None
-    probe(x, cond, t)[0, 0, centre, centre].backward()
-    grad = (cond.grad.abs() + x.grad.abs())[0, 0]
+    with torch.inference_mode(False), torch.enable_grad():  # callers may be predicting
+        probe = copy.deepcopy(net).float().cpu()
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in probe.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+        centre = size // 2
+        cond = torch.zeros(1, 1, size, size, requires_grad=True)
+        x = torch.zeros(1, 1, size, size, requires_grad=True)
+        t = torch.tensor([0.5]) if getattr(probe, "time_conditioning", True) else None
+        probe(x, cond, t)[0, 0, centre, centre].backward()
+        grad = (cond.grad.abs() + x.grad.abs())[0, 0]
     ys, xs = torch.nonzero(grad > 0, as_tuple=True)
     radius = int(max((ys - centre).abs().max(), (xs - centre).abs().max()))
     return None if radius >= centre else radius

@@ -83,7 +83,8 @@ def _item_hash(keys: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def keyed_fraction(keys: torch.Tensor, seed: int, fraction: float, salt: int) -> torch.Tensor:
-    """A boolean per item, True with probability ``fraction``, a function of (seed, key, salt)."""
+    """A boolean per item, True with probability ``fraction``, a function of (seed, key, salt) only: any
+    split of a batch over processes, and a resume, choose the same items."""
     return hash32(_item_hash(keys, seed) ^ salt).double() / 4294967296.0 < fraction
 
 
@@ -100,16 +101,11 @@ def keyed_normal(keys: torch.Tensor, seed: int, channels: int, height: int, widt
     return _box_muller(hash32(xs + h))
 
 
-def keyed_time(keys: torch.Tensor, seed: int, grid_points: int = 0, zero_fraction: float = 0.0) -> torch.Tensor:
+def keyed_time(keys: torch.Tensor, seed: int, grid_points: int = 0) -> torch.Tensor:
     """Training time of each item, a function of (seed, key) on ``keys.device``: U[0, 1) for
     ``grid_points=0`` (the paper's choice; any step count can be used at inference) or uniform over
-    the reference code's fixed grid linspace(0, 1, grid_points). With ``zero_fraction`` f > 0, an
-    item is trained at t = 0 exactly with probability f (an independent draw of the same key): there
-    the optimal velocity is E[x1 | c] - x0, so one Euler step from noise is a posterior-mean estimate."""
-    item = _item_hash(keys, seed)
-    u = hash32(item ^ 0x2C1B3C6D).double() / 4294967296.0  # [0, 1)
-    t = torch.floor(u * grid_points) / (grid_points - 1) if grid_points else u
-    if zero_fraction > 0:
-        at_zero = hash32(item ^ 0x68E31DA4).double() / 4294967296.0 < zero_fraction
-        t = torch.where(at_zero, torch.zeros_like(t), t)
-    return t.float()
+    the reference code's fixed grid linspace(0, 1, grid_points)."""
+    u = hash32(_item_hash(keys, seed) ^ 0x2C1B3C6D).double() / 4294967296.0  # [0, 1)
+    if grid_points:
+        return (torch.floor(u * grid_points) / (grid_points - 1)).float()
+    return u.float()

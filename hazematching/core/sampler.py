@@ -18,8 +18,8 @@ from torch import nn
 from .noise import hash_normal
 
 SOLVERS = ("euler", "midpoint", "heun", "shortcut")
-# Noise index of the first one-step MMSE draw: apart from the posterior samples' indices 0, 1, ...
-MMSE_NOISE_INDEX = 1 << 20
+# How the MMSE is made: the mean of the K samples, or the velocity at the anchor (x = 0, t = 0)
+MMSE_ESTIMATES = ("samples", "anchor")
 
 
 def evaluations_per_step(solver: str) -> int:
@@ -59,7 +59,6 @@ class ODESampler(nn.Module):
         self.net = net
         self.out_channels = out_channels
         self.solver = solver
-        self.mmse_noise_index = MMSE_NOISE_INDEX  # an attribute: TorchScript cannot read module globals
 
     def velocity(self, x: torch.Tensor, cond: torch.Tensor, t: float) -> torch.Tensor:
         tt = torch.full([x.shape[0]], t, device=x.device, dtype=x.dtype)
@@ -105,22 +104,12 @@ class ODESampler(nn.Module):
             cond = cond.repeat(count, 1, 1, 1)
         return self.integrate(x0, cond, steps).float()
 
-    def one_step_mean(
-        self,
-        cond: torch.Tensor,
-        draw_index: int,
-        seed: int,
-        origin_y: torch.Tensor | None = None,
-        origin_x: torch.Tensor | None = None,
-        count: int = 1,
-    ) -> torch.Tensor:
-        """One-step estimates x0 + v(x0, 0, c) of the posterior mean E[x1 | c] (exact for a perfect
-        velocity field on the straight path: v(x0, 0, c) = E[x1 | c] - x0), for draws ``draw_index ..
-        draw_index + count - 1``, whose noise is apart from the samples'; (count * B, C, H, W)."""
-        x0 = self.noise(cond, self.mmse_noise_index + draw_index, seed, origin_y, origin_x, count)
-        if count > 1:
-            cond = cond.repeat(count, 1, 1, 1)
-        return (x0 + self.velocity(x0, cond, 0.0)).float()
+    def anchor_mean(self, cond: torch.Tensor) -> torch.Tensor:
+        """v(0, 0, c): the posterior mean E[x1 | c] in one network evaluation. On the straight path the
+        optimal velocity at t = 0 is E[x1 | c] - x for every x; at x = 0 it is the posterior mean itself,
+        and ``--mean-anchor-fraction`` trains that point directly (an MSE regression, as the U-Net's)."""
+        x = torch.zeros(cond.shape[0], self.out_channels, cond.shape[2], cond.shape[3], dtype=cond.dtype)
+        return self.velocity(x.to(cond.device), cond, 0.0).float()
 
     def noise(
         self,
@@ -154,11 +143,11 @@ def sample_posterior(
     on_sample: Callable[[int], None] | None = None,
     solver: str | None = None,
     samples_per_batch: int = 1,
-    mmse_draws: int = 0,
+    mmse: str = "samples",
 ) -> Posterior:
     """Draw ``num_samples`` samples for a batch of (normalised) hazy images ``cond``; the MMSE is their
-    mean, or with ``mmse_draws`` M > 0 the mean of M one-step estimates (``ODESampler.one_step_mean``,
-    for a network trained with --time-zero-fraction), and the std is the samples' either way.
+    mean (``mmse="samples"``) or ``ODESampler.anchor_mean`` (``"anchor"``, one more network evaluation);
+    the std is the samples' either way.
 
     ``samples_per_batch`` samples go through the network together (more parallel work per call on a
     GPU); the rest are reduced on the fly, so memory does not grow with K unless ``keep_samples``.
@@ -168,8 +157,10 @@ def sample_posterior(
     """
     if num_samples < 1 or steps < 1:
         raise ValueError(f"num_samples and steps must be >= 1, got {num_samples} and {steps}")
-    if samples_per_batch < 1 or mmse_draws < 0:
-        raise ValueError(f"samples_per_batch must be >= 1 and mmse_draws >= 0, got {samples_per_batch}, {mmse_draws}")
+    if samples_per_batch < 1:
+        raise ValueError(f"samples_per_batch must be >= 1, got {samples_per_batch}")
+    if mmse not in MMSE_ESTIMATES:
+        raise ValueError(f"mmse={mmse!r}: expected one of {', '.join(MMSE_ESTIMATES)}")
     if isinstance(model, ODESampler):
         if solver is not None and solver != model.solver:
             raise ValueError(f"solver={solver!r}, but this ODESampler was built with solver={model.solver!r}")
@@ -192,11 +183,6 @@ def sample_posterior(
         if on_sample is not None:
             on_sample(count)
     std = torch.sqrt(m2 / num_samples)
-    if mmse_draws > 0:
-        mean = torch.zeros_like(mean)
-        for first in range(0, mmse_draws, samples_per_batch):
-            count = min(samples_per_batch, mmse_draws - first)
-            xs = sampler.one_step_mean(cond, first, seed, origin_y, origin_x, count).reshape(count, b, -1, h, w)
-            mean = mean + xs.sum(dim=0)
-        mean = mean / mmse_draws
+    if mmse == "anchor":
+        mean = sampler.anchor_mean(cond)
     return Posterior(mean=mean, std=std, samples=torch.stack(kept, dim=1) if keep_samples else None)

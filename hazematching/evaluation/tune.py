@@ -8,6 +8,11 @@ paper's sampler) at the same K: PSNR alone would reward the blur of a two-step s
 too small for MicroMS3IM (``metrics.micro_ms3im_problem``; the paper's 128 px crops) the structural
 guard is the MMSE's MS-SSIM (scales reduced to the size) with the same tolerance, and the table and
 the stored recommendation say so.
+
+The MMSE is measured separately: the network's anchor estimate v(0, 0, c) (one evaluation, see
+``core.sampler.ODESampler.anchor_mean``) against the mean of the reference's K samples; ``anchor`` is
+recommended when its PSNR is within ``psnr_tolerance`` of it (the samples' setting above stays what
+the std and the samples use).
 """
 
 import time
@@ -57,6 +62,40 @@ class TuneRow:
     ms_ssim: float = float("nan")  # MMSE MS-SSIM: the structural guard where MicroMS3IM cannot be computed
 
 
+@dataclass
+class MmseRow:
+    """The anchor MMSE on the same pairs (its samples' std is not part of it)."""
+
+    psnr: float
+    ms_ssim: float
+    ms3im: float | None
+    seconds: float
+    evaluations: int = 1  # network evaluations per pixel
+
+
+def measure_anchor(run: LoadedRun, data_dir: Path, seed: int = 0, **predict_options) -> MmseRow:
+    """The anchor MMSE v(0, 0, c) of every pair (one sample of one step is drawn beside it, unused)."""
+    tic = time.perf_counter()
+    pairs = read_split(Path(data_dir))
+    with_ms3im = micro_ms3im_problem([p.target.shape for p in pairs], [p.name for p in pairs]) is None
+    psnrs, ssims, ms3ims = [], [], []
+    for pair in pairs:
+        mean = predict_array(
+            run, pair.input, samples=1, steps=1, seed=seed, mmse="anchor", progress=False, **predict_options
+        ).mean
+        psnrs.append(range_invariant_psnr(mean, pair.target))
+        ssims.append(ms_ssim(mean, pair.target))
+        if with_ms3im:
+            ms3ims.append(micro_ms3im(mean, pair.target))
+    ms3im = float(np.mean(ms3ims)) if with_ms3im else None
+    return MmseRow(float(np.mean(psnrs)), float(np.mean(ssims)), ms3im, time.perf_counter() - tic)
+
+
+def recommend_mmse(anchor: MmseRow, reference: TuneRow, psnr_tolerance: float = PSNR_TOLERANCE) -> str:
+    """``anchor`` when its PSNR is within ``psnr_tolerance`` of the reference's samples' mean, else ``samples``."""
+    return "anchor" if anchor.psnr >= reference.psnr - psnr_tolerance else "samples"
+
+
 def parse_grid(text: str) -> tuple[tuple[str, int], ...]:
     """'euler:20,heun:3' -> (('euler', 20), ('heun', 3)); the reference Euler-20 is always added."""
     grid = []
@@ -93,6 +132,7 @@ def measure(
         psnrs, ms3ims, ssims, single, stds, errors, fsims, gmsds = [], [], [], [], [], [], [], []
         for pair in pairs:
             options = dict(samples=k, steps=steps, seed=seed, solver=solver, job_planes=len(pairs) * len(jobs))
+            options["mmse"] = "samples"  # the rows compare samples' settings; the anchor is measured apart
             pred = predict_array(run, pair.input, keep_samples=True, progress=False, **options, **predict_options)
             psnrs.append(range_invariant_psnr(pred.mean, pair.target))
             if with_ms3im:
@@ -135,8 +175,12 @@ def structural_guard(rows: list[TuneRow]) -> str:
     return "ms3im" if all(r.ms3im is not None for r in rows) else "ms_ssim"
 
 
-def recommendation(best: TuneRow, reference: TuneRow, data_dir: Path, seed: int) -> SamplerRecommendation:
+def recommendation(
+    best: TuneRow, reference: TuneRow, data_dir: Path, seed: int, anchor: MmseRow | None = None, mmse: str | None = None
+) -> SamplerRecommendation:
     return SamplerRecommendation(
+        mmse=mmse,
+        mmse_psnr_delta=None if anchor is None else anchor.psnr - reference.psnr,
         solver=best.solver,
         steps=best.steps,
         samples=best.samples,
@@ -168,6 +212,25 @@ def markdown(rows: list[TuneRow], chosen: TuneRow | None = None, reference: tupl
     if structural_guard(rows) == "ms_ssim":
         lines += ["", "MicroMS3IM n/a: the images are smaller than it needs; the rule used the MMSE's MS-SSIM instead."]
     return "\n".join(lines)
+
+
+def mmse_markdown(anchor: MmseRow, reference: TuneRow, mmse: str) -> str:
+    """The MMSE estimates side by side: the reference's samples' mean and the anchor."""
+    ms3im = "n/a" if anchor.ms3im is None else f"{anchor.ms3im:.3f}"
+    ref_ms3im = "n/a" if reference.ms3im is None else f"{reference.ms3im:.3f}"
+    nfe = reference.samples * reference.evaluations
+    bold = "**" if mmse == "samples" else ""
+    return "\n".join(
+        [
+            "| MMSE | NFE per pixel | PSNR (dB) | Δ PSNR | MicroMS3IM | MS-SSIM |",
+            "|---|---|---|---|---|---|",
+            f"| {bold}mean of K = {reference.samples} {reference.solver}-{reference.steps} samples{bold} | {nfe} | "
+            f"{reference.psnr:.2f} | 0 | {ref_ms3im} | "
+            f"{reference.ms_ssim:.3f} |",
+            f"| {'**anchor**' if mmse == 'anchor' else 'anchor'} v(0, 0, c) | 1 | {anchor.psnr:.2f} | "
+            f"{anchor.psnr - reference.psnr:+.2f} | {ms3im} | {anchor.ms_ssim:.3f} |",
+        ]
+    )
 
 
 def as_dicts(rows: list[TuneRow]) -> list[dict]:
@@ -216,9 +279,11 @@ def tune(
     reference_steps = reference_setting(run.config)
     grid = tuple(dict.fromkeys([reference_steps, *(grid or default_grid(run.config))]))
     rows = measure(run, data_dir, samples, grid, seed, progress)
+    anchor = measure_anchor(run, data_dir, seed)
     k = run.config.sampler.samples if run.config.sampler.samples in samples else max(samples)
     best, reference = recommend(rows, k, psnr_tolerance, ms3im_tolerance, reference_steps)
-    chosen = recommendation(best, reference, data_dir, seed)
+    mmse = recommend_mmse(anchor, reference, psnr_tolerance)
+    chosen = recommendation(best, reference, data_dir, seed, anchor, mmse)
     # a dry run leaves the stored recommendation's table in tuning/ as it is
     folder = model_dir / "tuning" if store else model_dir / "tuning" / "dry-run"
     folder.mkdir(parents=True, exist_ok=True)
@@ -228,11 +293,13 @@ def tune(
         "data": str(data_dir),
         "seed": seed,
         "rows": as_dicts(rows),
+        "mmse_anchor": asdict(anchor),
         "recommended": chosen.model_dump(),
         "not_computed": {"micro_ms3im": problem} if problem else {},
     }
     atomic_write_bytes(folder / "tune.json", json.dumps(table, indent=2).encode())
-    atomic_write_bytes(folder / "tune.md", (markdown(rows, best, reference_steps) + "\n").encode())
+    tables = markdown(rows, best, reference_steps) + "\n\n" + mmse_markdown(anchor, reference, mmse)
+    atomic_write_bytes(folder / "tune.md", (tables + "\n").encode())
     if store:
         write_description(model_dir, run.config.model_copy(update={"recommended_sampler": chosen}))
     return rows, chosen

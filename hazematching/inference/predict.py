@@ -91,7 +91,7 @@ def predict_array(
     sample_batch: int | None = None,
     job_planes: int = 1,
     on_progress: Callable[[int, int], None] | None = None,
-    mmse_draws: int | None = None,
+    mmse: str | None = None,
 ) -> Prediction:
     """Dehaze one 2D image (raw intensities). Sampler and tiling settings not given are resolved by
     ``settings.resolve_settings`` (the run's stored defaults, then the package's).
@@ -111,11 +111,11 @@ def predict_array(
     if point_predictor and (keep_samples or calibrated):
         raise RunError("a U-Net baseline run predicts one image: it has no samples and no std to calibrate")
     cal = calibration(run) if calibrated else None
-    settings = resolve_settings(run.config, samples, steps, seed, solver, tile_size, overlap, mmse_draws)
+    settings = resolve_settings(run.config, samples, steps, seed, solver, tile_size, overlap, mmse)
     if cal is not None and (problem := run.config.calibration.mismatch(settings)):
         warnings.warn(problem, CalibrationWarning, stacklevel=2)  # shown once per call site, not per plane
     samples, steps, seed, solver = settings.samples, settings.steps, settings.seed, settings.solver
-    mmse_draws = settings.mmse_draws
+    mmse = settings.mmse
     per_step = evaluations_per_step(solver)
     stride = getattr(run.model, "stride", 1)
     tile_size, overlap = window(settings.tile_size, settings.overlap, stride)
@@ -154,7 +154,9 @@ def predict_array(
     kept = np.zeros((samples, *canvas), np.float32) if keep_samples else None
     batches = [all_tiles[i : i + batch_size] for i in range(0, len(all_tiles), batch_size)]
     total = len(batches) * (1 if point_predictor else samples)
-    evaluations = len(batches) * (1 if point_predictor else samples * steps * per_step + mmse_draws) * job_planes
+    evaluations = (
+        len(batches) * (1 if point_predictor else samples * steps * per_step + (mmse == "anchor")) * job_planes
+    )
     key = (device.type, compile, precision)
     net = run.fast.get(key) or fast_network(run.model, device, compile, precision, evaluations)
     if net.compiled is not None or compile == "off":  # an uncompiled "auto" may compile for a bigger job
@@ -197,7 +199,7 @@ def predict_array(
                     on_sample=advance,
                     solver=solver,
                     samples_per_batch=per_call,
-                    mmse_draws=mmse_draws,
+                    mmse=mmse,
                 )
                 out_mean, out_std, out_samples = post.mean, post.std, post.samples
             out_mean = out_mean.float().cpu().numpy()

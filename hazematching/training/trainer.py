@@ -508,7 +508,7 @@ class Trainer:
             return mse_loss(self.forward, target, cond)
         keys = batch["key"].to(device, non_blocking=True)
         noise = keyed_normal(keys, config.seed, *target.shape[1:])
-        t = keyed_time(keys, config.seed, config.time_grid_points, config.time_zero_fraction)
+        t = keyed_time(keys, config.seed, config.time_grid_points)
         if config.mean_anchor_fraction > 0:  # x = 0 at t = 0: the velocity to learn is the target itself
             anchor = keyed_fraction(keys, config.seed, config.mean_anchor_fraction, 0x3D4C2B1A)
             t = torch.where(anchor, torch.zeros_like(t), t)

@@ -220,24 +220,15 @@ def test_sample_posterior_refuses_a_solver_its_ode_sampler_does_not_use():
     assert torch.equal(same, sample_posterior(net, cond, num_samples=1, steps=2, seed=0, solver="heun").mean)
 
 
-def test_one_step_mmse_is_the_mean_of_x0_plus_the_velocity_at_zero(model):
-    """``mmse_draws`` M: the MMSE is the mean of M estimates x0 + v(x0, 0, c) (noise apart from the
-    samples'), the std stays the samples'; drawing several per call changes nothing."""
-    from hazematching.core.noise import hash_normal
-    from hazematching.core.sampler import MMSE_NOISE_INDEX
-
+def test_anchor_mmse_is_the_velocity_at_zero_and_keeps_the_samples_std(model):
+    """``mmse="anchor"``: the MMSE is v(0, 0, c), one more network evaluation; the std stays the samples'."""
     cond = torch.randn(2, 1, 32, 32)
     plain = sample_posterior(model, cond, num_samples=3, steps=2, seed=4)
-    one_step = sample_posterior(model, cond, num_samples=3, steps=2, seed=4, mmse_draws=5)
-    assert torch.equal(one_step.std, plain.std)
+    anchor = sample_posterior(model, cond, num_samples=3, steps=2, seed=4, mmse="anchor")
+    assert torch.equal(anchor.std, plain.std)
     with torch.no_grad():
-        estimates = []
-        for j in range(5):
-            x0 = hash_normal(4, MMSE_NOISE_INDEX + j, 2, 1, 32, 32, None, None, cond.device)
-            estimates.append(x0 + model(x0, cond, torch.zeros(2)))
-    assert torch.allclose(one_step.mean, torch.stack(estimates).mean(dim=0), atol=1e-5)
-    assert not torch.allclose(one_step.mean, plain.mean, atol=1e-3)
-    batched = sample_posterior(model, cond, num_samples=3, steps=2, seed=4, mmse_draws=5, samples_per_batch=2)
-    assert torch.allclose(batched.mean, one_step.mean, atol=1e-5)
-    with pytest.raises(ValueError):
-        sample_posterior(model, cond, num_samples=1, mmse_draws=-1)
+        expected = model(torch.zeros_like(cond), cond, torch.zeros(2))
+    assert torch.allclose(anchor.mean, expected, atol=1e-6)
+    assert not torch.allclose(anchor.mean, plain.mean, atol=1e-3)
+    with pytest.raises(ValueError, match="mmse='median'"):
+        sample_posterior(model, cond, num_samples=1, mmse="median")

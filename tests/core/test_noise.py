@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from hazematching.core.noise import _mul32, hash32, hash_normal
@@ -84,17 +83,14 @@ def test_keyed_time_grid_and_uniform():
     assert not torch.equal(keyed_time(keys, 1), uniform)
 
 
-@pytest.mark.parametrize("grid_points", [0, 20])
-def test_keyed_time_puts_the_asked_fraction_at_zero_per_item(grid_points):
-    """--time-zero-fraction: about f of the items at t = 0 exactly, chosen by key (so any split of a
-    batch over processes or a resume draws the same times); the others keep their time."""
-    from hazematching.core import keyed_time
+def test_keyed_fraction_picks_about_that_fraction_by_key():
+    """--mean-anchor-fraction's choice of items: about f of them, a function of (seed, key) alone, so a
+    batch split over processes or a resume chooses the same items."""
+    from hazematching.core.noise import keyed_fraction
 
     keys = torch.arange(4000)
-    plain = keyed_time(keys, seed=3, grid_points=grid_points)
-    mixed = keyed_time(keys, seed=3, grid_points=grid_points, zero_fraction=0.25)
-    at_zero = mixed == 0
-    assert abs(float(at_zero.float().mean()) - (0.25 + 0.75 * float((plain == 0).float().mean()))) < 0.02
-    assert torch.equal(mixed[~at_zero], plain[~at_zero])
-    assert torch.equal(keyed_time(keys[123:130], 3, grid_points, 0.25), mixed[123:130])
-    assert not torch.equal(keyed_time(keys, 4, grid_points, 0.25) == 0, at_zero)
+    chosen = keyed_fraction(keys, 3, 0.25, 0x3D4C2B1A)
+    assert abs(float(chosen.float().mean()) - 0.25) < 0.02
+    assert torch.equal(keyed_fraction(keys[123:130], 3, 0.25, 0x3D4C2B1A), chosen[123:130])
+    assert not torch.equal(keyed_fraction(keys, 4, 0.25, 0x3D4C2B1A), chosen)
+    assert not keyed_fraction(keys, 3, 0.0, 0x3D4C2B1A).any()

@@ -74,11 +74,16 @@ def test_tune_stores_a_reproducible_recommendation_that_predict_and_export_use(t
     run = load_model(run_dir)
     assert run.config.recommended_sampler == chosen
     image = read_split(sim_data / "test")[0].input
-    default = predict_array(run, image, samples=2, progress=False)
-    explicit = predict_array(run, image, samples=2, solver=chosen.solver, steps=chosen.steps, progress=False)
-    np.testing.assert_array_equal(default.mean, explicit.mean)
+    assert chosen.mmse in ("samples", "anchor") and table["mmse_anchor"]["evaluations"] == 1
+    tuned = predict_array(run, image, samples=2, progress=False)
+    explicit = predict_array(
+        run, image, samples=2, solver=chosen.solver, steps=chosen.steps, mmse=chosen.mmse, progress=False
+    )
+    np.testing.assert_array_equal(tuned.mean, explicit.mean)
+    np.testing.assert_array_equal(tuned.std, explicit.std)
     # an explicit flag wins: the run's own stored steps with Euler differ from the recommendation
-    stored = predict_array(run, image, samples=2, solver="euler", progress=False)
+    default = predict_array(run, image, samples=2, mmse="samples", progress=False)
+    stored = predict_array(run, image, samples=2, solver="euler", mmse="samples", progress=False)
     if (chosen.solver, chosen.steps) != ("euler", run.config.sampler.steps):
         assert not np.array_equal(stored.mean, default.mean)
 

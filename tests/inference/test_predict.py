@@ -192,10 +192,10 @@ def test_bad_run_directories(trained_run, tmp_path):
         predict_array(load_model(trained_run), np.ones((32, 32), np.float32), calibrated=True, progress=False)
 
 
-def test_one_step_mmse_setting_is_stored_resolved_and_the_same_in_the_exported_model(trained_run, big_image, tmp_path):
-    """``mmse_draws`` stored in a run is its default everywhere settings are resolved; an explicit 0
-    gives back the samples' mean; the exported model (scripted Dehazer, tiles of the image) computes
-    the same MMSE and std as predict."""
+def test_anchor_mmse_setting_is_stored_resolved_and_the_same_in_the_exported_model(trained_run, big_image, tmp_path):
+    """``mmse`` stored in a run is its default everywhere settings are resolved, an explicit ``samples``
+    gives back the samples' mean, and the exported model (scripted Dehazer, tiles of the image)
+    computes the same MMSE and std as predict."""
     import shutil
 
     from hazematching.core.dehazer import Dehazer
@@ -205,23 +205,25 @@ def test_one_step_mmse_setting_is_stored_resolved_and_the_same_in_the_exported_m
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)
     description = read_description(run_dir)
-    assert "mmse_draws" not in json.loads((trained_run / "config.json").read_text())["sampler"]
-    sampler = description.sampler.model_copy(update={"mmse_draws": 3})
+    assert "mmse" not in json.loads((trained_run / "config.json").read_text())["sampler"]
+    sampler = description.sampler.model_copy(update={"mmse": "anchor"})
     write_description(run_dir, description.model_copy(update={"sampler": sampler}))
     run = load_model(run_dir)
-    assert resolve_settings(run.config).mmse_draws == 3 and resolve_settings(run.config, mmse_draws=0).mmse_draws == 0
+    assert (
+        resolve_settings(run.config).mmse == "anchor" and resolve_settings(run.config, mmse="samples").mmse == "samples"
+    )
 
     image = big_image[:150, :200]
-    options = dict(samples=2, steps=2, seed=5, tile_size=96, overlap=32, progress=False)
-    one_step = predict_array(run, image, **options)
-    plain = predict_array(run, image, mmse_draws=0, **options)
-    assert np.array_equal(one_step.std, plain.std) and not np.allclose(one_step.mean, plain.mean)
+    options = dict(samples=2, steps=2, seed=5, tile_size=96, overlap=48, progress=False)
+    anchor = predict_array(run, image, **options)
+    plain = predict_array(run, image, mmse="samples", **options)
+    assert np.array_equal(anchor.std, plain.std) and not np.allclose(anchor.mean, plain.mean)
 
     norm = run.normalization.to_dict()
     architecture = run.config.architecture.model_dump(mode="json")
-    model = Dehazer(architecture, **norm, samples=2, steps=2, seed=5, tile_size=96, overlap=32, mmse_draws=3).eval()
+    model = Dehazer(architecture, **norm, samples=2, steps=2, seed=5, tile_size=96, overlap=48, mmse="anchor").eval()
     model.sampler.net.load_state_dict(run.model.state_dict())
     with torch.no_grad():
         out = torch.jit.script(model)(torch.from_numpy(image[None, None].astype(np.float32)))[0].numpy()
-    for got, expected in ((out[0], one_step.mean), (out[1], one_step.std)):
+    for got, expected in ((out[0], anchor.mean), (out[1], anchor.std)):
         assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()

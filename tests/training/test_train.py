@@ -62,15 +62,16 @@ def test_two_processes_train_one_model(sim_data, tmp_path):
     assert max_difference(weights(half), weights(two)) > 1e-3
 
 
-def test_time_zero_fraction_trains_the_same_model_on_two_processes_and_after_a_resume(sim_data, tmp_path):
-    """The objective with items at t = 0 (--time-zero-fraction, keyed per item): 2 processes with half
-    the batch match 1 process, a resumed run equals the uninterrupted one, and the objective really
-    differs from plain flow matching."""
+def test_mean_anchor_trains_the_same_model_on_two_processes_and_after_a_resume(sim_data, tmp_path):
+    """The objective with anchor items (x = 0, t = 0, target as velocity; --mean-anchor-fraction, keyed
+    per item): 2 processes with half the batch match 1 process, a resumed run equals the uninterrupted
+    one, the objective really differs from plain flow matching, and the run's MMSE is the anchor's."""
     common = ["--data", str(sim_data), "--max-steps", "20", "--checkpointing-steps", "10", *SMALL]
-    zero = ["--time-zero-fraction", "0.5"]
+    zero = ["--mean-anchor-fraction", "0.5"]
     one = tmp_path / "one"
     check(run_trainer([*common, *zero, "--output-dir", str(one), "--batch-size", "4"]))
-    assert json.loads((one / "config.json").read_text())["training"]["time_zero_fraction"] == 0.5
+    saved = json.loads((one / "config.json").read_text())
+    assert saved["training"]["mean_anchor_fraction"] == 0.5 and saved["sampler"]["mmse"] == "anchor"
 
     two = tmp_path / "two"
     launcher = accelerate_launcher("cpu_2proc.yaml", "--main_process_port", free_port())
@@ -368,7 +369,7 @@ def test_resume_keeps_the_normalisation_and_records_changed_settings(sim_data, t
     # a checkpoint of an earlier release lacks the newer fields: at their defaults they are no change
     marker = run / "checkpoints" / "checkpoint-4" / "trainer_state.json"
     older = json.loads(marker.read_text())
-    del older["training"]["time_zero_fraction"], older["training"]["mean_anchor_fraction"]
+    del older["training"]["mean_anchor_fraction"]
     marker.write_text(json.dumps(older))
     again = run_trainer(["--data", str(brighter), "--batch-size", "4", "--max-steps", "4", *resume, *common])
     check(again)

@@ -130,8 +130,8 @@ def result_settings(
     """Everything that changes the output numbers: outputs made with other settings are never mixed in."""
     # the options of predict_array that change the numbers (the others change only speed)
     settings = resolve_options(run.config, options).model_dump()
-    if not settings["mmse_draws"]:  # the samples' mean: manifests of earlier releases stay valid
-        del settings["mmse_draws"]
+    if settings["mmse"] == "samples":  # manifests of earlier releases stay valid
+        del settings["mmse"]
     settings["precision"] = resolve_precision(options.get("precision", "auto"), device)
     settings.update(
         model_sha256=file_sha256(Path(model_dir) / WEIGHTS_NAME),
@@ -141,7 +141,7 @@ def result_settings(
         calibration=run.config.calibration.model_dump() if calibrated and run.config.calibration else None,
     )
     if run.objective == "mse":  # one deterministic prediction: no sampler settings
-        for key in ("samples", "steps", "solver", "seed", "save_samples", "calibration", "mmse_draws"):
+        for key in ("samples", "steps", "solver", "seed", "save_samples", "calibration", "mmse"):
             settings.pop(key, None)
     return settings
 
