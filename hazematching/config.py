@@ -61,7 +61,8 @@ class SamplerConfig(BaseModel):
     mmse: Literal[MMSE_ESTIMATES] = Field(
         "samples",
         description="how predict and export make the MMSE: samples (the mean of the K samples) or anchor (the "
-        "velocity at x = 0, t = 0, one network evaluation; the default with --mean-anchor-fraction)",
+        "velocity at x = 0, t = 0, one network evaluation; runs trained with --mean-anchor-fraction take it "
+        "unless this is given)",
     )
 
     @model_serializer(mode="wrap")
