@@ -380,8 +380,8 @@ def _sampler_note(config: RunDescription, settings: InferenceSettings) -> str:
     return (
         f" The {chosen.solver} solver with {chosen.steps} steps is this model's tuned setting (`hazematching tune`"
         f" on `{chosen.data}`, K = {chosen.samples}, seed {chosen.seed}): {chosen.speedup:.1f}× fewer network"
-        f" evaluations than {steps} {solver.capitalize()} steps for {chosen.psnr_delta:+.2f} dB MMSE PSNR and"
-        f" {chosen.structure_text()}."
+        f" evaluations than {steps} {solver.capitalize()} steps for {chosen.psnr_delta:+.2f} dB PSNR of the"
+        f" samples' mean and {chosen.structure_text()}."
     )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hazematching import commands
 from hazematching.paper.releases import NAMES
-from hazematching.settings import MS3IM_TOLERANCE, PSNR_TOLERANCE, SettingsRequest, SpeedOptions
+from hazematching.settings import MS3IM_TOLERANCE, PSNR_TOLERANCE, SAMPLE_TOLERANCE, SettingsRequest, SpeedOptions
 
 
 def _simulate(args) -> None:
@@ -107,6 +107,7 @@ def _tune(args) -> None:
         store=not args.dry_run,
         psnr_tolerance=args.psnr_tolerance,
         ms3im_tolerance=args.ms3im_tolerance,
+        sample_tolerance=args.sample_tolerance,
     )
     solver, steps = chosen.reference_steps()
     print(
@@ -307,12 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
         "tune",
         _tune,
         help="measure quality against speed for Euler/midpoint/Heun and store the fastest good setting in the run",
-        description="On held-out pairs, measure MMSE PSNR and MicroMS3IM, one sample's PSNR and the calibration "
-        "slope for each solver and step count (and each K), print the table, and store the setting with the fewest "
-        f"network evaluations within {PSNR_TOLERANCE} dB PSNR and {MS3IM_TOLERANCE} MicroMS3IM of Euler with 20 steps "
-        "(a run trained on a time "
-        "grid of G points: Euler with G - 1 steps, the grid's) at the run's K. predict, "
-        "experiments and export then use it unless --solver or --steps is given.",
+        description="On held-out pairs, measure MMSE PSNR and MicroMS3IM, one sample's PSNR, FSIM and GMSD and the "
+        "calibration slope for each solver and step count (and each K), and the anchor MMSE v(0, 0, c); print the "
+        "table, and store two recommendations: --mmse anchor when the anchor's PSNR is within "
+        f"{PSNR_TOLERANCE} dB of the samples' mean, and the samples' setting with the fewest network evaluations "
+        f"whose one sample is within {SAMPLE_TOLERANCE} FSIM and GMSD of Euler with 20 steps (a run trained on a "
+        "time grid of G points: Euler with G - 1 steps, the grid's) at the run's K, and, when the MMSE is the "
+        f"samples' mean, whose MMSE is within {PSNR_TOLERANCE} dB PSNR and {MS3IM_TOLERANCE} MicroMS3IM of it. "
+        "predict, experiments and export then use them unless --mmse, --solver or --steps is given.",
     )
     _add_command(
         sub,

@@ -25,6 +25,7 @@ from hazematching.settings import (
     MS3IM_TOLERANCE,
     NOISE_KEYING,
     PSNR_TOLERANCE,
+    SAMPLE_TOLERANCE,
     SettingsRequest,
     SpeedOptions,
     setting_error,
@@ -161,6 +162,10 @@ class TuneOptions(Options):
     )
     ms3im_tolerance: float = Field(
         MS3IM_TOLERANCE, description="MicroMS3IM the recommended setting may lose against Euler-20"
+    )
+    sample_tolerance: float = Field(
+        SAMPLE_TOLERANCE,
+        description="FSIM (and GMSD) one posterior sample of the recommended setting may lose against Euler-20",
     )
     device: Device = SpeedOptions.model_fields["device"]
     dry_run: bool = Field(

@@ -137,8 +137,9 @@ def _describe(settings: dict) -> str:
 
 
 class SamplerRecommendation(BaseModel):
-    """Written by ``hazematching tune``: the fewest network evaluations per sample whose MMSE stays
-    within the stated tolerances of the reference (Euler, 20 steps) at the same K on held-out pairs."""
+    """Written by ``hazematching tune``: the fewest network evaluations per sample whose samples (FSIM,
+    GMSD) and, where the MMSE is their mean, whose MMSE stay within the stated tolerances of the
+    reference (Euler, 20 steps) at the same K on held-out pairs."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -160,6 +161,8 @@ class SamplerRecommendation(BaseModel):
         None, description="the MMSE estimate recommended beside the samples' setting (None: tuned before it was)"
     )
     mmse_psnr_delta: float | None = Field(None, description="the anchor MMSE's PSNR minus the reference's, dB")
+    sample_fsim_delta: float | None = Field(None, description="one sample's FSIM minus the reference's")
+    sample_gmsd_delta: float | None = Field(None, description="one sample's GMSD minus the reference's (lower: better)")
 
     def reference_steps(self) -> tuple[str, int]:
         """(solver, steps) the setting was compared with."""
@@ -169,8 +172,12 @@ class SamplerRecommendation(BaseModel):
     def structure_text(self) -> str:
         """The structural change the rule checked, as the CLI and the package README state it."""
         if self.ms3im_delta is not None:
-            return f"{self.ms3im_delta:+.3f} MicroMS3IM"
-        return f"{self.ms_ssim_delta:+.3f} MS-SSIM (the images were too small for MicroMS3IM)"
+            text = f"{self.ms3im_delta:+.3f} MicroMS3IM"
+        else:
+            text = f"{self.ms_ssim_delta:+.3f} MS-SSIM (the images were too small for MicroMS3IM)"
+        if self.sample_fsim_delta is not None:
+            text += f"; one sample: {self.sample_fsim_delta:+.3f} FSIM, {self.sample_gmsd_delta:+.3f} GMSD"
+        return text
 
 
 class ImportedCheckpoint(BaseModel):

@@ -15,7 +15,7 @@ Prints MMSE PSNR / MS-SSIM / MicroMS3IM, one sample's PSNR / MicroMS3IM / FSIM /
 the K samples), the calibration slope a of RMSE = a RMV + b (std of the K samples against the error
 of that MMSE, on the held-out pixels), NFE per pixel for the MMSE and the std, training wall time.
 
-    python scripts/benchmark_fidelity.py --workdir bench/fidelity --max-steps 600
+    python scripts/benchmark_fidelity.py --workdir bench/fidelity --max-steps 600 --seeds 0,1
 """
 
 import argparse
@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 from benchmark_quality import add_arguments, prepare_data  # noqa: E402  (one definition of the simulated set)
 
 
-def train(data: Path, out: Path, flags: list[str], args) -> float:
+def train(data: Path, out: Path, flags: list[str], args, seed: int) -> float:
     """Train unless the run exists (an earlier run is reused); returns its training wall time in seconds."""
     timing = out / "train_seconds.txt"
     if (out / "model.safetensors").exists() and timing.exists():
@@ -47,7 +47,7 @@ def train(data: Path, out: Path, flags: list[str], args) -> float:
     start = time.perf_counter()
     cmd = [sys.executable, str(REPO / "trainer" / "train.py"), "--data", str(data), "--output-dir", str(out)]
     cmd += ["--max-steps", str(args.max_steps), "--batch-size", str(args.batch_size)]
-    cmd += ["--crop-size", str(args.crop_size), "--lr", str(args.lr), "--seed", "0"]
+    cmd += ["--crop-size", str(args.crop_size), "--lr", str(args.lr), "--seed", str(seed)]
     cmd += ["--checkpointing-steps", str(args.max_steps), "--validation-steps", "0", *flags]
     subprocess.run(cmd, check=True)
     seconds = time.perf_counter() - start
@@ -98,6 +98,16 @@ def mean_of(rows: list[dict], key: str) -> str:
     return f"{np.mean(values):.3f}" if len(values) == len(rows) else "–"
 
 
+def seed_spread(per_seed: list[list[dict]]) -> str:
+    """Half the range of the seeds' mean PSNRs: how far one training seed can move the number."""
+    means = [np.mean([r["psnr"] for r in rows]) for rows in per_seed]
+    return f" ± {(max(means) - min(means)) / 2:.2f}" if len(means) > 1 else ""
+
+
+def run_folder(workdir: Path, name: str, seed: int) -> Path:
+    return workdir / (name if seed == 0 else f"{name}-seed{seed}")  # seed 0 keeps the earlier runs' names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)  # data and training budget, as benchmark_quality.py
@@ -106,6 +116,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="Euler steps of the posterior samples")
     parser.add_argument("--anchor-fractions", default="0.25,0.5", help="comma-separated --mean-anchor-fraction values")
     parser.add_argument("--datasets", default="committed,simulated")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds; the table averages over them")
     args = parser.parse_args()
 
     sets = {}
@@ -118,35 +129,51 @@ def main() -> None:
     approaches = {"uniform t": []} | {
         f"{float(f):.0%} anchor": ["--mean-anchor-fraction", f] for f in args.anchor_fractions.split(",") if f
     }
+    seeds = [int(s) for s in args.seeds.split(",")]
     header = "| data | training | MMSE | MMSE NFE | std NFE | MMSE PSNR | MS-SSIM | MicroMS3IM | "
     header += "sample PSNR | sample MicroMS3IM | sample FSIM | sample GMSD | slope | train s |"
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for set_name, (data, heldout) in sets.items():
         pairs, first = [pair for folder in heldout for pair in read_split(folder)], len(lines)
         workdir = args.workdir / set_name
-        seconds = train(data, workdir / "unet", ["--objective", "mse"], args)
-        baseline = load_model(workdir / "unet")
-        unet = [image_row(predict_array(baseline, p.input, progress=False).mean, p.target) for p in pairs]
+        unet, seconds = [], []
+        for seed in seeds:
+            seconds.append(train(data, run_folder(workdir, "unet", seed), ["--objective", "mse"], args, seed))
+            baseline = load_model(run_folder(workdir, "unet", seed))
+            unet.append([image_row(predict_array(baseline, p.input, progress=False).mean, p.target) for p in pairs])
+        every = sum(unet, [])
         lines.append(
-            f"| {set_name} | U-Net | point | 1 | – | {mean_of(unet, 'psnr')} | {mean_of(unet, 'ms_ssim')} | "
-            f"{mean_of(unet, 'micro_ms3im')} | – | – | – | – | – | {seconds:.0f} |"
+            f"| {set_name} | U-Net | point | 1 | – | {mean_of(every, 'psnr')}{seed_spread(unet)} | "
+            f"{mean_of(every, 'ms_ssim')} | {mean_of(every, 'micro_ms3im')} | – | – | – | – | – | "
+            f"{np.mean(seconds):.0f} |"
         )
         for approach, flags in approaches.items():
-            folder = workdir / ("cfm" if not flags else f"cfm-anchor-{flags[1]}")
-            seconds = train(data, folder, flags, args)
-            for way, row in mmse_rows(load_model(folder), pairs, args).items():
-                slope, _ = fit_calibration(calibration_curve(np.concatenate(row["std"]), np.concatenate(row["error"])))
-                m, s = row["mmse"], row["sample"]
+            per_way: dict[str, list[dict]] = {}
+            seconds = []
+            for seed in seeds:
+                folder = run_folder(workdir, "cfm" if not flags else f"cfm-anchor-{flags[1]}", seed)
+                seconds.append(train(data, folder, flags, args, seed))
+                for way, row in mmse_rows(load_model(folder), pairs, args).items():
+                    per_way.setdefault(way, []).append(row)
+            for way, rows in per_way.items():
+                slope = np.mean(
+                    [
+                        fit_calibration(calibration_curve(np.concatenate(r["std"]), np.concatenate(r["error"])))[0]
+                        for r in rows
+                    ]
+                )
+                m, s = sum((r["mmse"] for r in rows), []), sum((r["sample"] for r in rows), [])
                 lines.append(
-                    f"| {set_name} | {approach} | {way} | {row['nfe']} | {args.samples * args.steps} | "
-                    f"{mean_of(m, 'psnr')} | {mean_of(m, 'ms_ssim')} | {mean_of(m, 'micro_ms3im')} | "
-                    f"{mean_of(s, 'psnr')} | {mean_of(s, 'micro_ms3im')} | {mean_of(s, 'fsim')} | "
-                    f"{mean_of(s, 'gmsd')} | {slope:.2f} | {seconds:.0f} |"
+                    f"| {set_name} | {approach} | {way} | {rows[0]['nfe']} | {args.samples * args.steps} | "
+                    f"{mean_of(m, 'psnr')}{seed_spread([r['mmse'] for r in rows])} | {mean_of(m, 'ms_ssim')} | "
+                    f"{mean_of(m, 'micro_ms3im')} | {mean_of(s, 'psnr')} | {mean_of(s, 'micro_ms3im')} | "
+                    f"{mean_of(s, 'fsim')} | {mean_of(s, 'gmsd')} | {slope:.2f} | {np.mean(seconds):.0f} |"
                 )
         print("\n".join(lines[first:]), flush=True)
     print(
         f"\nbudget per model: {args.max_steps} steps x batch {args.batch_size} x {args.crop_size}^2 crops, "
-        f"lr {args.lr}, seed 0, one process\n"
+        f"lr {args.lr}, one process; training seeds {args.seeds} (each number is the mean over the seeds; "
+        "± is half the range of the seeds' MMSE PSNRs)\n"
     )
     print("\n".join(lines))
 

@@ -1,18 +1,20 @@
 """Per-model sampler settings: quality against network evaluations on held-out pairs.
 
-For each K and each (solver, steps) of a grid, the MMSE's PSNR and MicroMS3IM, one sample's PSNR and
-the calibration slope (RMSE ~ a * RMV) are measured on held-out pairs with a fixed seed. The
-recommendation at a K is the setting with the fewest network evaluations per sample whose MMSE is
-within ``psnr_tolerance`` dB PSNR and ``ms3im_tolerance`` MicroMS3IM of Euler with 20 steps (the
-paper's sampler) at the same K: PSNR alone would reward the blur of a two-step solve. On images
-too small for MicroMS3IM (``metrics.micro_ms3im_problem``; the paper's 128 px crops) the structural
-guard is the MMSE's MS-SSIM (scales reduced to the size) with the same tolerance, and the table and
-the stored recommendation say so.
+For each K and each (solver, steps) of a grid, the MMSE's PSNR and MicroMS3IM, one sample's PSNR,
+FSIM and GMSD and the calibration slope (RMSE ~ a * RMV) are measured on held-out pairs with a fixed
+seed. Two settings are recommended, each by its own quality:
 
-The MMSE is measured separately: the network's anchor estimate v(0, 0, c) (one evaluation, see
-``core.sampler.ODESampler.anchor_mean``) against the mean of the reference's K samples; ``anchor`` is
-recommended when its PSNR is within ``psnr_tolerance`` of it (the samples' setting above stays what
-the std and the samples use).
+- the MMSE: the network's anchor estimate v(0, 0, c) (one evaluation, see
+  ``core.sampler.ODESampler.anchor_mean``) is measured against the mean of the reference's K samples
+  (Euler with 20 steps, the paper's sampler); ``anchor`` is recommended when its PSNR is within
+  ``psnr_tolerance`` of it, else ``samples``;
+- the samples (what the std and the posterior draws use): at a K, the setting with the fewest network
+  evaluations per sample whose one sample's FSIM and GMSD are within ``sample_tolerance`` of the
+  reference's, and, when the MMSE is the samples' mean, whose MMSE is also within ``psnr_tolerance``
+  dB PSNR and ``ms3im_tolerance`` MicroMS3IM of it: PSNR alone would reward the blur of a two-step
+  solve. On images too small for MicroMS3IM (``metrics.micro_ms3im_problem``; the paper's 128 px
+  crops) that structural guard is the MMSE's MS-SSIM (scales reduced to the size) with the same
+  tolerance, and the table and the stored recommendation say so.
 """
 
 import time
@@ -35,7 +37,7 @@ from hazematching.evaluation.metrics import (
 )
 from hazematching.inference.predict import predict_array
 from hazematching.run import LoadedRun, SamplerRecommendation
-from hazematching.settings import MS3IM_TOLERANCE, PSNR_TOLERANCE, SettingError
+from hazematching.settings import MS3IM_TOLERANCE, PSNR_TOLERANCE, SAMPLE_TOLERANCE, SettingError
 
 REFERENCE = ("euler", 20)
 GRID = (
@@ -159,14 +161,28 @@ def recommend(
     psnr_tolerance: float = PSNR_TOLERANCE,
     ms3im_tolerance: float = MS3IM_TOLERANCE,
     reference_setting: tuple[str, int] = REFERENCE,
+    sample_tolerance: float = SAMPLE_TOLERANCE,
+    mmse: str = "samples",
 ) -> tuple[TuneRow, TuneRow]:
     """(recommended row, reference row) at K = ``samples``: fewest evaluations within the tolerances
-    (ties: the higher PSNR). The structural guard is MicroMS3IM, or MS-SSIM where it was not computed."""
+    (ties: the higher PSNR). One sample's FSIM and GMSD are always checked (where measured); the MMSE's
+    PSNR and structure (MicroMS3IM, or MS-SSIM where it was not computed) only when ``mmse`` is
+    ``samples``, i.e. when the MMSE is these samples' mean."""
     at_k = [r for r in rows if r.samples == samples]
     reference = next(r for r in at_k if (r.solver, r.steps) == reference_setting)
     guard = structural_guard(at_k)
     psnr_floor, guard_floor = reference.psnr - psnr_tolerance, getattr(reference, guard) - ms3im_tolerance
-    good = [r for r in at_k if r.psnr >= psnr_floor and getattr(r, guard) >= guard_floor]
+
+    def good_samples(r: TuneRow) -> bool:  # NaN: not measured
+        fsim_ok = np.isnan(reference.sample_fsim) or r.sample_fsim >= reference.sample_fsim - sample_tolerance
+        return fsim_ok and (
+            np.isnan(reference.sample_gmsd) or r.sample_gmsd <= reference.sample_gmsd + sample_tolerance
+        )
+
+    def good_mmse(r: TuneRow) -> bool:
+        return mmse != "samples" or (r.psnr >= psnr_floor and getattr(r, guard) >= guard_floor)
+
+    good = [r for r in at_k if good_samples(r) and good_mmse(r)]
     return min(good, key=lambda r: (r.evaluations, -r.psnr)), reference
 
 
@@ -181,6 +197,8 @@ def recommendation(
     return SamplerRecommendation(
         mmse=mmse,
         mmse_psnr_delta=None if anchor is None else anchor.psnr - reference.psnr,
+        sample_fsim_delta=None if np.isnan(best.sample_fsim) else best.sample_fsim - reference.sample_fsim,
+        sample_gmsd_delta=None if np.isnan(best.sample_gmsd) else best.sample_gmsd - reference.sample_gmsd,
         solver=best.solver,
         steps=best.steps,
         samples=best.samples,
@@ -263,6 +281,7 @@ def tune(
     progress: bool = True,
     psnr_tolerance: float = PSNR_TOLERANCE,
     ms3im_tolerance: float = MS3IM_TOLERANCE,
+    sample_tolerance: float = SAMPLE_TOLERANCE,
 ) -> tuple[list[TuneRow], SamplerRecommendation]:
     """Measure the table on ``data_dir`` and (``store``) keep the recommendation for the run's K in
     config.json, where predict, experiments and export find it, with its table in RUN/tuning/ (not
@@ -281,8 +300,9 @@ def tune(
     rows = measure(run, data_dir, samples, grid, seed, progress)
     anchor = measure_anchor(run, data_dir, seed)
     k = run.config.sampler.samples if run.config.sampler.samples in samples else max(samples)
-    best, reference = recommend(rows, k, psnr_tolerance, ms3im_tolerance, reference_steps)
+    reference = next(r for r in rows if r.samples == k and (r.solver, r.steps) == reference_steps)
     mmse = recommend_mmse(anchor, reference, psnr_tolerance)
+    best, _ = recommend(rows, k, psnr_tolerance, ms3im_tolerance, reference_steps, sample_tolerance, mmse)
     chosen = recommendation(best, reference, data_dir, seed, anchor, mmse)
     # a dry run leaves the stored recommendation's table in tuning/ as it is
     folder = model_dir / "tuning" if store else model_dir / "tuning" / "dry-run"

@@ -34,6 +34,26 @@ def test_recommendation_is_the_fewest_evaluations_within_both_tolerances():
     assert recommend(rows[:1], samples=4)[0] is rows[0]  # nothing faster: the reference itself
 
 
+def test_the_samples_setting_is_chosen_by_sample_quality_too():
+    def measured(solver, steps, psnr, fsim, gmsd):
+        nfe = steps * (1 if solver == "euler" else 2)
+        return TuneRow(4, solver, steps, nfe, psnr, 0.9, psnr - 1, 1.0, 0.0, sample_fsim=fsim, sample_gmsd=gmsd)
+
+    rows = [
+        measured("euler", 20, 30.0, 0.86, 0.12),
+        measured("euler", 2, 30.1, 0.80, 0.12),  # a good MMSE from blurred samples: FSIM 0.06 worse
+        measured("euler", 3, 30.0, 0.86, 0.15),  # GMSD 0.03 worse
+        measured("heun", 2, 29.0, 0.855, 0.125),  # samples within 0.01, but the samples' mean 1 dB worse
+        measured("euler", 5, 29.9, 0.857, 0.121),
+    ]
+    assert recommend(rows, samples=4)[0].steps == 5
+    # when the MMSE is the anchor, only the samples count
+    best = recommend(rows, samples=4, mmse="anchor")[0]
+    assert (best.solver, best.steps) == ("heun", 2)
+    # a wider sample tolerance lets the two-step solve through
+    assert recommend(rows, samples=4, sample_tolerance=0.1)[0].steps == 2
+
+
 def test_bad_requests_are_clear(trained_run, tmp_path):
     with pytest.raises(ValueError, match="SOLVER:STEPS"):
         parse_grid("rk4:3")
