@@ -1,0 +1,157 @@
+"""The package's README (from rdf/model_README.md), its authors and licence."""
+
+import importlib.resources
+import json
+from pathlib import Path
+
+from hazematching.commands import DEFAULT_LICENSE, PAPER_WEIGHTS_LICENSE
+from hazematching.core import Dehazer
+from hazematching.inference import input_range
+from hazematching.run import RunDescription
+from hazematching.settings import InferenceSettings
+
+from .geometry import Geometry
+
+TEMPLATE = importlib.resources.files("hazematching.rdf") / "model_README.md"
+PAPER_AUTHORS = ["Anirban Ray", "Ashesh", "Florian Jug"]
+
+
+def write_documentation(
+    tmp: Path,
+    evaluation: Path,
+    config: RunDescription,
+    model: Dehazer,
+    settings: InferenceSettings,
+    geometry: Geometry,
+    name: str,
+) -> None:
+    calibration = config.calibration
+    calibrated_detail = (
+        f", calibrated as {calibration.scale:.4g} × std + {calibration.offset:.4g} so that it matches "
+        "the observed error (see Validation)"
+        if calibration
+        else " (not calibrated: run `hazematching calibrate` before exporting to calibrate it)"
+    )
+    (tmp / "README.md").write_text(
+        TEMPLATE.read_text().format(
+            name=name,
+            samples=settings.samples,
+            steps=settings.steps,
+            seed=settings.seed,
+            solver=settings.solver.capitalize(),
+            mmse_detail=(
+                "the MMSE as the network's velocity at x = 0, t = 0 (one more network evaluation: a prediction "
+                "of the posterior mean, which the network was trained to give there) and the standard deviation "
+                "over the samples"
+                if settings.mmse == "anchor"
+                else "mean (the MMSE) and standard deviation over the samples"
+            ),
+            tile_size=model.tile_size,
+            overlap=model.overlap,
+            halo=geometry.halo,
+            min_size=geometry.min_size,
+            step=geometry.step,
+            calibrated_note=", calibrated" if calibration else "",
+            calibrated_detail=calibrated_detail,
+            training_data=training_data_text(config),
+            input_mean=config.normalization.input_mean,
+            input_std=config.normalization.input_std,
+            max_mean_distance=input_range.MAX_MEAN_DISTANCE,
+            max_std_ratio=input_range.MAX_STD_RATIO,
+            validation=validation_text(evaluation, config),
+            sampler_note=sampler_note(config, settings),
+            origin=origin_text(config),
+        )
+    )
+
+
+def package_defaults(config: RunDescription, authors: list[str] | None, license: str | None) -> tuple[list, str]:
+    """Authors and licence of the weights: what was given, else for the paper's imported checkpoints
+    their authors and licence, else ours."""
+    imported = config.imported is not None and config.imported.verified
+    authors = authors or (PAPER_AUTHORS if imported else ["HazeMatching contributors"])
+    return authors, license or (PAPER_WEIGHTS_LICENSE if imported else DEFAULT_LICENSE)
+
+
+def validation_text(evaluation: Path, config: RunDescription) -> str:
+    lines = []
+    metrics_path = evaluation / "metrics.json"
+    if metrics_path.is_file():
+        from hazematching.evaluation.evaluate import markdown_table
+
+        result = json.loads(metrics_path.read_text())
+        lines += [
+            f"`hazematching evaluate` on {result['images']} held-out image(s) (`{result['data']}`), "
+            f"sampler settings {result['settings']}:",
+            "",
+            markdown_table(result["mean"]),
+        ]
+    else:
+        lines.append(f"No `hazematching evaluate` results were found in `{evaluation}` when this package was made.")
+    calibration = config.calibration
+    if calibration:
+        lines.append(
+            f"Uncertainty calibration (`hazematching calibrate`): std' = {calibration.scale:.4g} × std + "
+            f"{calibration.offset:.4g}; mean |RMSE − RMV| over {calibration.bins} std bins on "
+            f"`{calibration.plot_data}`: "
+            f"{calibration.mean_abs_deviation_before:.4g} before, {calibration.mean_abs_deviation_after:.4g} after."
+        )
+    if config.imported is not None:
+        who = (
+            "by the paper's authors (Adam, learning rate 1e-4, batch 16, t on a 20-point grid)"
+            if config.imported.verified
+            else "outside this project (an imported checkpoint)"
+        )
+        training = f"\nTraining: {who}; the imported run is described in `training_config.json`. "
+    else:
+        training = (
+            f"\nTraining: {config.step} steps, {config.num_processes} process(es), objective guided CFM; "
+            "the full training configuration is attached as `training_config.json`. "
+        )
+    lines.append(
+        training + "The test tensors of this package are the genuine output of this model on a crop of a "
+        "validation image."
+    )
+    return "\n".join(lines)
+
+
+def training_data_text(config: RunDescription) -> str:
+    """What the model was trained on, as the README's intended-use paragraph names it."""
+    source = config.imported
+    if source is None:
+        return str(config.training.data)
+    if source.release:
+        return f"the paper's {source.release} data set"
+    return "the data of the imported checkpoint"
+
+
+def origin_text(config: RunDescription) -> str:
+    """Where the weights come from, for runs that were not trained by this project."""
+    source = config.imported
+    if source is None:
+        return ""
+    network = (
+        "The network is the paper's own (a guided-diffusion U-Net with self-attention over each tile, so the "
+        f"model works in tiles of the {config.training.crop_size}-pixel patches it was trained on)"
+    )
+    if source.verified:
+        return (
+            f"\n\n{network}, and its weights are the authors' released **{source.release}** checkpoint "
+            f"(sha256 `{source.sha256}`), imported with `hazematching reference import`."
+        )
+    trained = f" trained on the {source.release} data" if source.release else ""
+    return f"\n\n{network}; its weights{trained} were imported with `hazematching reference import`."
+
+
+def sampler_note(config: RunDescription, settings: InferenceSettings) -> str:
+    """Why this solver and step count, when they are the ones ``hazematching tune`` recommended."""
+    chosen = config.recommended_sampler
+    if chosen is None or (chosen.solver, chosen.steps) != (settings.solver, settings.steps):
+        return ""
+    solver, steps = chosen.reference_steps()
+    return (
+        f" The {chosen.solver} solver with {chosen.steps} steps is this model's tuned setting (`hazematching tune`"
+        f" on `{chosen.data}`, K = {chosen.samples}, seed {chosen.seed}): {chosen.speedup:.1f}× fewer network"
+        f" evaluations than {steps} {solver.capitalize()} steps for {chosen.psnr_delta:+.2f} dB PSNR of the"
+        f" samples' mean and {chosen.structure_text()}."
+    )
