@@ -15,6 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from hazematching.data.io import SUPPORTED_DTYPES, DataError
+from hazematching.data.layout import (
+    PixelSizes,
+    StackFormat,
+    StackInfo,
+    check_plane_and_channel,
+    normalize_unit,
+    split_axes,
+)
 
 SUPPORTED_VERSIONS = ("0.4", "0.5")
 INSTALL_HINT = (
@@ -192,7 +200,7 @@ def plane_index(letters: str, shape: tuple[int, ...], plane: int, fixed: dict[st
 
 
 class ZarrPlaneReader:
-    """Reads single planes of an OME-Zarr image as float32 (zarr decodes only the chunks they touch)."""
+    """Reads single planes of an OME-Zarr image (zarr decodes only the chunks they touch)."""
 
     def __init__(self, info):
         self.info = info
@@ -233,3 +241,38 @@ def out_letters(in_letters: str, samples: bool) -> str:
         at = 1 if letters.startswith("T") else 0
         letters = letters[:at] + "C" + letters[at:]
     return letters
+
+
+class OmeZarrFormat(StackFormat):
+    """OME-Zarr in, OME-Zarr out (the input's NGFF version, axes, units, scale and chunking)."""
+
+    suffix = ".ome.zarr"
+
+    def claims(self, path: Path) -> bool:
+        return is_zarr(path)
+
+    def open(self, path: Path, axes: str | None, channel: int | None, min_size: int) -> StackInfo:
+        """Axes and scale from the NGFF metadata (all axes kept, so that outputs have the input's
+        layout), the full-resolution level."""
+        ngff, letters = read_metadata(path)
+        if axes is not None and split_axes(axes)[0] != letters:
+            raise DataError(f"{path}: --axes {axes} disagrees with the image's NGFF axes {letters}; leave --axes out")
+        shape, dtype = layout(path, ngff, letters)
+        channel = check_plane_and_channel(path, letters, shape, channel, min_size)
+        units = {a["name"].lower(): a.get("unit") for a in ngff.axes}
+        scale = {a: scale_of(ngff, i) for i, a in enumerate(letters)}
+        sizes = PixelSizes(scale["X"], scale["Y"], scale.get("Z"), normalize_unit(units.get("x")))
+        return StackInfo(path, "ome-zarr", letters, shape, dtype, channel, sizes, ngff=ngff, storage=self)
+
+    def raw_reader(self, info: StackInfo) -> ZarrPlaneReader:
+        return ZarrPlaneReader(info)
+
+    def samples_axes(self, out_axes: str) -> str:
+        return out_letters(out_axes, samples=True)
+
+    def create_output(self, path: Path, info: StackInfo, axes: str, shape: tuple[int, ...], description: str) -> int:
+        create(path, info.ngff, info.axes, axes, shape, description)
+        return 0
+
+    def writer(self, path: Path, info: StackInfo, offset: int, samples: int | None) -> ZarrPlaneWriter:
+        return ZarrPlaneWriter(path, info.ngff, info.output_layout(samples)[0])
