@@ -45,7 +45,12 @@ def model_description(
         description=(
             "Dehazes 2D widefield fluorescence images into confocal-like images with guided conditional flow "
             f"matching (HazeMatching). One call runs {samples} posterior samples x {steps} {solver} steps and "
-            "returns their mean (MMSE) and per-pixel std as two output channels."
+            + (
+                "returns the network's posterior-mean prediction (MMSE) and the samples' per-pixel std"
+                if settings.mmse == "anchor"
+                else "returns their mean (MMSE) and per-pixel std"
+            )
+            + " as two output channels."
         ),
         authors=[bmz.Author(name=a) for a in authors],
         maintainers=[bmz.Maintainer(github_user=m) for m in (maintainers or [])],

@@ -39,13 +39,7 @@ def write_documentation(
             steps=settings.steps,
             seed=settings.seed,
             solver=settings.solver.capitalize(),
-            mmse_detail=(
-                "the MMSE as the network's velocity at x = 0, t = 0 (one more network evaluation: a prediction "
-                "of the posterior mean, which the network was trained to give there) and the standard deviation "
-                "over the samples"
-                if settings.mmse == "anchor"
-                else "mean (the MMSE) and standard deviation over the samples"
-            ),
+            mmse_detail=mmse_detail(config, settings),
             tile_size=model.tile_size,
             overlap=model.overlap,
             halo=geometry.halo,
@@ -141,6 +135,33 @@ def origin_text(config: RunDescription) -> str:
         )
     trained = f" trained on the {source.release} data" if source.release else ""
     return f"\n\n{network}; its weights{trained} were imported with `hazematching reference import`."
+
+
+def mmse_detail(config: RunDescription, settings: InferenceSettings) -> str:
+    """How the MMSE channel is computed, and why that estimate (what the run was trained for, what
+    ``hazematching tune`` measured)."""
+    if settings.mmse != "anchor":
+        return "mean (the MMSE) and standard deviation over the samples"
+    fraction = config.training.mean_anchor_fraction
+    trained = (
+        f"the network was trained to give it there on {fraction:.0%} of its training items (--mean-anchor-fraction)"
+        if fraction > 0
+        else "with the paper's objective this is the t = 0 limit of the learned velocity, not a separately "
+        "trained output"
+    )
+    text = (
+        "the MMSE as the network's velocity at x = 0, t = 0 (one more network evaluation: a prediction of the "
+        f"posterior mean; {trained}) and the standard deviation over the samples"
+    )
+    chosen = config.recommended_sampler
+    if chosen is not None and chosen.mmse == "anchor" and chosen.mmse_psnr_delta is not None:
+        absolute = chosen.mmse_absolute_psnr_delta
+        text += (
+            f". `hazematching tune` on `{chosen.data}` chose it: {chosen.mmse_psnr_delta:+.2f} dB PSNR"
+            + (f" and {absolute:+.2f} dB absolute PSNR" if absolute is not None else "")
+            + f" against the mean of {chosen.samples} samples of the reference sampler"
+        )
+    return text
 
 
 def sampler_note(config: RunDescription, settings: InferenceSettings) -> str:

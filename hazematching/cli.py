@@ -3,8 +3,8 @@
 Training is trainer/train.py (accelerate). This command covers the rest of the journey: simulate
 demo pairs, predict (dehaze TIFF/OME-Zarr images, stacks and folders), evaluate against confocal
 targets, calibrate the uncertainty, tune the sampler for speed, and export a bioimage.io package.
-K is the number of samples averaged into the MMSE (--samples), N the number of ODE solver steps per
-sample (--steps)."""
+K is the number of posterior samples (--samples; their std, and their mean unless --mmse anchor), N
+the number of ODE solver steps per sample (--steps)."""
 
 import argparse
 import sys
@@ -93,11 +93,11 @@ def _calibrate(args) -> None:
 
 
 def _tune(args) -> None:
-    from hazematching.evaluation.tune import markdown, parse_grid, tune
+    from hazematching.evaluation.tune import markdown, mmse_markdown, parse_grid, tune
 
     samples = tuple(int(k) for k in args.samples.split(",")) if args.samples else None
     grid = parse_grid(args.settings) if args.settings else None
-    rows, chosen = tune(
+    rows, chosen, anchor = tune(
         Path(args.model),
         Path(args.data),
         samples,
@@ -110,25 +110,25 @@ def _tune(args) -> None:
         sample_tolerance=args.sample_tolerance,
     )
     solver, steps = chosen.reference_steps()
-    print(
-        markdown(
-            rows,
-            next(r for r in rows if (r.samples, r.solver, r.steps) == (chosen.samples, chosen.solver, chosen.steps)),
-            (solver, steps),
-        )
-    )
+    best = next(r for r in rows if (r.samples, r.solver, r.steps) == (chosen.samples, chosen.solver, chosen.steps))
+    reference = next(r for r in rows if (r.samples, r.solver, r.steps) == (chosen.samples, solver, steps))
+    print(markdown(rows, best, (solver, steps)) + "\n\n" + mmse_markdown(anchor, reference, chosen.mmse))
     where = "not stored (--dry-run)" if args.dry_run else f"stored in {args.model}/config.json"
     table = Path(args.model) / "tuning" / ("dry-run" if args.dry_run else "") / "tune.md"
     print(
-        f"\nrecommended at K = {chosen.samples}: --solver {chosen.solver} --steps {chosen.steps} "
-        f"({chosen.speedup:.1f}x fewer network evaluations than {solver.capitalize()}-{steps}, "
-        f"{chosen.psnr_delta:+.2f} dB PSNR, "
-        f"{chosen.structure_text()}); {where}; table: {table}"
+        f"\nsamples (the std and the posterior draws), at K = {chosen.samples}: --solver {chosen.solver} --steps "
+        f"{chosen.steps} ({chosen.speedup:.1f}x fewer network evaluations than {solver.capitalize()}-{steps}; "
+        f"their mean {chosen.psnr_delta:+.2f} dB PSNR, {chosen.structure_text()})"
     )
     print(
         f"MMSE: --mmse {chosen.mmse} (the anchor v(0, 0, c), one network evaluation, is {chosen.mmse_psnr_delta:+.2f} "
-        f"dB PSNR from the mean of the reference's {chosen.samples} samples; recommended within "
-        f"{args.psnr_tolerance} dB)"
+        f"dB PSNR and {chosen.mmse_absolute_psnr_delta:+.2f} dB absolute PSNR from the mean of {chosen.samples} "
+        f"{solver.capitalize()}-{steps} samples; it is recommended when neither is more than {args.psnr_tolerance} dB "
+        "below)"
+    )
+    print(
+        f"both {where}: predict, experiments, evaluate, calibrate and export use them unless --mmse, --solver or "
+        f"--steps is given; table: {table}"
     )
 
 

@@ -157,14 +157,21 @@ class TuneOptions(Options):
     seed: int = Field(0, description="noise seed of every row")
     psnr_tolerance: float = Field(
         PSNR_TOLERANCE,
+        ge=0,
+        allow_inf_nan=False,
         description="dB of MMSE PSNR the recommended setting may lose against Euler-20 (raise it to trade quality "
         "for speed)",
     )
     ms3im_tolerance: float = Field(
-        MS3IM_TOLERANCE, description="MicroMS3IM the recommended setting may lose against Euler-20"
+        MS3IM_TOLERANCE,
+        ge=0,
+        allow_inf_nan=False,
+        description="MicroMS3IM the recommended setting may lose against Euler-20",
     )
     sample_tolerance: float = Field(
         SAMPLE_TOLERANCE,
+        ge=0,
+        allow_inf_nan=False,
         description="FSIM (and GMSD) one posterior sample of the recommended setting may lose against Euler-20",
     )
     device: Device = SpeedOptions.model_fields["device"]

@@ -37,7 +37,10 @@ class SamplerConfig(BaseModel):
         "--time-grid-points G: G - 1, the grid's)",
     )
     samples: int = Field(
-        8, ge=1, description="samples K averaged into the MMSE, stored in the run for predict and export"
+        8,
+        ge=1,
+        description="posterior samples K (their std, and their mean as the MMSE unless mmse is anchor), stored in "
+        "the run for predict and export",
     )
     seed: int = Field(0, ge=0, description="noise seed of predictions, stored in the run for predict and export")
     solver: Literal[SOLVERS] = Field(
@@ -61,8 +64,8 @@ class SamplerConfig(BaseModel):
     mmse: Literal[MMSE_ESTIMATES] = Field(
         "samples",
         description="how predict and export make the MMSE: samples (the mean of the K samples) or anchor (the "
-        "velocity at x = 0, t = 0, one network evaluation; runs trained with --mean-anchor-fraction take it "
-        "unless this is given)",
+        "velocity at x = 0, t = 0, one network evaluation; runs trained with --mean-anchor-fraction "
+        "take anchor unless this is given)",
     )
 
     @model_serializer(mode="wrap")
@@ -126,6 +129,7 @@ class TrainConfig(BaseModel):
         0.0,
         ge=0.0,
         lt=1.0,
+        allow_inf_nan=False,
         description="fraction of the training items given x = 0 at t = 0 with the target image as velocity: the "
         "network's v(0, 0, c) is then a point prediction of the posterior mean (the MMSE in one evaluation)",
     )
@@ -204,6 +208,8 @@ class TrainConfig(BaseModel):
             )
         if self.mean_anchor_fraction > 0 and self.objective != "cfm":
             raise ValueError("mean_anchor_fraction needs objective 'cfm' (the U-Net baseline has no velocity)")
+        if self.sampler.mmse != "samples" and self.objective != "cfm":
+            raise ValueError("sampler mmse 'anchor' needs objective 'cfm' (the U-Net baseline predicts one image)")
         if self.shortcut_fraction > 0 and self.objective != "cfm":
             raise ValueError("shortcut_fraction needs objective 'cfm' (the U-Net baseline takes no steps)")
         if self.sampler.solver == "shortcut" and self.shortcut_fraction == 0:

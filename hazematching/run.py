@@ -161,6 +161,9 @@ class SamplerRecommendation(BaseModel):
         None, description="the MMSE estimate recommended beside the samples' setting (None: tuned before it was)"
     )
     mmse_psnr_delta: float | None = Field(None, description="the anchor MMSE's PSNR minus the reference's, dB")
+    mmse_absolute_psnr_delta: float | None = Field(
+        None, description="the same without the affine fit (the intensities as they are), dB"
+    )
     sample_fsim_delta: float | None = Field(None, description="one sample's FSIM minus the reference's")
     sample_gmsd_delta: float | None = Field(None, description="one sample's GMSD minus the reference's (lower: better)")
 

@@ -88,7 +88,9 @@ class SettingsRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    samples: Samples | None = Field(None, description="samples K averaged into the MMSE (default: the run's)")
+    samples: Samples | None = Field(
+        None, description="posterior samples K: the std, and the MMSE unless --mmse anchor (default: the run's)"
+    )
     steps: Steps | None = Field(
         None, description="steps N of the ODE solver per sample (default: the run's tuned setting, else the run's)"
     )
@@ -122,6 +124,11 @@ class SettingsRequest(BaseModel):
     def resolve(self, description: RunDescription) -> InferenceSettings:
         """Explicit values over the run's tuned solver and steps (used only when neither is given)
         over the run's sampler defaults over the package defaults."""
+        if self.mmse is not None and description.objective != "cfm":
+            raise SettingError(
+                f"--mmse {self.mmse}: this is a U-Net baseline run, which predicts one image (no samples, no "
+                "anchor); --mmse applies to HazeMatching runs: leave it out"
+            )
         stored = description.sampler
         solver, steps = self.solver, self.steps
         recommended = description.recommended_sampler

@@ -5,16 +5,19 @@ FSIM and GMSD and the calibration slope (RMSE ~ a * RMV) are measured on held-ou
 seed. Two settings are recommended, each by its own quality:
 
 - the MMSE: the network's anchor estimate v(0, 0, c) (one evaluation, see
-  ``core.sampler.ODESampler.anchor_mean``) is measured against the mean of the reference's K samples
-  (Euler with 20 steps, the paper's sampler); ``anchor`` is recommended when its PSNR is within
-  ``psnr_tolerance`` of it, else ``samples``;
+  ``core.sampler.ODESampler.anchor_mean``) is measured against the mean of K samples of the reference
+  (Euler with 20 steps, the paper's sampler); ``anchor`` is recommended when neither its
+  range-invariant PSNR (structure) nor its absolute PSNR (intensities as they are, which the affine
+  fit of the first would hide) is more than ``psnr_tolerance`` dB below the samples' mean's, else
+  ``samples``;
 - the samples (what the std and the posterior draws use): at a K, the setting with the fewest network
   evaluations per sample whose one sample's FSIM and GMSD are within ``sample_tolerance`` of the
-  reference's, and, when the MMSE is the samples' mean, whose MMSE is also within ``psnr_tolerance``
-  dB PSNR and ``ms3im_tolerance`` MicroMS3IM of it: PSNR alone would reward the blur of a two-step
-  solve. On images too small for MicroMS3IM (``metrics.micro_ms3im_problem``; the paper's 128 px
-  crops) that structural guard is the MMSE's MS-SSIM (scales reduced to the size) with the same
-  tolerance, and the table and the stored recommendation say so.
+  reference's and whose samples' mean is within ``psnr_tolerance`` dB PSNR and ``ms3im_tolerance``
+  MicroMS3IM of it (so that ``--mmse samples`` stays good with the same setting): PSNR alone would
+  reward the blur of a two-step solve. On images too small for MicroMS3IM
+  (``metrics.micro_ms3im_problem``; the paper's 128 px crops) that structural guard is the MMSE's
+  MS-SSIM (scales reduced to the size) with the same tolerance, and the table and the stored
+  recommendation say so.
 """
 
 import time
@@ -33,6 +36,7 @@ from hazematching.evaluation.metrics import (
     micro_ms3im,
     micro_ms3im_problem,
     ms_ssim,
+    psnr,
     range_invariant_psnr,
 )
 from hazematching.inference.predict import predict_array
@@ -62,6 +66,7 @@ class TuneRow:
     sample_fsim: float = float("nan")  # one sample's FSIM (higher is better)
     sample_gmsd: float = float("nan")  # one sample's GMSD (lower is better)
     ms_ssim: float = float("nan")  # MMSE MS-SSIM: the structural guard where MicroMS3IM cannot be computed
+    absolute_psnr: float = float("nan")  # MMSE PSNR without the affine fit: intensities as they are
 
 
 @dataclass
@@ -73,6 +78,7 @@ class MmseRow:
     ms3im: float | None
     seconds: float
     evaluations: int = 1  # network evaluations per pixel
+    absolute_psnr: float = float("nan")  # without the affine fit
 
 
 def measure_anchor(run: LoadedRun, data_dir: Path, seed: int = 0, **predict_options) -> MmseRow:
@@ -80,22 +86,33 @@ def measure_anchor(run: LoadedRun, data_dir: Path, seed: int = 0, **predict_opti
     tic = time.perf_counter()
     pairs = read_split(Path(data_dir))
     with_ms3im = micro_ms3im_problem([p.target.shape for p in pairs], [p.name for p in pairs]) is None
-    psnrs, ssims, ms3ims = [], [], []
+    psnrs, ssims, ms3ims, absolute = [], [], [], []
     for pair in pairs:
         mean = predict_array(
             run, pair.input, samples=1, steps=1, seed=seed, mmse="anchor", progress=False, **predict_options
         ).mean
         psnrs.append(range_invariant_psnr(mean, pair.target))
+        absolute.append(psnr(mean, pair.target))
         ssims.append(ms_ssim(mean, pair.target))
         if with_ms3im:
             ms3ims.append(micro_ms3im(mean, pair.target))
     ms3im = float(np.mean(ms3ims)) if with_ms3im else None
-    return MmseRow(float(np.mean(psnrs)), float(np.mean(ssims)), ms3im, time.perf_counter() - tic)
+    seconds = time.perf_counter() - tic
+    return MmseRow(float(np.mean(psnrs)), float(np.mean(ssims)), ms3im, seconds, absolute_psnr=float(np.mean(absolute)))
 
 
 def recommend_mmse(anchor: MmseRow, reference: TuneRow, psnr_tolerance: float = PSNR_TOLERANCE) -> str:
-    """``anchor`` when its PSNR is within ``psnr_tolerance`` of the reference's samples' mean, else ``samples``."""
-    return "anchor" if anchor.psnr >= reference.psnr - psnr_tolerance else "samples"
+    """``anchor`` when neither its range-invariant nor its absolute PSNR (where measured) is more than
+    ``psnr_tolerance`` dB below the reference's samples' mean's, else ``samples``."""
+    absolute_ok = np.isnan(reference.absolute_psnr) or anchor.absolute_psnr >= reference.absolute_psnr - psnr_tolerance
+    return "anchor" if anchor.psnr >= reference.psnr - psnr_tolerance and absolute_ok else "samples"
+
+
+def check_tolerances(**tolerances: float) -> None:
+    """Each tolerance a finite number >= 0 (a negative one would reject even the reference)."""
+    for name, value in tolerances.items():
+        if not (np.isfinite(value) and value >= 0):
+            raise SettingError(f"--{name.replace('_', '-')} {value}: must be a finite number >= 0")
 
 
 def parse_grid(text: str) -> tuple[tuple[str, int], ...]:
@@ -131,12 +148,13 @@ def measure(
     jobs = [(k, solver, steps) for k in samples for solver, steps in grid]
     for k, solver, steps in tqdm(jobs, desc="tuning", disable=not progress):
         tic = time.perf_counter()
-        psnrs, ms3ims, ssims, single, stds, errors, fsims, gmsds = [], [], [], [], [], [], [], []
+        psnrs, ms3ims, ssims, single, stds, errors, fsims, gmsds, absolute = [], [], [], [], [], [], [], [], []
         for pair in pairs:
             options = dict(samples=k, steps=steps, seed=seed, solver=solver, job_planes=len(pairs) * len(jobs))
             options["mmse"] = "samples"  # the rows compare samples' settings; the anchor is measured apart
             pred = predict_array(run, pair.input, keep_samples=True, progress=False, **options, **predict_options)
             psnrs.append(range_invariant_psnr(pred.mean, pair.target))
+            absolute.append(psnr(pred.mean, pair.target))
             if with_ms3im:
                 ms3ims.append(micro_ms3im(pred.mean, pair.target))
             ssims.append(ms_ssim(pred.mean, pair.target))
@@ -151,7 +169,7 @@ def measure(
         quality = (float(np.mean(psnrs)), ms3im, float(np.mean(single)), slope)
         seconds = time.perf_counter() - tic
         sample_quality = (float(np.mean(fsims)), float(np.mean(gmsds)), float(np.mean(ssims)))
-        rows.append(TuneRow(k, solver, steps, nfe, *quality, seconds, *sample_quality))
+        rows.append(TuneRow(k, solver, steps, nfe, *quality, seconds, *sample_quality, float(np.mean(absolute))))
     return rows
 
 
@@ -162,12 +180,11 @@ def recommend(
     ms3im_tolerance: float = MS3IM_TOLERANCE,
     reference_setting: tuple[str, int] = REFERENCE,
     sample_tolerance: float = SAMPLE_TOLERANCE,
-    mmse: str = "samples",
 ) -> tuple[TuneRow, TuneRow]:
     """(recommended row, reference row) at K = ``samples``: fewest evaluations within the tolerances
-    (ties: the higher PSNR). One sample's FSIM and GMSD are always checked (where measured); the MMSE's
-    PSNR and structure (MicroMS3IM, or MS-SSIM where it was not computed) only when ``mmse`` is
-    ``samples``, i.e. when the MMSE is these samples' mean."""
+    (ties: the higher PSNR): one sample's FSIM and GMSD (where measured), and the samples' mean's PSNR
+    and structure (MicroMS3IM, or MS-SSIM where it was not computed)."""
+    check_tolerances(psnr_tolerance=psnr_tolerance, ms3im_tolerance=ms3im_tolerance, sample_tolerance=sample_tolerance)
     at_k = [r for r in rows if r.samples == samples]
     reference = next(r for r in at_k if (r.solver, r.steps) == reference_setting)
     guard = structural_guard(at_k)
@@ -180,7 +197,7 @@ def recommend(
         )
 
     def good_mmse(r: TuneRow) -> bool:
-        return mmse != "samples" or (r.psnr >= psnr_floor and getattr(r, guard) >= guard_floor)
+        return r.psnr >= psnr_floor and getattr(r, guard) >= guard_floor
 
     good = [r for r in at_k if good_samples(r) and good_mmse(r)]
     return min(good, key=lambda r: (r.evaluations, -r.psnr)), reference
@@ -197,6 +214,7 @@ def recommendation(
     return SamplerRecommendation(
         mmse=mmse,
         mmse_psnr_delta=None if anchor is None else anchor.psnr - reference.psnr,
+        mmse_absolute_psnr_delta=None if anchor is None else anchor.absolute_psnr - reference.absolute_psnr,
         sample_fsim_delta=None if np.isnan(best.sample_fsim) else best.sample_fsim - reference.sample_fsim,
         sample_gmsd_delta=None if np.isnan(best.sample_gmsd) else best.sample_gmsd - reference.sample_gmsd,
         solver=best.solver,
@@ -240,13 +258,17 @@ def mmse_markdown(anchor: MmseRow, reference: TuneRow, mmse: str) -> str:
     bold = "**" if mmse == "samples" else ""
     return "\n".join(
         [
-            "| MMSE | NFE per pixel | PSNR (dB) | Δ PSNR | MicroMS3IM | MS-SSIM |",
-            "|---|---|---|---|---|---|",
+            "| MMSE | NFE per pixel | PSNR (dB) | Δ PSNR | absolute PSNR (dB) | Δ absolute PSNR | MicroMS3IM "
+            "| MS-SSIM |",
+            "|---|---|---|---|---|---|---|---|",
             f"| {bold}mean of K = {reference.samples} {reference.solver}-{reference.steps} samples{bold} | {nfe} | "
-            f"{reference.psnr:.2f} | 0 | {ref_ms3im} | "
-            f"{reference.ms_ssim:.3f} |",
+            f"{reference.psnr:.2f} | 0 | {reference.absolute_psnr:.2f} | 0 | {ref_ms3im} | {reference.ms_ssim:.3f} |",
             f"| {'**anchor**' if mmse == 'anchor' else 'anchor'} v(0, 0, c) | 1 | {anchor.psnr:.2f} | "
-            f"{anchor.psnr - reference.psnr:+.2f} | {ms3im} | {anchor.ms_ssim:.3f} |",
+            f"{anchor.psnr - reference.psnr:+.2f} | {anchor.absolute_psnr:.2f} | "
+            f"{anchor.absolute_psnr - reference.absolute_psnr:+.2f} | {ms3im} | {anchor.ms_ssim:.3f} |",
+            "",
+            "PSNR: after the best affine fit of the estimate onto the target (structure); absolute PSNR: the "
+            "intensities as they are.",
         ]
     )
 
@@ -282,17 +304,18 @@ def tune(
     psnr_tolerance: float = PSNR_TOLERANCE,
     ms3im_tolerance: float = MS3IM_TOLERANCE,
     sample_tolerance: float = SAMPLE_TOLERANCE,
-) -> tuple[list[TuneRow], SamplerRecommendation]:
+) -> tuple[list[TuneRow], SamplerRecommendation, MmseRow]:
     """Measure the table on ``data_dir`` and (``store``) keep the recommendation for the run's K in
     config.json, where predict, experiments and export find it, with its table in RUN/tuning/ (not
-    stored: the table goes to RUN/tuning/dry-run/).
-    ``grid`` None: ``default_grid``."""
+    stored: the table goes to RUN/tuning/dry-run/); returns the table, the recommendation and the
+    anchor MMSE's row. ``grid`` None: ``default_grid``."""
     import json
 
     from hazematching.evaluation.evaluate import load_flow_run
     from hazematching.run import atomic_write_bytes, write_description
 
     model_dir, data_dir = Path(model_dir), Path(data_dir)
+    check_tolerances(psnr_tolerance=psnr_tolerance, ms3im_tolerance=ms3im_tolerance, sample_tolerance=sample_tolerance)
     run = load_flow_run(model_dir, device)
     samples = samples or (run.config.sampler.samples,)
     reference_steps = reference_setting(run.config)
@@ -302,7 +325,7 @@ def tune(
     k = run.config.sampler.samples if run.config.sampler.samples in samples else max(samples)
     reference = next(r for r in rows if r.samples == k and (r.solver, r.steps) == reference_steps)
     mmse = recommend_mmse(anchor, reference, psnr_tolerance)
-    best, _ = recommend(rows, k, psnr_tolerance, ms3im_tolerance, reference_steps, sample_tolerance, mmse)
+    best, _ = recommend(rows, k, psnr_tolerance, ms3im_tolerance, reference_steps, sample_tolerance)
     chosen = recommendation(best, reference, data_dir, seed, anchor, mmse)
     # a dry run leaves the stored recommendation's table in tuning/ as it is
     folder = model_dir / "tuning" if store else model_dir / "tuning" / "dry-run"
@@ -322,4 +345,4 @@ def tune(
     atomic_write_bytes(folder / "tune.md", (tables + "\n").encode())
     if store:
         write_description(model_dir, run.config.model_copy(update={"recommended_sampler": chosen}))
-    return rows, chosen
+    return rows, chosen, anchor

@@ -9,7 +9,16 @@ import pytest
 import tifffile
 
 from hazematching.data.io import DataError, read_split
-from hazematching.evaluation.tune import REFERENCE, TuneRow, measure, parse_grid, recommend, tune
+from hazematching.evaluation.tune import (
+    REFERENCE,
+    MmseRow,
+    TuneRow,
+    measure,
+    parse_grid,
+    recommend,
+    recommend_mmse,
+    tune,
+)
 from hazematching.inference.predict import predict_array
 from hazematching.run import RunError, load_model
 
@@ -47,11 +56,20 @@ def test_the_samples_setting_is_chosen_by_sample_quality_too():
         measured("euler", 5, 29.9, 0.857, 0.121),
     ]
     assert recommend(rows, samples=4)[0].steps == 5
-    # when the MMSE is the anchor, only the samples count
-    best = recommend(rows, samples=4, mmse="anchor")[0]
-    assert (best.solver, best.steps) == ("heun", 2)
     # a wider sample tolerance lets the two-step solve through
     assert recommend(rows, samples=4, sample_tolerance=0.1)[0].steps == 2
+    with pytest.raises(ValueError, match="--sample-tolerance -1.*finite number >= 0"):
+        recommend(rows, samples=4, sample_tolerance=-1)
+    with pytest.raises(ValueError, match="--psnr-tolerance nan"):
+        recommend(rows, samples=4, psnr_tolerance=float("nan"))
+
+
+def test_the_anchor_is_recommended_only_when_its_intensities_are_right_too():
+    reference = TuneRow(4, "euler", 20, 20, 30.0, 0.9, 29.0, 1.0, 0.0, absolute_psnr=28.0)
+    assert recommend_mmse(MmseRow(30.5, 0.9, 0.9, 0.0, absolute_psnr=28.1), reference) == "anchor"
+    assert recommend_mmse(MmseRow(29.7, 0.9, 0.9, 0.0, absolute_psnr=28.1), reference) == "samples"
+    # a better structure with intensities off by a factor (a range-invariant PSNR cannot see it)
+    assert recommend_mmse(MmseRow(30.5, 0.9, 0.9, 0.0, absolute_psnr=17.0), reference) == "samples"
 
 
 def test_bad_requests_are_clear(trained_run, tmp_path):
@@ -83,7 +101,7 @@ def test_tune_stores_a_reproducible_recommendation_that_predict_and_export_use(t
     shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
     data = held_out(sim_data, tmp_path / "held_out")
     grid = parse_grid("euler:2,heun:1")
-    rows, chosen = tune(run_dir, data, (2,), grid, seed=3, device="cpu", progress=False)
+    rows, chosen, _ = tune(run_dir, data, (2,), grid, seed=3, device="cpu", progress=False)
     again = measure(load_model(run_dir), data, (2,), grid, seed=3, progress=False)
     assert [(r.psnr, r.ms3im, r.sample_psnr, r.calibration_slope) for r in rows] == [
         (r.psnr, r.ms3im, r.sample_psnr, r.calibration_slope) for r in again

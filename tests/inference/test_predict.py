@@ -227,3 +227,18 @@ def test_anchor_mmse_setting_is_stored_resolved_and_the_same_in_the_exported_mod
         out = torch.jit.script(model)(torch.from_numpy(image[None, None].astype(np.float32)))[0].numpy()
     for got, expected in ((out[0], anchor.mean), (out[1], anchor.std)):
         assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_mmse_is_refused_for_a_u_net_run_and_in_its_training_config(baseline_run, sim_data):
+    """A U-Net predicts one image: an explicit --mmse would be silently ignored, so it is refused."""
+    from hazematching.config import TrainConfig
+    from hazematching.settings import SettingError, resolve_settings
+
+    run = load_model(baseline_run)
+    assert resolve_settings(run.config).mmse == "samples"
+    with pytest.raises(SettingError, match="--mmse anchor: this is a U-Net baseline run"):
+        predict_array(run, np.ones((64, 64), np.float32), mmse="anchor", progress=False)
+    with pytest.raises(ValueError, match="mmse 'anchor' needs objective 'cfm'"):
+        TrainConfig(data=sim_data, output_dir=sim_data, objective="mse", sampler={"mmse": "anchor"})
+    with pytest.raises(ValueError, match="finite number"):
+        TrainConfig(data=sim_data, output_dir=sim_data, mean_anchor_fraction=float("nan"))
