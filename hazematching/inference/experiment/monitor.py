@@ -9,16 +9,17 @@ from tqdm.auto import tqdm
 
 from hazematching.inference.experiment.jobs import FileJob
 from hazematching.inference.experiment.manifest import MANIFEST_NAME, Manifest
+from hazematching.inference.experiment.schedule import ExperimentPlan
 from hazematching.inference.experiment.workfolder import WorkFolder
 
 
 class Monitor:
     """Main process: one progress bar over all processes (read from the plane logs), finishing files."""
 
-    def __init__(self, jobs: list[FileJob], work: WorkFolder, plan: dict, progress: bool):
-        self.jobs, self.work = jobs, work
+    def __init__(self, plan: ExperimentPlan, work: WorkFolder, progress: bool):
+        self.jobs, self.work = jobs, work = plan.jobs, work
         self.manifest = Manifest(work.root.parent / MANIFEST_NAME)
-        self.open = {i for i, j in enumerate(jobs) if j.info is not None and j.key not in plan["skipped"]}
+        self.open = {i for i, j in enumerate(jobs) if j.info is not None and j.key not in plan.skipped}
         self.finished, self.failed = [], {j.key: j.error for j in jobs if j.error}
         self.done = {i: 0 for i in self.open}
         self.bar = tqdm(
@@ -75,8 +76,8 @@ class Monitor:
         self.finished.append(job.key)
         self._set(job, status="complete", error=None, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
-    def finish(self, world: int, plan: dict, started: float) -> dict:
-        marker_dir = self.work.root / f"launch-{plan['launch']}"
+    def finish(self, world: int, plan: ExperimentPlan, started: float) -> dict:
+        marker_dir = self.work.root / f"launch-{plan.launch}"
         while len(list(marker_dir.glob("rank*.json"))) < world:  # other processes still working
             self.poll()
             time.sleep(0.2)
@@ -97,7 +98,7 @@ class Monitor:
         busy = [r["busy_s"] for r in ranks]
         return {
             "complete": self.finished,
-            "skipped": plan["skipped"],
+            "skipped": list(plan.skipped),
             "failed": self.failed,
             "warnings": {j.key: j.warning for j in self.jobs if j.warning},
             "planes": planes,

@@ -3,14 +3,36 @@
 import hashlib
 import shutil
 import uuid
+from dataclasses import dataclass
 
 from hazematching.data.io import DataError
 from hazematching.data.stack import PlaneReader, SingleChannelError, open_stack
-from hazematching.inference.experiment.jobs import MIN_SIZE, JobError, input_stat
+from hazematching.inference.experiment.jobs import MIN_SIZE, FileJob, JobError, input_stat
 from hazematching.inference.experiment.manifest import Manifest
 from hazematching.inference.experiment.workfolder import WorkFolder
 from hazematching.inference.input_range import out_of_range
 from hazematching.settings import NOISE_KEYING
+
+
+@dataclass(frozen=True)
+class ExperimentPlan:
+    """What the main process decided, handed unchanged to every process: the files (each opened and
+    checked, or failed), the (file index, plane) units still to compute, the files already complete,
+    the result settings and this launch's id (its marker folder in the work folder)."""
+
+    jobs: tuple[FileJob, ...]
+    units: tuple[tuple[int, int], ...]
+    skipped: tuple[str, ...]
+    launch: str
+    settings: dict
+
+    def share(self, world: int, rank: int) -> list[tuple[int, int]]:
+        """The units process ``rank`` of ``world`` computes (the same answer on every process)."""
+        costs = [j.info.plane_shape[0] * j.info.plane_shape[1] if j.info is not None else 0 for j in self.jobs]
+        return balanced(list(self.units), costs, world)[rank]
+
+    def plane_seed(self, job: FileJob, plane: int) -> int:
+        return plane_seed(self.settings.get("seed", 0), self.settings["noise"], job.name, plane)
 
 
 def plane_seed(seed: int, noise: str, name: str, plane: int) -> int:
@@ -58,7 +80,7 @@ def plan_job(
     keep_samples: bool,
     single_file: bool,
     normalization,
-) -> dict:
+) -> ExperimentPlan:
     """Main process: check inputs (each file's intensities against ``normalization``, the run's), refuse to
     mix settings, prepare work copies, list pending planes."""
     conflicts = manifest.conflicts(settings, [job.key for job in jobs])
@@ -122,4 +144,4 @@ def plan_job(
             entry.update(status="failed", error=str(exc))
         manifest.files[job.key] = entry
     manifest.save()
-    return {"jobs": jobs, "units": units, "skipped": skipped, "launch": launch, "settings": settings}
+    return ExperimentPlan(tuple(jobs), tuple(units), tuple(skipped), launch, settings)
