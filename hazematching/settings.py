@@ -214,3 +214,8 @@ def resolve_settings(
 def resolve_options(description: RunDescription, options: dict) -> InferenceSettings:
     """``resolve_settings`` for a dict of predict options (the speed-only ones are ignored)."""
     return resolve_settings(description, **{key: options.get(key) for key in SettingsRequest.model_fields})
+
+
+def speed_of(options: dict) -> dict:
+    """The predict options that are not settings (speed: batches, compile, precision), as given."""
+    return {key: value for key, value in options.items() if key not in SettingsRequest.model_fields}

@@ -25,7 +25,7 @@ from hazematching.run import (
     load_model,
     write_description,
 )
-from hazematching.settings import resolve_options
+from hazematching.settings import InferenceSettings, resolve_options, speed_of
 
 
 def load_flow_run(model_dir, device: str = "auto") -> LoadedRun:
@@ -105,7 +105,7 @@ def evaluate(
     lpips = LPIPS(lpips_backbone, lpips_linear) if lpips_backbone else None
     fid = FID(fid_backbone) if fid_backbone else None
     run = load_flow_run(model_dir, device)
-    resolve_options(run.config, predict_options)  # invalid values are refused before any work
+    settings = resolve_options(run.config, predict_options)  # once; invalid values refused before any work
     baseline = None
     if baseline_dir is not None:
         baseline = load_model(baseline_dir, device=resolve_device(device))
@@ -118,7 +118,13 @@ def evaluate(
     per_image, fid_patches = {}, {}
     for pair in tqdm(pairs, desc="evaluating", disable=not progress):
         pred = predict_array(
-            run, pair.input, keep_samples=True, progress=False, job_planes=len(pairs), **predict_options
+            run,
+            pair.input,
+            keep_samples=True,
+            progress=False,
+            job_planes=len(pairs),
+            settings=settings,
+            **speed_of(predict_options),
         )
         candidates = {"widefield input": [pair.input]}
         if baseline is not None:
@@ -161,7 +167,7 @@ def evaluate(
         "baseline": str(baseline_dir) if baseline_dir else None,
         "data": str(data_dir),
         "images": len(pairs),
-        "settings": {**predict_options, **resolve_options(run.config, predict_options).model_dump()},
+        "settings": {**predict_options, **settings.model_dump()},
         "mean": mean,
         "per_image": per_image,
         "not_computed": not_computed,
@@ -191,12 +197,12 @@ def markdown_table(mean: dict, not_computed: dict | None = None) -> str:
 
 
 def _errors_and_stds(
-    run: LoadedRun, directory: Path, progress: bool, **predict_options
+    run: LoadedRun, directory: Path, progress: bool, settings: InferenceSettings, **speed
 ) -> tuple[np.ndarray, np.ndarray]:
     stds, errors = [], []
     pairs = read_split(directory)
     for pair in tqdm(pairs, desc=f"predicting {Path(directory).name}", disable=not progress):
-        pred = predict_array(run, pair.input, progress=False, job_planes=len(pairs), **predict_options)
+        pred = predict_array(run, pair.input, progress=False, job_planes=len(pairs), settings=settings, **speed)
         stds.append(pred.std.ravel())
         errors.append((pred.mean - pair.target).ravel())
     return np.concatenate(stds), np.concatenate(errors)
@@ -215,14 +221,14 @@ def calibrate(
     ``eval_dir`` (a held-out split; defaults to DATA/../test when it exists)."""
     model_dir = Path(model_dir)
     run = load_flow_run(model_dir, device)
-    resolve_options(run.config, predict_options)  # invalid values are refused before any work
-    std, error = _errors_and_stds(run, data_dir, progress, **predict_options)
+    settings = resolve_options(run.config, predict_options)  # once; invalid values refused before any work
+    std, error = _errors_and_stds(run, data_dir, progress, settings, **speed_of(predict_options))
     scale, offset = fit_calibration(calibration_curve(std, error, bins))
     if eval_dir is None and (Path(data_dir).parent / "test").is_dir():
         eval_dir = Path(data_dir).parent / "test"
     held_out = eval_dir is not None
     if held_out:
-        std, error = _errors_and_stds(run, eval_dir, progress, **predict_options)
+        std, error = _errors_and_stds(run, eval_dir, progress, settings, **speed_of(predict_options))
     before = calibration_curve(std, error, bins)
     after = calibration_curve(scale * std + offset, error, bins)
     title = f"{'held-out ' + Path(eval_dir).name if held_out else 'fitting data (no held-out split given)'}"
@@ -233,7 +239,7 @@ def calibrate(
         "bins": bins,
         "fit_data": str(data_dir),
         "plot_data": str(eval_dir) if held_out else str(data_dir),
-        "settings": {**predict_options, **resolve_options(run.config, predict_options).model_dump()},
+        "settings": {**predict_options, **settings.model_dump()},
         "mean_abs_deviation_before": float(np.mean(np.abs(before.rmse - before.rmv))),
         "mean_abs_deviation_after": float(np.mean(np.abs(after.rmse - after.rmv))),
     }

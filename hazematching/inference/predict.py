@@ -23,7 +23,7 @@ from hazematching.inference.input_range import InputRangeWarning, out_of_range
 from hazematching.inference.speed import fast_network, images_per_call, samples_per_batch, tiles_per_batch
 from hazematching.inference.tiling import tiles
 from hazematching.run import LoadedRun, RunError
-from hazematching.settings import resolve_settings
+from hazematching.settings import InferenceSettings, resolve_settings
 
 MIN_SIZE = 16
 
@@ -92,9 +92,11 @@ def predict_array(
     job_planes: int = 1,
     on_progress: Callable[[int, int], None] | None = None,
     mmse: str | None = None,
+    settings: InferenceSettings | None = None,
 ) -> Prediction:
-    """Dehaze one 2D image (raw intensities). Sampler and tiling settings not given are resolved by
-    ``settings.resolve_settings`` (the run's stored defaults, then the package's).
+    """Dehaze one 2D image (raw intensities). ``settings``: the resolved sampler and tiling settings
+    (``settings.resolve_settings``, done once by a caller that predicts many images); without it, the
+    separate values are resolved here (those not given: the run's stored defaults, then the package's).
 
     ``compile``/``precision`` (see ``speed.fast_network``) and ``sample_batch`` (samples per network
     call, default by device) change speed, not results beyond floating-point rounding. ``job_planes``:
@@ -111,7 +113,11 @@ def predict_array(
     if point_predictor and (keep_samples or calibrated):
         raise RunError("a U-Net baseline run predicts one image: it has no samples and no std to calibrate")
     cal = calibration(run) if calibrated else None
-    settings = resolve_settings(run.config, samples, steps, seed, solver, tile_size, overlap, mmse)
+    separate = (samples, steps, seed, solver, tile_size, overlap, mmse)
+    if settings is None:
+        settings = resolve_settings(run.config, *separate)
+    elif any(value is not None for value in separate):
+        raise ValueError("predict_array: give the resolved settings or the separate values, not both")
     if cal is not None and (problem := run.config.calibration.mismatch(settings)):
         warnings.warn(problem, CalibrationWarning, stacklevel=2)  # shown once per call site, not per plane
     samples, steps, seed, solver = settings.samples, settings.steps, settings.seed, settings.solver

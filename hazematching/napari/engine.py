@@ -68,7 +68,7 @@ class RunModel:
         note = f"run {self.path}: " + ("its tuned sampler setting" if tuned else "its sampler defaults")
         return Defaults(settings, self.run.config.calibration is not None, note)
 
-    def plane(self, image, settings: dict, seed: int, keep_samples: bool, calibrated: bool, on_progress) -> tuple:
+    def plane(self, image, settings: InferenceSettings, keep_samples: bool, calibrated: bool, on_progress) -> tuple:
         from hazematching.inference.predict import predict_array
 
         with warnings.catch_warnings():  # checked once per layer by ``dehaze``
@@ -76,7 +76,7 @@ class RunModel:
             result = predict_array(
                 self.run,
                 image,
-                **{**settings, "seed": seed},
+                settings=settings,
                 keep_samples=keep_samples,
                 calibrated=calibrated,
                 progress=False,
@@ -112,7 +112,7 @@ class PackageModel:
     def defaults(self) -> Defaults:
         return Defaults(None, False, f"package {self.path.name}: its sampler settings are part of the package")
 
-    def plane(self, image, settings: dict, seed: int, keep_samples: bool, calibrated: bool, on_progress) -> tuple:
+    def plane(self, image, settings: None, keep_samples: bool, calibrated: bool, on_progress) -> tuple:
         """One plane as ``bioimageio predict`` computes it (the package pads and keys its own noise)."""
         from bioimageio.core import Tensor, predict
 
@@ -169,14 +169,13 @@ def dehaze(
 ) -> Result:
     """Every YX plane of ``data`` (leading axes in C order, as the CLI numbers them), seeded per plane
     as the CLI seeds a file named ``key``. Raises ``Cancelled`` as soon as ``cancelled()`` is true."""
-    settings = dict(settings or {})
     shape = tuple(data.shape)
     planes = int(np.prod(shape[:-2], dtype=np.int64))
-    seed = settings.pop("seed", None)
-    if seed is None and model.kind == "run":
+    inference = None  # a package's settings are part of it
+    if model.kind == "run":
         from hazematching.settings import resolve_settings
 
-        seed = resolve_settings(model.run.config).seed
+        inference = resolve_settings(model.run.config, **(settings or {}))  # once, for every plane
     mean = np.zeros(shape, np.float32)
     std = np.zeros(shape, np.float32)
     kept = None
@@ -195,9 +194,9 @@ def dehaze(
         image = flat[index].astype(np.float32)
         if not np.isfinite(image).all():
             raise DataError(f"plane {index} of the layer contains NaN/Inf pixels; clean or mask the image first")
-        m, s, k = model.plane(
-            image, settings, plane_seed(seed or 0, noise, key, index), keep_samples, calibrated, progress
-        )
+        if inference is not None:  # seeded as the CLI seeds plane ``index`` of a file named ``key``
+            seeded = inference.model_copy(update={"seed": plane_seed(inference.seed, noise, key, index)})
+        m, s, k = model.plane(image, seeded if inference is not None else None, keep_samples, calibrated, progress)
         mean.reshape(planes, *shape[-2:])[index] = m
         if s is not None:
             std.reshape(planes, *shape[-2:])[index] = s

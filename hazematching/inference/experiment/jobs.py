@@ -14,7 +14,7 @@ from hazematching.data.omezarr import is_zarr, metadata_file
 from hazematching.data.stack import StackInfo
 from hazematching.inference.speed import resolve_precision
 from hazematching.run import WEIGHTS_NAME, LoadedRun
-from hazematching.settings import resolve_options
+from hazematching.settings import InferenceSettings
 
 MIN_SIZE = 16
 
@@ -121,15 +121,16 @@ def result_settings(
     run: LoadedRun,
     model_dir: Path,
     device: torch.device,
+    inference: InferenceSettings,
     options: dict,
     channel,
     axes,
     keep_samples: bool,
     calibrated: bool,
 ) -> dict:
-    """Everything that changes the output numbers: outputs made with other settings are never mixed in."""
-    # the options of predict_array that change the numbers (the others change only speed)
-    settings = resolve_options(run.config, options).model_dump()
+    """Everything that changes the output numbers (the resolved ``inference`` settings, the precision
+    among the speed ``options``, ...): outputs made with other settings are never mixed in."""
+    settings = inference.model_dump()
     if settings["mmse"] == "samples":  # manifests of earlier releases stay valid
         del settings["mmse"]
     settings["precision"] = resolve_precision(options.get("precision", "auto"), device)

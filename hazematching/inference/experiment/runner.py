@@ -42,7 +42,7 @@ from hazematching.inference.experiment.schedule import ExperimentPlan, plan_job,
 from hazematching.inference.experiment.workfolder import WORK_NAME, WorkFolder
 from hazematching.inference.input_range import InputRangeWarning
 from hazematching.run import RunError, atomic_write_bytes, load_model
-from hazematching.settings import DEFAULT_NOISE
+from hazematching.settings import DEFAULT_NOISE, resolve_options, speed_of
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def predict_experiment(
         plan = share_plan(launch, plan, failure, output_path)
         mine = plan.share(launch.state.num_processes, launch.state.process_index)
         monitor = Monitor(plan, launch.work, progress) if launch.state.is_main_process else None
-        options = dict(keep_samples=keep_samples, calibrated=calibrated, **options)
+        options = dict(keep_samples=keep_samples, calibrated=calibrated, **speed_of(options))
         mine_stats, started = compute_share(launch, plan, mine, model_dir, monitor, progress, options)
     except BaseException:
         if lock is not None:  # a relaunch (even in this process) must be able to take the folder again
@@ -145,7 +145,10 @@ def plan_experiment(
     outputs' work copies and decide what is left to compute; returns the plan and the held lock."""
     folder, work = launch.folder, launch.work
     run = load_model(model_dir, device="cpu")
-    settings = result_settings(run, model_dir, launch.device, options, channel, axes, keep_samples, calibrated)
+    inference = resolve_options(run.config, options)  # once: every plane uses it with its own seed
+    settings = result_settings(
+        run, model_dir, launch.device, inference, options, channel, axes, keep_samples, calibrated
+    )
     plane_seed(0, noise, "", 0)  # an unknown mode fails here, before any output exists
     settings["noise"] = noise
     if run.objective == "mse" and (keep_samples or calibrated):
@@ -172,7 +175,7 @@ def plan_experiment(
         manifest = Manifest(folder / MANIFEST_NAME)
         plan = plan_job(
             jobs, manifest, work, settings, overwrite, channel, axes, keep_samples, launch.single_file,
-            run.normalization,
+            run.normalization, inference,
         )  # fmt: skip
     except BaseException:
         lock.close()
@@ -255,7 +258,8 @@ def compute_share(
                         image,
                         progress=inner_progress,
                         job_planes=len(mine),
-                        **{**options, "seed": plan.plane_seed(job, plane)},
+                        settings=plan.plane_settings(job, plane),
+                        **options,
                     )
                 for name, writer in writers.items():
                     writer.write_plane(plane, getattr(result, name))

@@ -11,7 +11,7 @@ from hazematching.inference.experiment.jobs import MIN_SIZE, FileJob, JobError, 
 from hazematching.inference.experiment.manifest import Manifest
 from hazematching.inference.experiment.workfolder import WorkFolder
 from hazematching.inference.input_range import out_of_range
-from hazematching.settings import NOISE_KEYING
+from hazematching.settings import NOISE_KEYING, InferenceSettings
 
 
 @dataclass(frozen=True)
@@ -24,15 +24,18 @@ class ExperimentPlan:
     units: tuple[tuple[int, int], ...]
     skipped: tuple[str, ...]
     launch: str
-    settings: dict
+    settings: dict  # what the manifest records: the inference settings and everything else that changes numbers
+    inference: InferenceSettings  # resolved once; each plane gets its own seed (``plane_seed``)
 
     def share(self, world: int, rank: int) -> list[tuple[int, int]]:
         """The units process ``rank`` of ``world`` computes (the same answer on every process)."""
         costs = [j.info.plane_shape[0] * j.info.plane_shape[1] if j.info is not None else 0 for j in self.jobs]
         return balanced(list(self.units), costs, world)[rank]
 
-    def plane_seed(self, job: FileJob, plane: int) -> int:
-        return plane_seed(self.settings.get("seed", 0), self.settings["noise"], job.name, plane)
+    def plane_settings(self, job: FileJob, plane: int) -> InferenceSettings:
+        """The resolved settings with this plane's seed."""
+        seed = plane_seed(self.inference.seed, self.settings["noise"], job.name, plane)
+        return self.inference.model_copy(update={"seed": seed})
 
 
 def plane_seed(seed: int, noise: str, name: str, plane: int) -> int:
@@ -80,6 +83,7 @@ def plan_job(
     keep_samples: bool,
     single_file: bool,
     normalization,
+    inference: InferenceSettings,
 ) -> ExperimentPlan:
     """Main process: check inputs (each file's intensities against ``normalization``, the run's), refuse to
     mix settings, prepare work copies, list pending planes."""
@@ -144,4 +148,4 @@ def plan_job(
             entry.update(status="failed", error=str(exc))
         manifest.files[job.key] = entry
     manifest.save()
-    return ExperimentPlan(tuple(jobs), tuple(units), tuple(skipped), launch, settings)
+    return ExperimentPlan(tuple(jobs), tuple(units), tuple(skipped), launch, settings, inference)
