@@ -99,7 +99,8 @@ CALIBRATION_BINS = 15  # std bins of the RMSE/RMV curves (``hazematching calibra
 
 
 class Calibration(BaseModel):
-    """Written by ``hazematching calibrate``: the calibrated std is ``scale * std + offset``."""
+    """Written by ``hazematching calibrate``: the calibrated std is ``max(scale * std + offset, 0)``
+    (a fitted offset can be negative; a std cannot)."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -103,7 +103,7 @@ class Dehazer(nn.Module):
         top, bottom, left, right = self.consumer_padding(image)
         h, w = cond.shape[2], cond.shape[3]
         mean, std = self.dehaze(cond[:, :, top : h - bottom, left : w - right])
-        std = self.std_scale * (std * self.target_std) + self.std_offset
+        std = (self.std_scale * (std * self.target_std) + self.std_offset).clamp_min(0.0)  # b < 0: never negative
         out = torch.cat([mean * self.target_std + self.target_mean, std], dim=1)
         if top + bottom + left + right > 0:
             out = F.pad(out, [left, right, top, bottom], mode="replicate")

@@ -238,7 +238,7 @@ def predict_array(
     if std is not None:
         std *= np.float32(norm.target_std)
         if cal is not None:
-            std = (cal[0] * std + cal[1]).astype(np.float32)
+            std = np.maximum(cal[0] * std + cal[1], 0).astype(np.float32)  # b < 0: never a negative std
     if kept is not None:
         kept = norm.denormalize_target(kept).astype(np.float32)
     return Prediction(mean, std, kept)

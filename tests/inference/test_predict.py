@@ -242,3 +242,32 @@ def test_mmse_is_refused_for_a_u_net_run_and_in_its_training_config(baseline_run
         TrainConfig(data=sim_data, output_dir=sim_data, objective="mse", sampler={"mmse": "anchor"})
     with pytest.raises(ValueError, match="finite number"):
         TrainConfig(data=sim_data, output_dir=sim_data, mean_anchor_fraction=float("nan"))
+
+
+def test_a_negative_calibration_offset_never_gives_a_negative_std(trained_run, tmp_path):
+    """a * std + b with b < 0 would be negative where the std is small: predict and the exported
+    model clip it at 0 and agree."""
+    import shutil
+
+    from hazematching.core.dehazer import Dehazer
+    from hazematching.run import Calibration, read_description, write_description
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    run = load_model(run_dir)
+    image = np.random.default_rng(0).uniform(50, 150, (64, 64)).astype(np.float32)
+    plain = predict_array(run, image, samples=2, steps=2, seed=1, progress=False)
+    offset = -float(np.median(plain.std))  # half the pixels would go negative
+    description = read_description(run_dir)
+    write_description(run_dir, description.model_copy(update={"calibration": Calibration(scale=1.0, offset=offset)}))
+    run = load_model(run_dir)
+    calibrated = predict_array(run, image, samples=2, steps=2, seed=1, calibrated=True, progress=False)
+    assert calibrated.std.min() == 0 and (calibrated.std == 0).mean() >= 0.4
+    assert np.allclose(calibrated.std, np.maximum(plain.std + offset, 0), atol=1e-4 * plain.std.max())
+    norm = run.normalization.to_dict()
+    architecture = run.config.architecture.model_dump(mode="json")
+    model = Dehazer(architecture, **norm, samples=2, steps=2, seed=1, std_offset=offset).eval()
+    model.sampler.net.load_state_dict(run.model.state_dict())
+    with torch.no_grad():
+        out = model(torch.from_numpy(image[None, None].astype(np.float32)))[0, 1].numpy()
+    assert out.min() == 0 and (out == 0).mean() >= 0.4
