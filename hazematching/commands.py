@@ -12,6 +12,7 @@ Help texts are the fields' descriptions; a default the help does not name is sho
 Kept light: importing it loads no inference, evaluation or export module."""
 
 import argparse
+import sys
 import types
 import typing
 
@@ -327,6 +328,9 @@ def add_flags(parser, model: type[BaseModel], qualifier: str = "") -> None:
             parser.add_argument(name, help=text)
             continue
         flag = "--" + name.replace("_", "-")
+        old = tuple(extra.get("deprecated_flags", ()))  # earlier spellings, accepted with a warning
+        if old:
+            text += f" (formerly {', '.join(old)}, still accepted)"
         kind = _scalar(field.annotation)
         default = None if field.is_required() else field.get_default(call_default_factory=True)
         keywords: dict[str, typing.Any] = {"help": text}
@@ -343,4 +347,15 @@ def add_flags(parser, model: type[BaseModel], qualifier: str = "") -> None:
             keywords["nargs"] = "+"
         elif kind in (int, float):
             keywords["type"] = kind
-        parser.add_argument(flag, **keywords)
+        if old:
+            keywords.update(action=_DeprecatedSpelling, dest=name)
+        parser.add_argument(flag, *old, **keywords)
+
+
+class _DeprecatedSpelling(argparse.Action):
+    """Stores the value; says on stderr when the flag was given under an old spelling."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string != self.option_strings[0]:
+            print(f"warning: {option_string} is deprecated: use {self.option_strings[0]}", file=sys.stderr)
+        setattr(namespace, self.dest, values)

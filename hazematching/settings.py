@@ -153,15 +153,17 @@ class SpeedOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    batch_size: int | None = Field(
+    tiles_per_call: int | None = Field(
         None,
         ge=1,
+        json_schema_extra={"deprecated_flags": ("--batch-size",)},
         description=f"tiles per network call (default: {CPU_TILES_PER_CALL} on CPU, {GPU_TILES_PER_CALL} on a GPU, "
         f"{LARGE_GPU_TILES_PER_CALL} on one with >= {LARGE_GPU_BYTES // 2**30} GiB)",
     )
-    sample_batch: int | None = Field(
+    samples_per_call: int | None = Field(
         None,
         ge=1,
+        json_schema_extra={"deprecated_flags": ("--sample-batch",)},
         description=f"samples per network call (default: 1 on CPU; on GPU enough for ~{GPU_IMAGES_PER_CALL} images "
         "per call)",
     )

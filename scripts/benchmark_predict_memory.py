@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--tile-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--tiles-per-call", type=int, default=4)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     image = rng.gamma(2.0, 60.0, (args.size, args.size)).astype(np.float32) + 100
@@ -54,8 +54,8 @@ def main() -> None:
                 str(args.steps),
                 "--tile-size",
                 str(args.tile_size),
-                "--batch-size",
-                str(args.batch_size),
+                "--tiles-per-call",
+                str(args.tiles_per_call),
                 "--device",
                 "cpu",
             ],
@@ -64,7 +64,8 @@ def main() -> None:
         elapsed = time.perf_counter() - start
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB on Linux
     print(
-        f"predict {args.size}^2, K={args.samples}, N={args.steps}, tile {args.tile_size}, batch {args.batch_size}: "
+        f"predict {args.size}^2, K={args.samples}, N={args.steps}, tile {args.tile_size}, "
+        f"{args.tiles_per_call} tiles per call: "
         f"{elapsed:.0f} s, peak RSS {peak_gib:.2f} GiB; budget {BUDGET_GIB} GiB -> ratio {peak_gib / BUDGET_GIB:.2f}"
     )
 

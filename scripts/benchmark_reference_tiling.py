@@ -56,7 +56,12 @@ from hazematching.architecture import ReferenceArchitecture
 from hazematching.core import sample_posterior
 from hazematching.core.tiles import fit_multiple, window
 from hazematching.inference.predict import predict_array
-from hazematching.inference.speed import fast_network, images_per_call, samples_per_batch, tiles_per_batch
+from hazematching.inference.speed import (
+    default_samples_per_call,
+    default_tiles_per_call,
+    fast_network,
+    images_per_call,
+)
 from hazematching.inference.tiling import tiles
 from hazematching.paper.download import sha256_of
 from hazematching.paper.importer import import_checkpoint
@@ -111,8 +116,8 @@ def reference_predict(net, normalized, patch, border, samples, steps, seed, solv
         raise SystemExit(f"image {height}x{width} too small to reflect-pad for {patch}^2 windows")
     padded = np.pad(normalized, ((by, ay), (bx, ax)), mode="reflect")
     windows = [(y, x) for y in ys for x in xs]
-    batch_size = tiles_per_batch(device)
-    per_call = samples_per_batch(device, samples, min(batch_size, len(windows)), images_per_call(device))
+    batch_size = default_tiles_per_call(device)
+    per_call = default_samples_per_call(device, samples, min(batch_size, len(windows)), images_per_call(device))
     mean = np.zeros((height, width), np.float32)
     for first in range(0, len(windows), batch_size):
         batch = windows[first : first + batch_size]
@@ -133,7 +138,7 @@ def reference_predict(net, normalized, patch, border, samples, steps, seed, solv
             origin_y=origin_y,
             origin_x=origin_x,
             solver=solver,
-            samples_per_batch=per_call,
+            samples_per_call=per_call,
         )
         out = post.mean.float().cpu().numpy()
         for i, (y, x) in enumerate(batch):

@@ -147,3 +147,17 @@ def test_export_defaults_agree_with_the_package_writer():
         package.PAPER_WEIGHTS_LICENSE,
     )
     assert inspect.signature(package.export_model).parameters["name"].default == commands.EXPORT_NAME
+
+
+def test_old_flag_spellings_still_work_with_a_warning(capsys):
+    """--batch-size / --sample-batch (tiles and samples per network call) were renamed; one release
+    keeps them, saying so, and they set the same field."""
+    parser = cli.build_parser()
+    base = ["predict", "--model", "m", "--input", "i", "--output", "o"]
+    old = parser.parse_args([*base, "--batch-size", "3", "--sample-batch", "2"])
+    err = capsys.readouterr().err
+    assert "--batch-size is deprecated: use --tiles-per-call" in err and "--sample-batch is deprecated" in err
+    new = parser.parse_args([*base, "--tiles-per-call", "3", "--samples-per-call", "2"])
+    assert capsys.readouterr().err == ""
+    assert (old.tiles_per_call, old.samples_per_call) == (new.tiles_per_call, new.samples_per_call) == (3, 2)
+    assert commands.options_of(old) == commands.options_of(new)

@@ -142,14 +142,14 @@ def sample_posterior(
     origin_x: torch.Tensor | None = None,
     on_sample: Callable[[int], None] | None = None,
     solver: str | None = None,
-    samples_per_batch: int = 1,
+    samples_per_call: int = 1,
     mmse: str = "samples",
 ) -> Posterior:
     """Draw ``num_samples`` samples for a batch of (normalised) hazy images ``cond``; the MMSE is their
     mean (``mmse="samples"``) or ``ODESampler.anchor_mean`` (``"anchor"``, one more network evaluation);
     the std is the samples' either way.
 
-    ``samples_per_batch`` samples go through the network together (more parallel work per call on a
+    ``samples_per_call`` samples go through the network together (more parallel work per call on a
     GPU); the rest are reduced on the fly, so memory does not grow with K unless ``keep_samples``.
     ``origin_y``/``origin_x`` place tiles in a larger image; ``on_sample(n)`` is called after every
     ``n`` finished samples (progress bars). ``solver``: for a network, default Euler; an
@@ -157,8 +157,8 @@ def sample_posterior(
     """
     if num_samples < 1 or steps < 1:
         raise ValueError(f"num_samples and steps must be >= 1, got {num_samples} and {steps}")
-    if samples_per_batch < 1:
-        raise ValueError(f"samples_per_batch must be >= 1, got {samples_per_batch}")
+    if samples_per_call < 1:
+        raise ValueError(f"samples_per_call must be >= 1, got {samples_per_call}")
     if mmse not in MMSE_ESTIMATES:
         raise ValueError(f"mmse={mmse!r}: expected one of {', '.join(MMSE_ESTIMATES)}")
     if isinstance(model, ODESampler):
@@ -173,7 +173,7 @@ def sample_posterior(
     kept = []
     done = 0
     while done < num_samples:
-        count = min(samples_per_batch, num_samples - done)
+        count = min(samples_per_call, num_samples - done)
         xs = sampler.draw(cond, first_sample + done, steps, seed, origin_y, origin_x, count).reshape(count, b, -1, h, w)
         for s in range(count):
             mean, m2 = update_moments(mean, m2, xs[s], done + s + 1)

@@ -20,7 +20,12 @@ from hazematching.core import evaluations_per_step, sample_posterior
 from hazematching.core.tiles import OVERLAP, fit_multiple, window
 from hazematching.data.io import DataError
 from hazematching.inference.input_range import InputRangeWarning, out_of_range
-from hazematching.inference.speed import fast_network, images_per_call, samples_per_batch, tiles_per_batch
+from hazematching.inference.speed import (
+    default_samples_per_call,
+    default_tiles_per_call,
+    fast_network,
+    images_per_call,
+)
 from hazematching.inference.tiling import tiles
 from hazematching.run import LoadedRun, RunError
 from hazematching.settings import InferenceSettings, resolve_settings
@@ -73,6 +78,16 @@ def pad_to_stride(image: np.ndarray, stride: int) -> np.ndarray:
 
 
 @torch.inference_mode()
+def deprecated_name(old: str, old_value, new: str, new_value):
+    """The value given under a keyword's old name, with a ``FutureWarning`` (kept for one release)."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise ValueError(f"{old} is the old name of {new}: give only {new}")
+    warnings.warn(f"{old} is deprecated: use {new}", FutureWarning, stacklevel=3)
+    return old_value
+
+
 def predict_array(
     run: LoadedRun,
     image: np.ndarray,
@@ -81,28 +96,33 @@ def predict_array(
     seed: int | None = None,
     tile_size: int | None = None,
     overlap: int | None = None,
-    batch_size: int | None = None,
+    tiles_per_call: int | None = None,
     keep_samples: bool = False,
     calibrated: bool = False,
     progress: bool = True,
     solver: str | None = None,
     compile: str = "auto",
     precision: str = "auto",
-    sample_batch: int | None = None,
+    samples_per_call: int | None = None,
     job_planes: int = 1,
     on_progress: Callable[[int, int], None] | None = None,
     mmse: str | None = None,
     settings: InferenceSettings | None = None,
+    batch_size: int | None = None,
+    sample_batch: int | None = None,
 ) -> Prediction:
     """Dehaze one 2D image (raw intensities). ``settings``: the resolved sampler and tiling settings
     (``settings.resolve_settings``, done once by a caller that predicts many images); without it, the
     separate values are resolved here (those not given: the run's stored defaults, then the package's).
 
-    ``compile``/``precision`` (see ``speed.fast_network``) and ``sample_batch`` (samples per network
-    call, default by device) change speed, not results beyond floating-point rounding. ``job_planes``:
-    how many images of this size the caller will predict, so that ``compile="auto"`` judges the job.
-    ``on_progress(done, total)`` is called as samples of tile batches finish (an exception it raises,
-    e.g. a user's cancel, stops the prediction there)."""
+    ``compile``/``precision`` (see ``speed.fast_network``), ``tiles_per_call`` and ``samples_per_call``
+    (per network call, default by device) change speed, not results beyond floating-point rounding.
+    ``job_planes``: how many images of this size the caller will predict, so that ``compile="auto"``
+    judges the job. ``on_progress(done, total)`` is called as samples of tile batches finish (an
+    exception it raises, e.g. a user's cancel, stops the prediction there). ``batch_size`` and
+    ``sample_batch``: the old names of ``tiles_per_call`` and ``samples_per_call`` (deprecated)."""
+    tiles_per_call = deprecated_name("batch_size", batch_size, "tiles_per_call", tiles_per_call)
+    samples_per_call = deprecated_name("sample_batch", sample_batch, "samples_per_call", samples_per_call)
     if image.ndim != 2 or min(image.shape) < MIN_SIZE:
         raise DataError(f"image of shape {image.shape}: expected a 2D image of at least {MIN_SIZE} x {MIN_SIZE}")
     if not np.isfinite(image).all():
@@ -146,7 +166,7 @@ def predict_array(
             )
 
     device = next(run.model.parameters()).device
-    batch_size = batch_size or tiles_per_batch(device)
+    tiles_per_call = tiles_per_call or default_tiles_per_call(device)
     norm = run.normalization
     height, width = image.shape
     normalized = pad_to_stride(norm.normalize_input(image).astype(np.float32), stride)
@@ -158,7 +178,7 @@ def predict_array(
     mean = np.zeros(canvas, np.float32)
     std = None if point_predictor else np.zeros(canvas, np.float32)
     kept = np.zeros((samples, *canvas), np.float32) if keep_samples else None
-    batches = [all_tiles[i : i + batch_size] for i in range(0, len(all_tiles), batch_size)]
+    batches = [all_tiles[i : i + tiles_per_call] for i in range(0, len(all_tiles), tiles_per_call)]
     total = len(batches) * (1 if point_predictor else samples)
     evaluations = (
         len(batches) * (1 if point_predictor else samples * steps * per_step + (mmse == "anchor")) * job_planes
@@ -167,8 +187,8 @@ def predict_array(
     net = run.fast.get(key) or fast_network(run.model, device, compile, precision, evaluations)
     if net.compiled is not None or compile == "off":  # an uncompiled "auto" may compile for a bigger job
         run.fast[key] = net
-    per_call = sample_batch or samples_per_batch(
-        device, samples, min(batch_size, len(all_tiles)), images_per_call(device)
+    per_call = samples_per_call or default_samples_per_call(
+        device, samples, min(tiles_per_call, len(all_tiles)), images_per_call(device)
     )
     full = len(batches[0])
     with tqdm(total=total, desc="predicting", unit="sample", disable=not progress, leave=False) as bar:
@@ -204,7 +224,7 @@ def predict_array(
                     origin_x=origin_x,
                     on_sample=advance,
                     solver=solver,
-                    samples_per_batch=per_call,
+                    samples_per_call=per_call,
                     mmse=mmse,
                 )
                 out_mean, out_std, out_samples = post.mean, post.std, post.samples

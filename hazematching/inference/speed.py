@@ -114,7 +114,7 @@ def large_gpu(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_properties(device).total_memory >= LARGE_GPU_BYTES
 
 
-def tiles_per_batch(device: torch.device) -> int:
+def default_tiles_per_call(device: torch.device) -> int:
     """Default tiles per network call: 1 on a CPU (bigger batches are slower per tile), 8 or 16 on a GPU."""
     if device.type == "cpu":
         return CPU_TILES_PER_CALL
@@ -126,13 +126,13 @@ def images_per_call(device: torch.device) -> int:
     return LARGE_GPU_IMAGES_PER_CALL if large_gpu(device) else GPU_IMAGES_PER_CALL
 
 
-def samples_per_batch(
-    device: torch.device, samples: int, tiles_per_batch: int, target: int = GPU_IMAGES_PER_CALL
+def default_samples_per_call(
+    device: torch.device, samples: int, tiles_per_call: int, target: int = GPU_IMAGES_PER_CALL
 ) -> int:
     """How many samples of a tile batch go through the network together. On a GPU, enough to give
     it ~``target`` images per call; on a CPU one (bigger batches only thrash the caches). Always a
     divisor of ``samples``, so every call has the same shape (one compilation)."""
     if device.type == "cpu":
         return 1
-    wanted = max(1, min(samples, target // max(1, tiles_per_batch)))
+    wanted = max(1, min(samples, target // max(1, tiles_per_call)))
     return max(d for d in range(1, wanted + 1) if samples % d == 0)

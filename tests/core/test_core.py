@@ -130,7 +130,7 @@ def test_solvers_on_known_flows(solver):
 def test_batched_samples_equal_one_at_a_time(model):
     cond = torch.randn(2, 1, 32, 32)
     one = sample_posterior(model, cond, num_samples=5, steps=2, seed=3, keep_samples=True)
-    batched = sample_posterior(model, cond, num_samples=5, steps=2, seed=3, keep_samples=True, samples_per_batch=3)
+    batched = sample_posterior(model, cond, num_samples=5, steps=2, seed=3, keep_samples=True, samples_per_call=3)
     torch.testing.assert_close(batched.samples, one.samples, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(batched.std, one.std, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="unknown solver"):

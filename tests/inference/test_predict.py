@@ -24,7 +24,7 @@ def test_tiled_prediction_matches_whole_image_and_has_no_seams(trained_run, big_
     run = load_model(trained_run)
     options = dict(samples=8, steps=4, seed=3, progress=False)
     whole = predict_array(run, big_image, tile_size=512, **options)
-    tiled = predict_array(run, big_image, tile_size=64, overlap=32, batch_size=5, **options)
+    tiled = predict_array(run, big_image, tile_size=64, overlap=32, tiles_per_call=5, **options)
     assert psnr(torch.from_numpy(tiled.mean), torch.from_numpy(whole.mean)) >= 40
     assert psnr(torch.from_numpy(tiled.std), torch.from_numpy(whole.std)) >= 30
 

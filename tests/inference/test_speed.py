@@ -7,7 +7,7 @@ import torch
 
 from hazematching.core import UNet, sample_posterior
 from hazematching.inference.predict import predict_array
-from hazematching.inference.speed import FastNetwork, fast_network, samples_per_batch
+from hazematching.inference.speed import FastNetwork, default_samples_per_call, fast_network
 from hazematching.run import load_model
 
 
@@ -31,7 +31,7 @@ def test_fast_network_equals_plain_network_and_leaves_the_model_alone():
         # the caller's model keeps its layout; the fast copy is channels_last
         assert net.stem.weight.is_contiguous() and fast.net.stem.weight.is_contiguous(memory_format=torch.channels_last)
         plain = sample_posterior(net, c, num_samples=3, steps=2, seed=1, solver="heun")
-        quick = sample_posterior(fast, c, num_samples=3, steps=2, seed=1, solver="heun", samples_per_batch=3)
+        quick = sample_posterior(fast, c, num_samples=3, steps=2, seed=1, solver="heun", samples_per_call=3)
     torch.testing.assert_close(quick.mean, plain.mean, atol=1e-4, rtol=1e-4)
 
 
@@ -53,9 +53,11 @@ def test_failed_compilation_falls_back_to_eager():
 
 def test_samples_per_batch_divides_k():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert samples_per_batch(cpu, 8, 1) == 1
+    assert default_samples_per_call(cpu, 8, 1) == 1
     assert (
-        samples_per_batch(gpu, 8, 4) == 8 and samples_per_batch(gpu, 50, 4) == 5 and samples_per_batch(gpu, 7, 8) == 1
+        default_samples_per_call(gpu, 8, 4) == 8
+        and default_samples_per_call(gpu, 50, 4) == 5
+        and default_samples_per_call(gpu, 7, 8) == 1
     )
 
 
@@ -65,8 +67,8 @@ def test_fast_predict_matches_plain_predict(trained_run):
     run = load_model(trained_run)
     image = np.random.default_rng(0).random((150, 170)).astype(np.float32) * 300 + 50
     options = dict(samples=4, steps=2, seed=5, tile_size=64, overlap=16, progress=False)
-    plain = predict_array(run, image, batch_size=1, sample_batch=1, compile="off", **options)
-    fast = predict_array(run, image, batch_size=3, sample_batch=2, compile="on", **options)
+    plain = predict_array(run, image, tiles_per_call=1, samples_per_call=1, compile="off", **options)
+    fast = predict_array(run, image, tiles_per_call=3, samples_per_call=2, compile="on", **options)
     scale = np.abs(plain.mean).max()
     assert np.abs(fast.mean - plain.mean).max() <= 1e-4 * scale
     assert np.abs(fast.std - plain.std).max() <= 1e-4 * scale

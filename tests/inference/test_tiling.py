@@ -153,7 +153,7 @@ def test_shortcut_sampling_is_the_same_batched_tiled_and_exported(shortcut_run):
     image = (np.random.default_rng(2).gamma(2.0, 60.0, (150, 136)) + 100).astype(np.float32)
     options = dict(samples=3, steps=2, seed=4, tile_size=64, overlap=16, progress=False)
     ours = predict_array(run, image, solver="shortcut", **options)
-    batched = predict_array(run, image, solver="shortcut", batch_size=4, sample_batch=3, **options)
+    batched = predict_array(run, image, solver="shortcut", tiles_per_call=4, samples_per_call=3, **options)
     np.testing.assert_allclose(batched.mean, ours.mean, rtol=1e-5, atol=1e-4)
     dehazer = Dehazer(
         run.config.architecture.model_dump(),
