@@ -23,8 +23,10 @@ def model_description(
     authors: list[str] | None,
     maintainers: list[str] | None,
     license: str,
+    trained_for_anchor: bool = False,
 ):
-    """The RDF, from bioimageio.spec classes: one input, one output with channels [mean, std]."""
+    """The RDF, from bioimageio.spec classes: one input, one output with channels [mean, std].
+    ``trained_for_anchor``: the run was trained with --mean-anchor-fraction (said when the MMSE is the anchor)."""
     from bioimageio.spec.model import v0_5 as bmz
 
     halo, min_size, step = geometry.halo, geometry.min_size, geometry.step
@@ -46,7 +48,13 @@ def model_description(
             "Dehazes 2D widefield fluorescence images into confocal-like images with guided conditional flow "
             f"matching (HazeMatching). One call runs {samples} posterior samples x {steps} {solver} steps and "
             + (
-                "returns the network's posterior-mean prediction (MMSE) and the samples' per-pixel std"
+                "returns the network's posterior-mean prediction v(0, 0, c) as the MMSE ("
+                + (
+                    "trained for it with --mean-anchor-fraction"
+                    if trained_for_anchor
+                    else "not trained for it: the t = 0 limit of the paper's objective"
+                )
+                + ") and the samples' per-pixel std"
                 if settings.mmse == "anchor"
                 else "returns their mean (MMSE) and per-pixel std"
             )

@@ -27,7 +27,7 @@ def write_documentation(
 ) -> None:
     calibration = config.calibration
     calibrated_detail = (
-        f", calibrated as {calibration.scale:.4g} × std + {calibration.offset:.4g} so that it matches "
+        f", calibrated as max({calibration.scale:.4g} × std {calibration.offset:+.4g}, 0) so that it matches "
         "the observed error (see Validation)"
         if calibration
         else " (not calibrated: run `hazematching calibrate` before exporting to calibrate it)"
@@ -85,8 +85,8 @@ def validation_text(evaluation: Path, config: RunDescription) -> str:
     calibration = config.calibration
     if calibration:
         lines.append(
-            f"Uncertainty calibration (`hazematching calibrate`): std' = {calibration.scale:.4g} × std + "
-            f"{calibration.offset:.4g}; mean |RMSE − RMV| over {calibration.bins} std bins on "
+            f"Uncertainty calibration (`hazematching calibrate`): std' = max({calibration.scale:.4g} × std "
+            f"{calibration.offset:+.4g}, 0); mean |RMSE − RMV| over {calibration.bins} std bins on "
             f"`{calibration.plot_data}`: "
             f"{calibration.mean_abs_deviation_before:.4g} before, {calibration.mean_abs_deviation_after:.4g} after."
         )
@@ -154,6 +154,14 @@ def mmse_detail(config: RunDescription, settings: InferenceSettings) -> str:
         f"posterior mean; {trained}) and the standard deviation over the samples"
     )
     chosen = config.recommended_sampler
+    if chosen is not None and chosen.mmse == "samples" and chosen.mmse_psnr_delta is not None:
+        absolute = chosen.mmse_absolute_psnr_delta
+        text += (
+            f". Note: `hazematching tune` on `{chosen.data}` did not recommend it for this model "
+            f"({chosen.mmse_psnr_delta:+.2f} dB PSNR"
+            + (f", {absolute:+.2f} dB absolute PSNR" if absolute is not None else "")
+            + " against the samples' mean); it was chosen at export"
+        )
     if chosen is not None and chosen.mmse == "anchor" and chosen.mmse_psnr_delta is not None:
         absolute = chosen.mmse_absolute_psnr_delta
         text += (

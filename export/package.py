@@ -80,7 +80,10 @@ def export_model(
         # bioimage.io upload); file hashes are computed when the package is saved.
         with ValidationContext(perform_io_checks=False):
             authors, license = package_defaults(run.config, authors, license)
-            descr = model_description(tmp, settings, geometry, weights, name, authors, maintainers, license)
+            anchor_trained = run.config.training.mean_anchor_fraction > 0
+            descr = model_description(
+                tmp, settings, geometry, weights, name, authors, maintainers, license, anchor_trained
+            )
             _save_atomically(descr, output)
     return output
 

@@ -85,7 +85,10 @@ def _calibrate(args) -> None:
         device=args.device,
         **_sampler_options(args),
     )
-    print(f"calibrated std = {result['scale']:.4g} * std + {result['offset']:.4g} (stored in {args.model}/config.json)")
+    print(
+        f"calibrated std = max({result['scale']:.4g} * std {result['offset']:+.4g}, 0) "
+        f"(stored in {args.model}/config.json)"
+    )
     print(
         f"|RMSE - RMV| on {result['plot_data']}: {result['mean_abs_deviation_before']:.4g} before, "
         f"{result['mean_abs_deviation_after']:.4g} after; plot: {args.model}/calibration.png"
@@ -113,7 +116,12 @@ def _tune(args) -> None:
     best = next(r for r in rows if (r.samples, r.solver, r.steps) == (chosen.samples, chosen.solver, chosen.steps))
     reference = next(r for r in rows if (r.samples, r.solver, r.steps) == (chosen.samples, solver, steps))
     print(markdown(rows, best, (solver, steps)) + "\n\n" + mmse_markdown(anchor, reference, chosen.mmse))
-    where = "not stored (--dry-run)" if args.dry_run else f"stored in {args.model}/config.json"
+    where = (
+        "not stored (--dry-run): config.json is unchanged"
+        if args.dry_run
+        else f"stored in {args.model}/config.json: predict, experiments, evaluate, calibrate and export use them "
+        "unless --mmse, --solver or --steps is given"
+    )
     table = Path(args.model) / "tuning" / ("dry-run" if args.dry_run else "") / "tune.md"
     print(
         f"\nsamples (the std and the posterior draws), at K = {chosen.samples}: --solver {chosen.solver} --steps "
@@ -126,10 +134,7 @@ def _tune(args) -> None:
         f"{solver.capitalize()}-{steps} samples; it is recommended when neither is more than {args.psnr_tolerance} dB "
         "below)"
     )
-    print(
-        f"both {where}: predict, experiments, evaluate, calibrate and export use them unless --mmse, --solver or "
-        f"--steps is given; table: {table}"
-    )
+    print(f"both {where}; table: {table}")
 
 
 def _export(args) -> None:
@@ -310,11 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure quality against speed for Euler/midpoint/Heun and store the fastest good setting in the run",
         description="On held-out pairs, measure MMSE PSNR and MicroMS3IM, one sample's PSNR, FSIM and GMSD and the "
         "calibration slope for each solver and step count (and each K), and the anchor MMSE v(0, 0, c); print the "
-        "table, and store two recommendations: --mmse anchor when the anchor's PSNR is within "
-        f"{PSNR_TOLERANCE} dB of the samples' mean, and the samples' setting with the fewest network evaluations "
-        f"whose one sample is within {SAMPLE_TOLERANCE} FSIM and GMSD of Euler with 20 steps (a run trained on a "
-        "time grid of G points: Euler with G - 1 steps, the grid's) at the run's K, and, when the MMSE is the "
-        f"samples' mean, whose MMSE is within {PSNR_TOLERANCE} dB PSNR and {MS3IM_TOLERANCE} MicroMS3IM of it. "
+        "table, and store two recommendations: --mmse anchor when neither the anchor's PSNR nor its absolute PSNR "
+        f"is more than {PSNR_TOLERANCE} dB below the samples' mean's, and the samples' setting with the fewest "
+        f"network evaluations whose one sample is within {SAMPLE_TOLERANCE} FSIM and GMSD of Euler with 20 steps "
+        "(a run trained on a time grid of G points: Euler with G - 1 steps, the grid's) at the run's K and whose "
+        f"samples' mean is within {PSNR_TOLERANCE} dB PSNR and {MS3IM_TOLERANCE} MicroMS3IM of it. "
         "predict, experiments and export then use them unless --mmse, --solver or --steps is given.",
     )
     _add_command(

@@ -160,8 +160,9 @@ class TuneOptions(Options):
         PSNR_TOLERANCE,
         ge=0,
         allow_inf_nan=False,
-        description="dB of MMSE PSNR the recommended setting may lose against Euler-20 (raise it to trade quality "
-        "for speed)",
+        description="dB of PSNR a recommendation may lose: the samples' mean of the recommended setting against "
+        "Euler-20's (raise it to trade quality for speed), and the anchor MMSE against that mean (its PSNR and its "
+        "absolute PSNR)",
     )
     ms3im_tolerance: float = Field(
         MS3IM_TOLERANCE,

@@ -77,7 +77,6 @@ def pad_to_stride(image: np.ndarray, stride: int) -> np.ndarray:
     return np.pad(image, ((0, pad_h), (0, pad_w)), mode="edge") if pad_h or pad_w else image
 
 
-@torch.inference_mode()
 def deprecated_name(old: str, old_value, new: str, new_value):
     """The value given under a keyword's old name, with a ``FutureWarning`` (kept for one release)."""
     if old_value is None:
@@ -88,6 +87,7 @@ def deprecated_name(old: str, old_value, new: str, new_value):
     return old_value
 
 
+@torch.inference_mode()
 def predict_array(
     run: LoadedRun,
     image: np.ndarray,

@@ -2,12 +2,12 @@
 
 import tifffile
 
-from hazematching.data.sample import SAMPLE_PAIR
+from hazematching.data.demo_pair import DEMO_PAIR
 
 
 def sample_pair() -> list[tuple]:
     """The widefield input (what the plugin dehazes) and its confocal target (what it should look like)."""
-    confocal, widefield = tifffile.imread(SAMPLE_PAIR)
+    confocal, widefield = tifffile.imread(DEMO_PAIR)
     meta = {"metadata": {"source": "hazematching simulate (microsim), 100 nm pixels"}}
     return [
         (confocal, {"name": "confocal (target)", "visible": False, **meta}, "image"),

@@ -238,3 +238,27 @@ def test_relative_imports_are_dropped_however_they_are_written():
     assert "import torch" in stripped and "from typing import List" in stripped
     assert "    from .unet import UNet" in stripped  # only module-level imports are the concatenation's business
     compile(stripped, "arch.py", "exec")
+
+
+def test_the_package_readme_says_how_the_anchor_mmse_was_made_and_whether_tune_chose_it(trained_run):
+    """An anchor MMSE in a package names what trained it and, from the run's tune result, whether
+    tune recommended it; a samples' mean says so."""
+    from hazematching.export.documentation import mmse_detail
+    from hazematching.run import SamplerRecommendation, load_model
+    from hazematching.settings import resolve_settings
+
+    config = load_model(trained_run).config
+    anchor, samples = resolve_settings(config, mmse="anchor"), resolve_settings(config, mmse="samples")
+    assert mmse_detail(config, samples) == "mean (the MMSE) and standard deviation over the samples"
+    text = mmse_detail(config, anchor)
+    assert "not a separately trained output" in text and "tune" not in text
+    refused = SamplerRecommendation(
+        solver="euler", steps=2, samples=2, psnr_delta=0.0, ms3im_delta=None, speedup=10.0, data="val",
+        mmse="samples", mmse_psnr_delta=0.14, mmse_absolute_psnr_delta=-2.77,
+    )  # fmt: skip
+    text = mmse_detail(config.model_copy(update={"recommended_sampler": refused}), anchor)
+    assert "did not recommend it" in text and "-2.77 dB absolute PSNR" in text
+    chosen = refused.model_copy(update={"mmse": "anchor", "mmse_absolute_psnr_delta": 0.66})
+    training = config.training.model_copy(update={"mean_anchor_fraction": 0.5})
+    text = mmse_detail(config.model_copy(update={"recommended_sampler": chosen, "training": training}), anchor)
+    assert "trained to give it there on 50%" in text and "tune` on `val` chose it" in text

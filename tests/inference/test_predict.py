@@ -6,8 +6,8 @@ import tifffile
 import torch
 
 from hazematching.cli import main as cli_main
+from hazematching.data.demo_pair import DEMO_PAIR
 from hazematching.data.io import DataError, read_split, read_two_channel
-from hazematching.data.sample import SAMPLE_PAIR
 from hazematching.evaluation.metrics import psnr
 from hazematching.inference.experiment import predict_experiment as predict_files
 from hazematching.inference.predict import predict_array
@@ -17,7 +17,7 @@ from hazematching.run import RunError, load_model
 @pytest.fixture(scope="module")
 def big_image():
     """A 256 x 256 widefield image: several tiles at tile size 64."""
-    return read_two_channel(SAMPLE_PAIR).input
+    return read_two_channel(DEMO_PAIR).input
 
 
 def test_tiled_prediction_matches_whole_image_and_has_no_seams(trained_run, big_image):
@@ -271,3 +271,13 @@ def test_a_negative_calibration_offset_never_gives_a_negative_std(trained_run, t
     with torch.no_grad():
         out = model(torch.from_numpy(image[None, None].astype(np.float32)))[0, 1].numpy()
     assert out.min() == 0 and (out == 0).mean() >= 0.4
+
+
+def test_a_u_net_run_predicts_files_through_the_experiment_runner(baseline_run, sim_data, tmp_path):
+    """The runner's plan holds no sampler settings for a U-Net: it writes the one prediction, equal
+    to predict_array's, and no std."""
+    paired = sorted((sim_data / "test").glob("*.tif"))[0]
+    result = predict_files(baseline_run, paired, tmp_path / "unet.tif", channel=1, progress=False)
+    assert result["failed"] == {} and not (tmp_path / "unet_std.tif").exists()
+    expected = predict_array(load_model(baseline_run), read_two_channel(paired).input, progress=False).mean
+    assert np.allclose(tifffile.imread(tmp_path / "unet.tif"), expected, atol=1e-5 * np.abs(expected).max())

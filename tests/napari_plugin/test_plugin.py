@@ -19,8 +19,8 @@ if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
     pytest.skip("needs a display: run the tests under xvfb-run -a", allow_module_level=True)
 
 from hazematching.cli import main as cli_main  # noqa: E402
+from hazematching.data.demo_pair import DEMO_PAIR  # noqa: E402
 from hazematching.data.io import read_two_channel  # noqa: E402
-from hazematching.data.sample import SAMPLE_PAIR  # noqa: E402
 from hazematching.inference.experiment import derive_seed  # noqa: E402
 from hazematching.inference.predict import predict_array  # noqa: E402
 from hazematching.napari import engine  # noqa: E402
@@ -31,7 +31,7 @@ WAIT_MS = 300_000
 
 @pytest.fixture
 def widefield():
-    return read_two_channel(SAMPLE_PAIR).input.astype(np.uint16)
+    return read_two_channel(DEMO_PAIR).input.astype(np.uint16)
 
 
 @pytest.fixture

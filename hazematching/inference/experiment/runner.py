@@ -243,7 +243,7 @@ def compute_share(
                     close_current()
                     current, reader, writers = index, None, {}
                     reader = PlaneReader(job.info)
-                    samples = plan.settings["samples"]
+                    samples = plan.inference.samples
                     writers = {
                         name: open_writer(
                             work.partial(job, name), job.info, job.offsets[name], samples if name == "samples" else None
