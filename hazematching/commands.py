@@ -111,7 +111,7 @@ class PredictOptions(Options):
     )
     quiet: bool = Field(False, description="no progress bar")
     save_samples: bool = Field(False, description="also write all samples")
-    calibrated: bool = Field(False, description="write the calibrated std a*std+b (see calibrate)")
+    calibrated: bool = Field(False, description="write the calibrated std max(a*std+b, 0) (see calibrate)")
     noise: typing.Literal[tuple(NOISE_KEYING)] = Field(
         DEFAULT_NOISE, description="; ".join(f"{k}: {v}" for k, v in NOISE_KEYING.items())
     )

@@ -103,7 +103,7 @@ class SettingsRequest(BaseModel):
     tile_size: TileSize | None = Field(
         None,
         description="larger images are processed in overlapping tiles of this edge in pixels (memory ~ tile^2 x "
-        f"batch; default: the run's, else {TILE_SIZE}; the paper's network: the crop it was trained on)",
+        f"tiles per call; default: the run's, else {TILE_SIZE}; the paper's network: the crop it was trained on)",
     )
     overlap: Overlap | None = Field(
         None,
@@ -165,7 +165,7 @@ class SpeedOptions(BaseModel):
         ge=1,
         json_schema_extra={"deprecated_flags": ("--sample-batch",)},
         description=f"samples per network call (default: 1 on CPU; on GPU enough for ~{GPU_IMAGES_PER_CALL} images "
-        "per call)",
+        f"per call, ~{LARGE_GPU_IMAGES_PER_CALL} on one with >= {LARGE_GPU_BYTES // 2**30} GiB)",
     )
     compile: Literal["auto", "on", "off"] = Field(
         "auto",

@@ -83,7 +83,7 @@ def deprecated_name(old: str, old_value, new: str, new_value):
         return new_value
     if new_value is not None:
         raise ValueError(f"{old} is the old name of {new}: give only {new}")
-    warnings.warn(f"{old} is deprecated: use {new}", FutureWarning, stacklevel=3)
+    warnings.warn(f"{old} is deprecated: use {new}", FutureWarning, stacklevel=4)  # the caller, past inference_mode
     return old_value
 
 
@@ -131,7 +131,10 @@ def predict_array(
         warnings.warn(f"image: {problem}", InputRangeWarning, stacklevel=2)
     point_predictor = run.objective == "mse"
     if point_predictor and (keep_samples or calibrated):
-        raise RunError("a U-Net baseline run predicts one image: it has no samples and no std to calibrate")
+        raise RunError(
+            "a U-Net baseline run predicts one image: it has no samples (--save-samples) and no std to calibrate "
+            "(--calibrated); leave those out"
+        )
     cal = calibration(run) if calibrated else None
     separate = (samples, steps, seed, solver, tile_size, overlap, mmse)
     if settings is None:

@@ -152,7 +152,10 @@ def plan_experiment(
     plane_seed(0, noise, "", 0)  # an unknown mode fails here, before any output exists
     settings["noise"] = noise
     if run.objective == "mse" and (keep_samples or calibrated):
-        raise RunError("a U-Net baseline run predicts one image: it has no samples and no std to calibrate")
+        raise RunError(
+            "a U-Net baseline run predicts one image: it has no samples (--save-samples) and no std to calibrate "
+            "(--calibrated); leave those out"
+        )
     if calibrated and run.config.calibration is None:
         raise RunError("this run is not calibrated: run `hazematching calibrate --model RUN --data VAL_DIR` first")
     if not launch.single_input and folder.resolve() == input_path.resolve():
