@@ -27,8 +27,8 @@ def write_documentation(
 ) -> None:
     calibration = config.calibration
     calibrated_detail = (
-        f", calibrated as max({calibration.scale:.4g} × std {calibration.offset:+.4g}, 0) so that it matches "
-        "the observed error (see Validation)"
+        f", calibrated as {calibrated_std(calibration)} (clipped at 0) so that it matches the observed error "
+        "(see Validation)"
         if calibration
         else " (not calibrated: run `hazematching calibrate` before exporting to calibrate it)"
     )
@@ -59,6 +59,12 @@ def write_documentation(
     )
 
 
+def calibrated_std(calibration) -> str:
+    """'a × std + b' as a reader writes it (a negative b with a minus sign, not '+ -')."""
+    sign = "−" if calibration.offset < 0 else "+"
+    return f"{calibration.scale:.4g} × std {sign} {abs(calibration.offset):.4g}"
+
+
 def package_defaults(config: RunDescription, authors: list[str] | None, license: str | None) -> tuple[list, str]:
     """Authors and licence of the weights: what was given, else for the paper's imported checkpoints
     their authors and licence, else ours."""
@@ -85,8 +91,8 @@ def validation_text(evaluation: Path, config: RunDescription) -> str:
     calibration = config.calibration
     if calibration:
         lines.append(
-            f"Uncertainty calibration (`hazematching calibrate`): std' = max({calibration.scale:.4g} × std "
-            f"{calibration.offset:+.4g}, 0); mean |RMSE − RMV| over {calibration.bins} std bins on "
+            f"Uncertainty calibration (`hazematching calibrate`): std' = max({calibrated_std(calibration)}, 0); "
+            f"mean |RMSE − RMV| over {calibration.bins} std bins on "
             f"`{calibration.plot_data}`: "
             f"{calibration.mean_abs_deviation_before:.4g} before, {calibration.mean_abs_deviation_after:.4g} after."
         )

@@ -86,8 +86,8 @@ def _calibrate(args) -> None:
         **_sampler_options(args),
     )
     print(
-        f"calibrated std = max({result['scale']:.4g} * std {result['offset']:+.4g}, 0) "
-        f"(stored in {args.model}/config.json)"
+        f"calibrated std = max({result['scale']:.4g} * std {'-' if result['offset'] < 0 else '+'} "
+        f"{abs(result['offset']):.4g}, 0) (stored in {args.model}/config.json)"
     )
     print(
         f"|RMSE - RMV| on {result['plot_data']}: {result['mean_abs_deviation_before']:.4g} before, "
