@@ -333,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         "`hazematching evaluate`) when it exists.",
     )
     _add_reference_parser(sub)
+    _add_debug_flag(parser)
     return parser
 
 
@@ -392,9 +393,7 @@ def run_command(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    _add_debug_flag(parser)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     shown, warnings.formatwarning = warnings.formatwarning, _one_line_warning  # the message, not our line
     try:
         run_command(args)

@@ -120,15 +120,19 @@ class SettingsRequest(BaseModel):
 
     # The fields whose help a qualifier extends (export: "... inside the package").
     QUALIFIED: ClassVar[tuple[str, ...]] = ("samples", "steps", "solver", "seed", "tile_size")
+    # The fields that only a HazeMatching run uses (a U-Net run refuses them).
+    SAMPLER: ClassVar[tuple[str, ...]] = ("samples", "steps", "solver", "seed", "mmse")
 
     def resolve(self, description: RunDescription) -> InferenceSettings:
         """Explicit values over the run's tuned solver and steps (used only when neither is given)
         over the run's sampler defaults over the package defaults."""
-        if self.mmse is not None and description.objective != "cfm":
-            raise SettingError(
-                f"--mmse {self.mmse}: this is a U-Net baseline run, which predicts one image (no samples, no "
-                "anchor); --mmse applies to HazeMatching runs: leave it out"
-            )
+        if description.objective != "cfm":  # a sampler value would be silently ignored
+            given = [f"--{name} {getattr(self, name)}" for name in self.SAMPLER if getattr(self, name) is not None]
+            if given:
+                raise SettingError(
+                    f"{', '.join(given)}: this is a U-Net baseline run, which predicts one image (no samples, no "
+                    "anchor); these settings apply to HazeMatching runs: leave them out"
+                )
         stored = description.sampler
         solver, steps = self.solver, self.steps
         recommended = description.recommended_sampler

@@ -100,8 +100,11 @@ def mean_of(rows: list[dict], key: str) -> str:
 
 def seed_spread(per_seed: list[list[dict]]) -> str:
     """Half the range of the seeds' mean PSNRs: how far one training seed can move the number."""
-    means = [np.mean([r["psnr"] for r in rows]) for rows in per_seed]
-    return f" ± {(max(means) - min(means)) / 2:.2f}" if len(means) > 1 else ""
+    return spread([np.mean([r["psnr"] for r in rows]) for rows in per_seed])
+
+
+def spread(values: list[float]) -> str:
+    return f" ± {(max(values) - min(values)) / 2:.2f}" if len(values) > 1 else ""
 
 
 def run_folder(workdir: Path, name: str, seed: int) -> Path:
@@ -156,24 +159,23 @@ def main() -> None:
                 for way, row in mmse_rows(load_model(folder), pairs, args).items():
                     per_way.setdefault(way, []).append(row)
             for way, rows in per_way.items():
-                slope = np.mean(
-                    [
-                        fit_calibration(calibration_curve(np.concatenate(r["std"]), np.concatenate(r["error"])))[0]
-                        for r in rows
-                    ]
-                )
+                slopes = [
+                    fit_calibration(calibration_curve(np.concatenate(r["std"]), np.concatenate(r["error"])))[0]
+                    for r in rows
+                ]
                 m, s = sum((r["mmse"] for r in rows), []), sum((r["sample"] for r in rows), [])
                 lines.append(
                     f"| {set_name} | {approach} | {way} | {rows[0]['nfe']} | {args.samples * args.steps} | "
                     f"{mean_of(m, 'psnr')}{seed_spread([r['mmse'] for r in rows])} | {mean_of(m, 'ms_ssim')} | "
                     f"{mean_of(m, 'micro_ms3im')} | {mean_of(s, 'psnr')} | {mean_of(s, 'micro_ms3im')} | "
-                    f"{mean_of(s, 'fsim')} | {mean_of(s, 'gmsd')} | {slope:.2f} | {np.mean(seconds):.0f} |"
+                    f"{mean_of(s, 'fsim')} | {mean_of(s, 'gmsd')} | {np.mean(slopes):.2f}{spread(slopes)} | "
+                    f"{np.mean(seconds):.0f} |"
                 )
         print("\n".join(lines[first:]), flush=True)
     print(
         f"\nbudget per model: {args.max_steps} steps x batch {args.batch_size} x {args.crop_size}^2 crops, "
         f"lr {args.lr}, one process; training seeds {args.seeds} (each number is the mean over the seeds; "
-        "± is half the range of the seeds' MMSE PSNRs)\n"
+        "± is half the range of the seeds' values)\n"
     )
     print("\n".join(lines))
 

@@ -28,9 +28,7 @@ def subparsers(parser: argparse.ArgumentParser, words: str = ""):
 
 
 def full_parser() -> argparse.ArgumentParser:
-    parser = cli.build_parser()
-    cli._add_debug_flag(parser)  # as main() does
-    return parser
+    return cli.build_parser()  # as main() uses it, --debug included
 
 
 def untyped_flags(parser: argparse.ArgumentParser, fields: set[str], exempt: set[str]) -> list[str]:
@@ -126,7 +124,7 @@ def test_an_invalid_value_is_refused_before_the_handler_runs(argv, fragment, cap
 
 
 def test_the_request_resolves_as_the_keyword_wrapper():
-    run = SimpleNamespace(sampler=SamplerConfig(), recommended_sampler=None)
+    run = SimpleNamespace(objective="cfm", sampler=SamplerConfig(), recommended_sampler=None)
     request = SettingsRequest(samples=3, solver="heun", tile_size=64)
     resolved = request.resolve(run)
     assert resolved == resolve_settings(run, samples=3, solver="heun", tile_size=64)

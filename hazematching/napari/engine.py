@@ -42,7 +42,7 @@ class Result:
 class Defaults:
     """What the widget pre-fills: the run's resolved settings (its tuned setting when there is one)."""
 
-    settings: InferenceSettings | None  # None for a package: its settings are baked in
+    settings: InferenceSettings | None  # None: a package (its settings are baked in) or a U-Net run (none)
     calibrated_available: bool
     note: str
 
@@ -63,6 +63,8 @@ class RunModel:
     def defaults(self) -> Defaults:
         from hazematching.settings import resolve_settings
 
+        if self.run.objective != "cfm":  # sampler settings would be refused
+            return Defaults(None, False, f"run {self.path}: a U-Net baseline (one prediction, no samples or std)")
         settings = resolve_settings(self.run.config)
         tuned = self.run.config.recommended_sampler is not None
         note = f"run {self.path}: " + ("its tuned sampler setting" if tuned else "its sampler defaults")

@@ -191,7 +191,7 @@ class DehazeWidget(QWidget):
         source = getattr(getattr(layer, "source", None), "path", None)
         self._cancel.clear()
         options = dict(
-            settings=self.settings() if self.model.kind == "run" else None,
+            settings=self.settings() if self.samples.isEnabled() else None,  # the model takes sampler settings
             noise=self.noise.currentText(),
             keep_samples=self.keep_samples.isChecked(),
             calibrated=self.calibrated.isChecked(),

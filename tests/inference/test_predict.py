@@ -229,15 +229,29 @@ def test_anchor_mmse_setting_is_stored_resolved_and_the_same_in_the_exported_mod
         assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
-def test_mmse_is_refused_for_a_u_net_run_and_in_its_training_config(baseline_run, sim_data):
-    """A U-Net predicts one image: an explicit --mmse would be silently ignored, so it is refused."""
+def test_sampler_settings_are_refused_for_a_u_net_run_and_in_its_training_config(baseline_run, sim_data, tmp_path):
+    """A U-Net predicts one image: an explicit --mmse, --samples, --steps, --solver or --seed would be
+    silently ignored, so each is refused in one line naming it; the tiling settings still apply."""
     from hazematching.config import TrainConfig
     from hazematching.settings import SettingError, resolve_settings
 
     run = load_model(baseline_run)
     assert resolve_settings(run.config).mmse == "samples"
+    image = np.ones((64, 64), np.float32)
     with pytest.raises(SettingError, match="--mmse anchor: this is a U-Net baseline run"):
-        predict_array(run, np.ones((64, 64), np.float32), mmse="anchor", progress=False)
+        predict_array(run, image, mmse="anchor", progress=False)
+    with pytest.raises(SettingError, match="^--samples 16, --steps 5, --solver heun: this is a U-Net"):
+        predict_array(run, image, samples=16, steps=5, solver="heun", progress=False)
+    with pytest.raises(SettingError, match="^--seed 3: this is a U-Net"):
+        resolve_settings(run.config, seed=3)
+    assert resolve_settings(run.config, tile_size=32, overlap=8).tile_size == 32
+    paired = sorted((sim_data / "test").glob("*.tif"))[0]
+    with pytest.raises(SystemExit) as stop:
+        cli_main(
+            ["predict", "--model", str(baseline_run), "--input", str(paired), "--channel", "1"]
+            + ["--output", str(tmp_path / "u.tif"), "--samples", "4"]
+        )
+    assert stop.value.code == 2 and not (tmp_path / "u.tif").exists()
     with pytest.raises(ValueError, match="mmse 'anchor' needs objective 'cfm'"):
         TrainConfig(data=sim_data, output_dir=sim_data, objective="mse", sampler={"mmse": "anchor"})
     with pytest.raises(ValueError, match="finite number"):

@@ -105,6 +105,20 @@ def test_the_progress_bar_is_full_after_a_run_and_empty_after_a_cancel(qtbot, wi
     assert widget.progress.value() == 0
 
 
+def test_a_u_net_run_gives_its_one_prediction_with_the_sampler_settings_off(qtbot, widget, widefield, baseline_run):
+    """A U-Net takes no sampler settings (predict refuses them): the widget greys them out, sends
+    none, and adds the prediction only."""
+    widget.model_path.setText(str(baseline_run))
+    assert widget.load_model(), widget.status.text()
+    assert not widget.samples.isEnabled() and not widget.keep_samples.isEnabled()
+    assert "U-Net baseline" in widget.model_note.text()
+    widget.viewer.add_image(widefield[:64, :64], name="wf")
+    _run(qtbot, widget, "wf")
+    assert [layer.name for layer in widget.viewer.layers] == ["wf", "wf dehazed"], widget.status.text()
+    expected = predict_array(load_model(baseline_run), widefield[:64, :64].astype(np.float32), progress=False)
+    np.testing.assert_array_equal(widget.viewer.layers["wf dehazed"].data, expected.mean)
+
+
 def test_3d_layer_from_a_file_equals_the_cli_on_that_file(qtbot, widget, widefield, trained_run, tmp_path):
     stack = np.stack([widefield[:64, :64], widefield[64:128, :64], widefield[:64, 64:128]])
     path = tmp_path / "stack.tif"
