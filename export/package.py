@@ -43,6 +43,7 @@ def export_model(
     tile_size: int | None = None,
     overlap: int | None = None,
     mmse: str | None = None,
+    sample_noise: str | None = None,
     name: str = EXPORT_NAME,
     authors: list[str] | None = None,
     maintainers: list[str] | None = None,
@@ -64,7 +65,7 @@ def export_model(
     run = load_model(run_dir)
     if run.objective != "cfm":
         raise RunError(f"{run_dir} is a U-Net baseline run; only HazeMatching runs can be exported")
-    settings = resolve_settings(run.config, samples, steps, seed, solver, tile_size, overlap, mmse)
+    settings = resolve_settings(run.config, samples, steps, seed, solver, tile_size, overlap, mmse, sample_noise)
     if run.config.calibration is not None and (problem := run.config.calibration.mismatch(settings)):
         warnings.warn(f"the package applies the std calibration, but {problem}", CalibrationWarning, stacklevel=2)
     geometry = Geometry.of(run.model, window(settings.tile_size, settings.overlap, run.model.stride)[0])
@@ -123,6 +124,7 @@ def _dehazer_kwargs(run: LoadedRun, settings: InferenceSettings, geometry: Geome
         "halo": geometry.halo,  # consumer padding by the halo is recognised and not computed on
         # packages that average their samples into the MMSE keep the kwargs of earlier releases
         **({"mmse": settings.mmse} if settings.mmse != "samples" else {}),
+        **({"sample_noise": settings.sample_noise} if settings.sample_noise != "independent" else {}),
     }
 
 

@@ -150,6 +150,7 @@ def _export(args) -> None:
         tile_size=args.tile_size,
         overlap=args.overlap,
         mmse=args.mmse,
+        sample_noise=args.sample_noise,
         name=args.name,
         authors=args.authors,
         maintainers=args.maintainers,

@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from hazematching.architecture import KINDS, Architecture, UNetArchitecture
-from hazematching.core.sampler import MMSE_ESTIMATES, SOLVERS
+from hazematching.core.sampler import MMSE_ESTIMATES, SAMPLE_NOISES, SOLVERS
 from hazematching.core.tiles import OVERLAP, TILE_SIZE
 
 
@@ -68,6 +68,12 @@ class SamplerConfig(BaseModel):
         "take anchor unless this is given)",
     )
 
+    sample_noise: Literal[SAMPLE_NOISES] = Field(
+        "independent",
+        description="the K samples' starting noise: independent draws, or antithetic pairs (x0, -x0) whose mean "
+        "has less variance (a better MMSE for the same K)",
+    )
+
     @model_serializer(mode="wrap")
     def _unset_tiling_is_absent(self, handler):
         # runs that leave tiling (and the MMSE) to the package defaults keep the config.json of earlier releases
@@ -77,6 +83,8 @@ class SamplerConfig(BaseModel):
                 data.pop(key, None)
         if data.get("mmse") == "samples":
             data.pop("mmse", None)
+        if data.get("sample_noise") == "independent":  # what an earlier release's run samples with
+            data.pop("sample_noise", None)
         return data
 
 

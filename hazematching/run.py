@@ -115,7 +115,7 @@ class Calibration(BaseModel):
 
     # The spread of K samples after N solver steps depends on all three, so a fit holds only for them.
     # The MMSE's error depends on how it is made (``mmse``; fits of earlier releases do not record it).
-    TIED_TO: ClassVar[tuple[str, ...]] = ("samples", "steps", "solver", "mmse")
+    TIED_TO: ClassVar[tuple[str, ...]] = ("samples", "steps", "solver", "mmse", "sample_noise")
 
     def mismatch(self, settings) -> str | None:
         """Why this fit may not hold for ``settings`` (anything with samples/steps/solver), or None."""

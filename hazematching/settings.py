@@ -11,7 +11,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hazematching.core.sampler import MMSE_ESTIMATES, SOLVERS, evaluations_per_step
+from hazematching.core.sampler import MMSE_ESTIMATES, SAMPLE_NOISES, SOLVERS, evaluations_per_step
 from hazematching.core.tiles import OVERLAP, TILE_SIZE
 from hazematching.run import RunDescription
 
@@ -54,6 +54,7 @@ Solver = Literal[SOLVERS]
 TileSize = Annotated[int, Field(ge=16)]
 Overlap = Annotated[int, Field(ge=0)]
 Mmse = Literal[MMSE_ESTIMATES]
+SampleNoise = Literal[SAMPLE_NOISES]
 
 
 class SettingError(ValueError):
@@ -81,6 +82,7 @@ class InferenceSettings(BaseModel):
     tile_size: TileSize
     overlap: Overlap
     mmse: Mmse = "samples"  # the MMSE: the mean of the samples, or v(0, 0, c) ("anchor")
+    sample_noise: SampleNoise = "independent"  # the samples' x0: independent, or antithetic pairs
 
 
 class SettingsRequest(BaseModel):
@@ -117,11 +119,16 @@ class SettingsRequest(BaseModel):
         "a posterior-mean prediction in one network evaluation (trained by --mean-anchor-fraction); the std is the "
         "samples' either way (default: the run's)",
     )
+    sample_noise: SampleNoise | None = Field(
+        None,
+        description="the K samples' starting noise: independent draws, or antithetic pairs (x0, -x0), whose mean "
+        "is a better MMSE for the same K (default: the run's)",
+    )
 
     # The fields whose help a qualifier extends (export: "... inside the package").
     QUALIFIED: ClassVar[tuple[str, ...]] = ("samples", "steps", "solver", "seed", "tile_size")
     # The fields that only a HazeMatching run uses (a U-Net run refuses them).
-    SAMPLER: ClassVar[tuple[str, ...]] = ("samples", "steps", "solver", "seed", "mmse")
+    SAMPLER: ClassVar[tuple[str, ...]] = ("samples", "steps", "solver", "seed", "mmse", "sample_noise")
 
     def resolve(self, description: RunDescription) -> InferenceSettings:
         """Explicit values over the run's tuned solver and steps (used only when neither is given)
@@ -147,6 +154,7 @@ class SettingsRequest(BaseModel):
                 tile_size=self.tile_size or stored.tile_size or TILE_SIZE,
                 overlap=next(value for value in (self.overlap, stored.overlap, OVERLAP) if value is not None),
                 mmse=self.mmse or (recommended.mmse if recommended is not None else None) or stored.mmse,
+                sample_noise=self.sample_noise or stored.sample_noise,
             )
         except ValidationError as exc:
             raise setting_error(exc) from None
@@ -194,6 +202,7 @@ def resolve_settings(
     tile_size: int | None = None,
     overlap: int | None = None,
     mmse: str | None = None,
+    sample_noise: str | None = None,
 ) -> InferenceSettings:
     """``SettingsRequest(...).resolve(description)`` for keyword values (None, or an empty solver or
     a zero tile size: not given)."""
@@ -211,6 +220,7 @@ def resolve_settings(
             tile_size=tile_size or None,
             overlap=overlap,
             mmse=mmse or None,
+            sample_noise=sample_noise or None,
         )
     except ValidationError as exc:
         raise setting_error(exc) from None

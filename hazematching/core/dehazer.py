@@ -47,9 +47,11 @@ class Dehazer(nn.Module):
         overlap: int = OVERLAP,
         halo: int = 0,
         mmse: str = "samples",
+        sample_noise: str = "independent",
     ):
         super().__init__()
-        self.sampler = ODESampler(build_network(architecture), architecture.get("out_channels", 1), solver)
+        out_channels = architecture.get("out_channels", 1)
+        self.sampler = ODESampler(build_network(architecture), out_channels, solver, sample_noise)
         self.input_mean, self.input_std = float(input_mean), float(input_std)
         self.target_mean, self.target_std = float(target_mean), float(target_std)
         self.samples, self.steps, self.seed = int(samples), int(steps), int(seed)

@@ -20,6 +20,10 @@ from .noise import hash_normal
 SOLVERS = ("euler", "midpoint", "heun", "shortcut")
 # How the MMSE is made: the mean of the K samples, or the velocity at the anchor (x = 0, t = 0)
 MMSE_ESTIMATES = ("samples", "anchor")
+# The noise x0 of the K samples: independent draws, or antithetic pairs (sample 2j + 1 starts from the
+# negated x0 of sample 2j; antithetic variates): each sample is still a posterior sample, and where the
+# flow is close to linear in x0 the pair's deviations cancel, so their mean has less variance.
+SAMPLE_NOISES = ("independent", "antithetic")
 
 
 def evaluations_per_step(solver: str) -> int:
@@ -48,9 +52,12 @@ def update_moments(
 class ODESampler(nn.Module):
     """Wraps a velocity network; ``draw`` returns posterior samples for a batch of conditions."""
 
-    def __init__(self, net: nn.Module, out_channels: int = 1, solver: str = "euler"):
+    def __init__(self, net: nn.Module, out_channels: int = 1, solver: str = "euler", sample_noise: str = "independent"):
         super().__init__()
         evaluations_per_step(solver)
+        if sample_noise not in SAMPLE_NOISES:
+            raise ValueError(f"sample_noise={sample_noise!r}: expected one of {', '.join(SAMPLE_NOISES)}")
+        self.antithetic = sample_noise == "antithetic"
         if solver == "shortcut" and not getattr(net, "step_conditioning", False):
             raise ValueError(
                 "the shortcut solver needs a network trained with step conditioning (train or fine-tune with "
@@ -122,10 +129,13 @@ class ODESampler(nn.Module):
     ) -> torch.Tensor:
         """The x0 of noise indices ``index .. index + count - 1``, sample-major (count * B, C, H, W)."""
         b, h, w = cond.shape[0], cond.shape[2], cond.shape[3]
-        noise = [
-            hash_normal(seed, index + s, b, self.out_channels, h, w, origin_y, origin_x, cond.device)
-            for s in range(count)
-        ]
+        noise = []
+        for s in range(count):
+            k = index + s
+            z = hash_normal(
+                seed, k // 2 if self.antithetic else k, b, self.out_channels, h, w, origin_y, origin_x, cond.device
+            )
+            noise.append(-z if self.antithetic and k % 2 == 1 else z)
         return torch.cat(noise, dim=0).to(cond.dtype)
 
 
@@ -144,6 +154,7 @@ def sample_posterior(
     solver: str | None = None,
     samples_per_call: int = 1,
     mmse: str = "samples",
+    sample_noise: str = "independent",
 ) -> Posterior:
     """Draw ``num_samples`` samples for a batch of (normalised) hazy images ``cond``; the MMSE is their
     mean (``mmse="samples"``) or ``ODESampler.anchor_mean`` (``"anchor"``, one more network evaluation);
@@ -164,9 +175,11 @@ def sample_posterior(
     if isinstance(model, ODESampler):
         if solver is not None and solver != model.solver:
             raise ValueError(f"solver={solver!r}, but this ODESampler was built with solver={model.solver!r}")
+        if model.antithetic != (sample_noise == "antithetic"):
+            raise ValueError(f"sample_noise={sample_noise!r}, but this ODESampler was built with the other noise")
         sampler = model
     else:  # the state x_t has the network's output (velocity) channels
-        sampler = ODESampler(model, getattr(model, "out_channels", cond.shape[1]), solver or "euler")
+        sampler = ODESampler(model, getattr(model, "out_channels", cond.shape[1]), solver or "euler", sample_noise)
     b, _, h, w = cond.shape
     mean = torch.zeros(b, sampler.out_channels, h, w, device=cond.device, dtype=torch.float32)
     m2 = torch.zeros_like(mean)

@@ -107,6 +107,7 @@ def predict_array(
     job_planes: int = 1,
     on_progress: Callable[[int, int], None] | None = None,
     mmse: str | None = None,
+    sample_noise: str | None = None,
     settings: InferenceSettings | None = None,
     batch_size: int | None = None,
     sample_batch: int | None = None,
@@ -136,7 +137,7 @@ def predict_array(
             "(--calibrated); leave those out"
         )
     cal = calibration(run) if calibrated else None
-    separate = (samples, steps, seed, solver, tile_size, overlap, mmse)
+    separate = (samples, steps, seed, solver, tile_size, overlap, mmse, sample_noise)
     if settings is None:
         settings = resolve_settings(run.config, *separate)
     elif any(value is not None for value in separate):
@@ -229,6 +230,7 @@ def predict_array(
                     solver=solver,
                     samples_per_call=per_call,
                     mmse=mmse,
+                    sample_noise=settings.sample_noise,
                 )
                 out_mean, out_std, out_samples = post.mean, post.std, post.samples
             out_mean = out_mean.float().cpu().numpy()

@@ -295,3 +295,42 @@ def test_a_u_net_run_predicts_files_through_the_experiment_runner(baseline_run, 
     assert result["failed"] == {} and not (tmp_path / "unet_std.tif").exists()
     expected = predict_array(load_model(baseline_run), read_two_channel(paired).input, progress=False).mean
     assert np.allclose(tifffile.imread(tmp_path / "unet.tif"), expected, atol=1e-5 * np.abs(expected).max())
+
+
+def test_antithetic_samples_predict_as_the_exported_model_and_are_stored_per_run(trained_run, tmp_path):
+    """--sample-noise antithetic: predict and the exported model (TorchScript) give the same mean and
+    std; the first sample is the independent one, the mean differs; a run that stores the setting
+    uses it, an explicit value overrides it, and a run without it keeps its config.json as before."""
+    import shutil
+
+    from hazematching.core.dehazer import Dehazer
+    from hazematching.run import read_description, write_description
+    from hazematching.settings import resolve_settings
+
+    run = load_model(trained_run)
+    image = np.random.default_rng(1).uniform(50, 150, (64, 64)).astype(np.float32)
+    options = dict(samples=4, steps=2, seed=2, progress=False, keep_samples=True)
+    pairs = predict_array(run, image, sample_noise="antithetic", **options)
+    plain = predict_array(run, image, **options)
+    assert np.array_equal(pairs.samples[0], plain.samples[0]) and not np.allclose(pairs.mean, plain.mean)
+    norm = run.normalization.to_dict()
+    architecture = run.config.architecture.model_dump(mode="json")
+    model = Dehazer(architecture, **norm, samples=4, steps=2, seed=2, sample_noise="antithetic").eval()
+    model.sampler.net.load_state_dict(run.model.state_dict())
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        out = scripted(torch.from_numpy(image[None, None]))[0].numpy()
+    for got, expected in ((out[0], pairs.mean), (out[1], pairs.std)):
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+    assert "sample_noise" not in json.loads((trained_run / "config.json").read_text())["sampler"]
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
+    description = read_description(run_dir)
+    sampler = description.sampler.model_copy(update={"sample_noise": "antithetic"})
+    write_description(run_dir, description.model_copy(update={"sampler": sampler}))
+    stored = load_model(run_dir)
+    assert resolve_settings(stored.config).sample_noise == "antithetic"
+    assert resolve_settings(stored.config, sample_noise="independent").sample_noise == "independent"
+    again = predict_array(stored, image, **{k: v for k, v in options.items() if k != "keep_samples"})
+    assert np.array_equal(again.mean, pairs.mean)

@@ -131,8 +131,9 @@ def result_settings(
     """Everything that changes the output numbers (the resolved ``inference`` settings, the precision
     among the speed ``options``, ...): outputs made with other settings are never mixed in."""
     settings = inference.model_dump()
-    if settings["mmse"] == "samples":  # manifests of earlier releases stay valid
-        del settings["mmse"]
+    for key, earlier in (("mmse", "samples"), ("sample_noise", "independent")):
+        if settings[key] == earlier:  # manifests of earlier releases stay valid
+            del settings[key]
     settings["precision"] = resolve_precision(options.get("precision", "auto"), device)
     settings.update(
         model_sha256=file_sha256(Path(model_dir) / WEIGHTS_NAME),
@@ -142,7 +143,7 @@ def result_settings(
         calibration=run.config.calibration.model_dump() if calibrated and run.config.calibration else None,
     )
     if run.objective == "mse":  # one deterministic prediction: no sampler settings
-        for key in ("samples", "steps", "solver", "seed", "save_samples", "calibration", "mmse"):
+        for key in ("samples", "steps", "solver", "seed", "save_samples", "calibration", "mmse", "sample_noise"):
             settings.pop(key, None)
     return settings
 
