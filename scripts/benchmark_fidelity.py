@@ -9,13 +9,16 @@ each way of making the MMSE:
 
 - "samples": the mean of K posterior samples (K x N network evaluations per pixel, today's);
 - "Euler-2": the mean of K two-step samples (a few-step sampler: 2K evaluations);
-- "anchor": v(0, 0, c), the network's posterior-mean prediction (1 evaluation; ``--mmse anchor``).
+- "anchor": v(0, 0, c), the network's posterior-mean prediction (1 evaluation; ``--mmse anchor``);
+- "antithetic": the mean of K samples drawn in antithetic pairs (x0, -x0) (``--sample-noise
+  antithetic``), at today's K and N and at a few-evaluation K and N (``--few-samples``/``--few-steps``);
+  these rows' std, first sample and slope are their own samples'.
 
 Prints MMSE PSNR / MS-SSIM / MicroMS3IM, one sample's PSNR / MicroMS3IM / FSIM / GMSD (the first of
 the K samples), the calibration slope a of RMSE = a RMV + b (std of the K samples against the error
 of that MMSE, on the held-out pixels), NFE per pixel for the MMSE and the std, training wall time.
 
-    python scripts/benchmark_fidelity.py --workdir bench/fidelity --max-steps 600 --seeds 0,1
+    python scripts/benchmark_fidelity.py --workdir bench/fidelity --max-steps 600 --seeds 0,1,2
 """
 
 import argparse
@@ -56,31 +59,51 @@ def train(data: Path, out: Path, flags: list[str], args, seed: int) -> float:
 
 
 def mmse_rows(run, pairs, args) -> dict[str, dict]:
-    """Every MMSE estimate of one flow-matching run on the held-out pairs, with the shared samples."""
-    ways = {  # (samples, steps, mmse)
-        f"samples K={args.samples} Euler-{args.steps}": (args.samples, args.steps, "samples"),
-        f"Euler-2 K={args.samples}": (args.samples, 2, "samples"),
-        "anchor v(0, 0, c)": (1, 1, "anchor"),
+    """Every MMSE estimate of one flow-matching run on the held-out pairs. The independent-noise rows
+    share the std and the first sample of today's setting (K x N independent samples); the antithetic
+    rows have their own samples, so their std, first sample and slope are theirs."""
+    k, n = args.samples, args.steps
+    ways = {  # (samples, steps, mmse, sample noise)
+        f"samples K={k} Euler-{n}": (k, n, "samples", "independent"),
+        f"Euler-2 K={k}": (k, 2, "samples", "independent"),
+        "anchor v(0, 0, c)": (1, 1, "anchor", "independent"),
+        f"antithetic K={k} Euler-{n}": (k, n, "samples", "antithetic"),
+        f"antithetic K={args.few_samples} Euler-{args.few_steps}": (
+            args.few_samples,
+            args.few_steps,
+            "samples",
+            "antithetic",
+        ),
     }
     rows = {
-        name: {"mmse": [], "sample": [], "std": [], "error": [], "nfe": 1 if mmse == "anchor" else k * n}
-        for name, (k, n, mmse) in ways.items()
+        name: {
+            "mmse": [],
+            "sample": [],
+            "std": [],
+            "error": [],
+            "nfe": 1 if mmse == "anchor" else kk * nn,
+            "std_nfe": kk * nn if noise == "antithetic" else k * n,
+        }
+        for name, (kk, nn, mmse, noise) in ways.items()
     }
     for pair in pairs:
         options = dict(solver="euler", seed=0, progress=False)
-        posterior = predict_array(
-            run, pair.input, samples=args.samples, steps=args.steps, keep_samples=True, mmse="samples", **options
+        shared = predict_array(
+            run, pair.input, samples=k, steps=n, keep_samples=True, sample_noise="independent", **options
         )
-        sample = image_row(posterior.samples[0], pair.target, structure=True)
-        for name, (k, n, mmse) in ways.items():
-            if (k, n, mmse) == (args.samples, args.steps, "samples"):
-                mean = posterior.mean
+        for name, (kk, nn, mmse, noise) in ways.items():
+            if (kk, nn, mmse, noise) == (k, n, "samples", "independent"):
+                own = shared
             else:
-                mean = predict_array(run, pair.input, samples=k, steps=n, mmse=mmse, **options).mean
-            rows[name]["mmse"].append(image_row(mean, pair.target))
-            rows[name]["sample"].append(sample)
-            rows[name]["std"].append(posterior.std.ravel())
-            rows[name]["error"].append((mean - pair.target).ravel())
+                keep = noise == "antithetic"  # its own samples: its std and first sample
+                own = predict_array(
+                    run, pair.input, samples=kk, steps=nn, mmse=mmse, sample_noise=noise, keep_samples=keep, **options
+                )
+            spread = own if noise == "antithetic" else shared
+            rows[name]["mmse"].append(image_row(own.mean, pair.target))
+            rows[name]["sample"].append(image_row(spread.samples[0], pair.target, structure=True))
+            rows[name]["std"].append(spread.std.ravel())
+            rows[name]["error"].append((own.mean - pair.target).ravel())
     return rows
 
 
@@ -117,6 +140,8 @@ def main() -> None:
     parser.set_defaults(workdir=Path("bench/fidelity"), heldout_images=6)
     parser.add_argument("--samples", type=int, default=8, help="K posterior samples (std, and today's MMSE)")
     parser.add_argument("--steps", type=int, default=10, help="Euler steps of the posterior samples")
+    parser.add_argument("--few-samples", type=int, default=4, help="K of the few-evaluation antithetic row")
+    parser.add_argument("--few-steps", type=int, default=4, help="Euler steps of the few-evaluation antithetic row")
     parser.add_argument("--anchor-fractions", default="0.25,0.5", help="comma-separated --mean-anchor-fraction values")
     parser.add_argument("--datasets", default="committed,simulated")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds; the table averages over them")
@@ -165,7 +190,7 @@ def main() -> None:
                 ]
                 m, s = sum((r["mmse"] for r in rows), []), sum((r["sample"] for r in rows), [])
                 lines.append(
-                    f"| {set_name} | {approach} | {way} | {rows[0]['nfe']} | {args.samples * args.steps} | "
+                    f"| {set_name} | {approach} | {way} | {rows[0]['nfe']} | {rows[0]['std_nfe']} | "
                     f"{mean_of(m, 'psnr')}{seed_spread([r['mmse'] for r in rows])} | {mean_of(m, 'ms_ssim')} | "
                     f"{mean_of(m, 'micro_ms3im')} | {mean_of(s, 'psnr')} | {mean_of(s, 'micro_ms3im')} | "
                     f"{mean_of(s, 'fsim')} | {mean_of(s, 'gmsd')} | {np.mean(slopes):.2f}{spread(slopes)} | "
