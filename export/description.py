@@ -56,7 +56,8 @@ def model_description(
                 )
                 + ") and the samples' per-pixel std"
                 if settings.mmse == "anchor"
-                else "returns their mean (MMSE) and per-pixel std"
+                else ("draws them in antithetic pairs (x0, -x0) and " if settings.sample_noise == "antithetic" else "")
+                + "returns their mean (MMSE) and per-pixel std"
             )
             + " as two output channels."
         ),

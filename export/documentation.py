@@ -147,6 +147,12 @@ def mmse_detail(config: RunDescription, settings: InferenceSettings) -> str:
     """How the MMSE channel is computed, and why that estimate (what the run was trained for, what
     ``hazematching tune`` measured)."""
     if settings.mmse != "anchor":
+        if settings.sample_noise == "antithetic":
+            return (
+                "mean (the MMSE) and standard deviation over the samples, drawn in antithetic pairs (every second "
+                "sample starts from the negated noise of the one before it; each is still a posterior sample, and "
+                "their mean varies less than that of independent samples)"
+            )
         return "mean (the MMSE) and standard deviation over the samples"
     fraction = config.training.mean_anchor_fraction
     trained = (

@@ -123,8 +123,9 @@ class Calibration(BaseModel):
         used = {key: getattr(settings, key) for key in fitted}
         if fitted == used:
             return None
-        if fitted.get("mmse") == used.get("mmse") == "samples":  # named only where it matters
-            del fitted["mmse"], used["mmse"]
+        for key in ("mmse", "sample_noise"):  # named only where they differ
+            if key in fitted and fitted[key] == used[key]:
+                del fitted[key], used[key]
         flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in used.items())
         return (
             f"the std calibration was fitted with {_describe(fitted)} but these predictions use {_describe(used)}, "

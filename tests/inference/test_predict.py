@@ -221,7 +221,10 @@ def test_anchor_mmse_setting_is_stored_resolved_and_the_same_in_the_exported_mod
 
     norm = run.normalization.to_dict()
     architecture = run.config.architecture.model_dump(mode="json")
-    model = Dehazer(architecture, **norm, samples=2, steps=2, seed=5, tile_size=96, overlap=48, mmse="anchor").eval()
+    noise = resolve_settings(run.config).sample_noise  # the run's, as export passes it
+    model = Dehazer(
+        architecture, **norm, samples=2, steps=2, seed=5, tile_size=96, overlap=48, mmse="anchor", sample_noise=noise
+    ).eval()
     model.sampler.net.load_state_dict(run.model.state_dict())
     with torch.no_grad():
         out = torch.jit.script(model)(torch.from_numpy(image[None, None].astype(np.float32)))[0].numpy()
@@ -280,7 +283,8 @@ def test_a_negative_calibration_offset_never_gives_a_negative_std(trained_run, t
     assert np.allclose(calibrated.std, np.maximum(plain.std + offset, 0), atol=1e-4 * plain.std.max())
     norm = run.normalization.to_dict()
     architecture = run.config.architecture.model_dump(mode="json")
-    model = Dehazer(architecture, **norm, samples=2, steps=2, seed=1, std_offset=offset).eval()
+    noise = run.config.sampler.sample_noise  # the run's, as export passes it
+    model = Dehazer(architecture, **norm, samples=2, steps=2, seed=1, std_offset=offset, sample_noise=noise).eval()
     model.sampler.net.load_state_dict(run.model.state_dict())
     with torch.no_grad():
         out = model(torch.from_numpy(image[None, None].astype(np.float32)))[0, 1].numpy()
@@ -299,8 +303,9 @@ def test_a_u_net_run_predicts_files_through_the_experiment_runner(baseline_run, 
 
 def test_antithetic_samples_predict_as_the_exported_model_and_are_stored_per_run(trained_run, tmp_path):
     """--sample-noise antithetic: predict and the exported model (TorchScript) give the same mean and
-    std; the first sample is the independent one, the mean differs; a run that stores the setting
-    uses it, an explicit value overrides it, and a run without it keeps its config.json as before."""
+    std; the first sample is the independent one, the mean differs. A run trained by this release
+    stores antithetic; a config.json without the field (earlier releases) samples independently,
+    and an explicit value overrides either."""
     import shutil
 
     from hazematching.core.dehazer import Dehazer
@@ -311,7 +316,7 @@ def test_antithetic_samples_predict_as_the_exported_model_and_are_stored_per_run
     image = np.random.default_rng(1).uniform(50, 150, (64, 64)).astype(np.float32)
     options = dict(samples=4, steps=2, seed=2, progress=False, keep_samples=True)
     pairs = predict_array(run, image, sample_noise="antithetic", **options)
-    plain = predict_array(run, image, **options)
+    plain = predict_array(run, image, sample_noise="independent", **options)
     assert np.array_equal(pairs.samples[0], plain.samples[0]) and not np.allclose(pairs.mean, plain.mean)
     norm = run.normalization.to_dict()
     architecture = run.config.architecture.model_dump(mode="json")
@@ -323,14 +328,16 @@ def test_antithetic_samples_predict_as_the_exported_model_and_are_stored_per_run
     for got, expected in ((out[0], pairs.mean), (out[1], pairs.std)):
         assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
 
-    assert "sample_noise" not in json.loads((trained_run / "config.json").read_text())["sampler"]
+    assert json.loads((trained_run / "config.json").read_text())["sampler"]["sample_noise"] == "antithetic"
+    assert np.array_equal(predict_array(run, image, **options).mean, pairs.mean)  # the run's default
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
-    description = read_description(run_dir)
-    sampler = description.sampler.model_copy(update={"sample_noise": "antithetic"})
-    write_description(run_dir, description.model_copy(update={"sampler": sampler}))
-    stored = load_model(run_dir)
-    assert resolve_settings(stored.config).sample_noise == "antithetic"
-    assert resolve_settings(stored.config, sample_noise="independent").sample_noise == "independent"
-    again = predict_array(stored, image, **{k: v for k, v in options.items() if k != "keep_samples"})
-    assert np.array_equal(again.mean, pairs.mean)
+    data = json.loads((run_dir / "config.json").read_text())
+    del data["sampler"]["sample_noise"]  # as an earlier release wrote it
+    (run_dir / "config.json").write_text(json.dumps(data))
+    older = load_model(run_dir)
+    assert resolve_settings(older.config).sample_noise == "independent"
+    assert resolve_settings(older.config, sample_noise="antithetic").sample_noise == "antithetic"
+    assert np.array_equal(predict_array(older, image, **options).mean, plain.mean)
+    write_description(run_dir, read_description(run_dir))  # rewritten (calibrate, tune): still without it
+    assert "sample_noise" not in json.loads((run_dir / "config.json").read_text())["sampler"]

@@ -60,6 +60,7 @@ def test_exported_model_tiles_exactly_like_predict(trained_run):
     dehazer = Dehazer(
         run.config.architecture.model_dump(),
         **run.normalization.to_dict(),
+        sample_noise=run.config.sampler.sample_noise,  # the run's, as export passes it
         samples=2,
         steps=2,
         seed=4,
@@ -80,6 +81,7 @@ def _dehazer(run, halo):
     dehazer = Dehazer(
         run.config.architecture.model_dump(),
         **run.normalization.to_dict(),
+        sample_noise=run.config.sampler.sample_noise,  # the run's, as export passes it
         samples=2,
         steps=2,
         seed=4,
@@ -158,6 +160,7 @@ def test_shortcut_sampling_is_the_same_batched_tiled_and_exported(shortcut_run):
     dehazer = Dehazer(
         run.config.architecture.model_dump(),
         **run.normalization.to_dict(),
+        sample_noise=run.config.sampler.sample_noise,  # the run's, as export passes it
         samples=3,
         steps=2,
         seed=4,

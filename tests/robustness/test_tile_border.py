@@ -43,6 +43,7 @@ def test_the_exported_model_pads_the_image_as_predict_does(trained_run, sim_data
     model = Dehazer(
         run.config.architecture.model_dump(mode="json"),
         **run.normalization.to_dict(),
+        sample_noise=run.config.sampler.sample_noise,  # the run's, as export passes it
         tile_size=64,
         overlap=16,
         **settings,
