@@ -40,6 +40,11 @@ def write_documentation(
             seed=settings.seed,
             solver=settings.solver.capitalize(),
             mmse_detail=mmse_detail(config, settings),
+            pairs_note=(
+                " The samples come in antithetic pairs: sample 2j + 1 starts from the negated noise of sample 2j."
+                if settings.sample_noise == "antithetic"
+                else ""
+            ),
             tile_size=model.tile_size,
             overlap=model.overlap,
             halo=geometry.halo,

@@ -306,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit the std calibration a*std+b on validation data and store it in the run",
         description="Bin pixels by predicted std, compare the RMSE (root mean squared error) with the RMV (root "
         "mean variance, i.e. the predicted std) per bin, fit RMSE = a*RMV + b on --data and plot both curves on a "
-        "held-out split. The fit holds for the K, N and solver it was made with: predict --calibrated warns when "
-        "they differ.",
+        "held-out split. The fit holds for the K, N, solver and sample noise it was made with: predict --calibrated "
+        "warns when they differ.",
     )
     _add_command(
         sub,
@@ -342,13 +342,15 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
-def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
-    """``--debug`` on every (sub)command: a traceback instead of the one-line error."""
-    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
+def _add_debug_flag(parser: argparse.ArgumentParser, top: bool = True) -> None:
+    """``--debug`` on every (sub)command: a traceback instead of the one-line error. A subcommand's
+    flag has no default, so ``hazematching --debug predict ...`` keeps the top-level one."""
+    default = False if top else argparse.SUPPRESS
+    parser.add_argument("--debug", action="store_true", default=default, help="on an error, show the Python traceback")
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
-                _add_debug_flag(sub)
+                _add_debug_flag(sub, top=False)
 
 
 def _one_line(exc: BaseException) -> str:

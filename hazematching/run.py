@@ -119,7 +119,8 @@ class Calibration(BaseModel):
 
     def mismatch(self, settings) -> str | None:
         """Why this fit may not hold for ``settings`` (anything with samples/steps/solver), or None."""
-        fitted = {key: self.settings[key] for key in self.TIED_TO if self.settings.get(key) is not None}
+        recorded = {"sample_noise": "independent", **self.settings}  # fits before it existed: independent
+        fitted = {key: recorded[key] for key in self.TIED_TO if recorded.get(key) is not None}
         used = {key: getattr(settings, key) for key in fitted}
         if fitted == used:
             return None
@@ -135,7 +136,8 @@ class Calibration(BaseModel):
 
 
 def _describe(settings: dict) -> str:
-    return ", ".join(f"{ {'samples': 'K', 'steps': 'N'}.get(key, key) } = {value}" for key, value in settings.items())
+    names = {"samples": "K", "steps": "N", "sample_noise": "sample noise"}
+    return ", ".join(f"{names.get(key, key)} = {value}" for key, value in settings.items())
 
 
 class SamplerRecommendation(BaseModel):

@@ -88,5 +88,6 @@ def test_an_unexpected_error_points_to_debug_which_shows_the_traceback(monkeypat
     code, err = outcome(["reference", "list"], capsys)
     assert code == 1
     assert_one_line(err, "unexpected TypeError: a bug", "--debug")
-    with pytest.raises(TypeError, match="a bug"):
-        cli.main(["reference", "list", "--debug"])
+    for argv in (["reference", "list", "--debug"], ["--debug", "reference", "list"]):  # either place
+        with pytest.raises(TypeError, match="a bug"):
+            cli.main(argv)

@@ -341,3 +341,16 @@ def test_antithetic_samples_predict_as_the_exported_model_and_are_stored_per_run
     assert resolve_settings(stored.config).sample_noise == "antithetic"
     assert resolve_settings(stored.config, sample_noise="independent").sample_noise == "independent"
     assert np.array_equal(predict_array(stored, image, **options).mean, pairs.mean)
+
+
+def test_a_calibration_fitted_before_sample_noise_existed_warns_for_antithetic_samples():
+    """Fits of earlier releases record no sample noise: they were made with independent samples, so
+    predicting antithetic pairs with them is named as a mismatch, with the flag that refits."""
+    from hazematching.run import Calibration
+    from hazematching.settings import InferenceSettings
+
+    fit = Calibration(scale=1.2, offset=0.0, settings={"samples": 4, "steps": 2, "solver": "euler"})
+    common = dict(samples=4, steps=2, seed=0, solver="euler", tile_size=256, overlap=64)
+    assert fit.mismatch(InferenceSettings(**common)) is None
+    problem = fit.mismatch(InferenceSettings(**common, sample_noise="antithetic"))
+    assert "sample noise = independent but these predictions use" in problem and "--sample-noise antithetic" in problem

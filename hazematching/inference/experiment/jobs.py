@@ -117,6 +117,10 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Settings written to a manifest only when they differ from what earlier releases always used.
+OMITTED_DEFAULTS = {"mmse": "samples", "sample_noise": "independent"}
+
+
 def result_settings(
     run: LoadedRun,
     model_dir: Path,
@@ -131,7 +135,7 @@ def result_settings(
     """Everything that changes the output numbers (the resolved ``inference`` settings, the precision
     among the speed ``options``, ...): outputs made with other settings are never mixed in."""
     settings = inference.model_dump()
-    for key, earlier in (("mmse", "samples"), ("sample_noise", "independent")):
+    for key, earlier in OMITTED_DEFAULTS.items():
         if settings[key] == earlier:  # manifests of earlier releases stay valid
             del settings[key]
     settings["precision"] = resolve_precision(options.get("precision", "auto"), device)

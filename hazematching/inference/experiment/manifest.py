@@ -4,7 +4,7 @@ import json
 import time
 from pathlib import Path
 
-from hazematching.inference.experiment.jobs import FileJob, JobError, input_stat
+from hazematching.inference.experiment.jobs import OMITTED_DEFAULTS, FileJob, JobError, input_stat
 from hazematching.run import atomic_write_bytes
 from hazematching.version import __version__
 
@@ -51,10 +51,14 @@ class Manifest:
             entry = self.files.get(key, {})
             old = entry.get("settings") or {}
             if entry.get("status") == "complete" and old != settings:
+
+                def value(values: dict, k: str):
+                    return values.get(k, OMITTED_DEFAULTS.get(k))  # an omitted setting is its default
+
                 diff = [
-                    f"{k} {old.get(k)!r} -> {settings.get(k)!r}"
+                    f"{k} {value(old, k)!r} -> {value(settings, k)!r}"
                     for k in sorted(set(old) | set(settings))
-                    if old.get(k) != settings.get(k) and k != "model_sha256"
+                    if value(old, k) != value(settings, k) and k != "model_sha256"
                 ]
                 if old.get("model_sha256") != settings.get("model_sha256"):
                     diff.insert(0, "another model")
