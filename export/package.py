@@ -66,7 +66,7 @@ def export_model(
     if run.objective != "cfm":
         raise RunError(f"{run_dir} is a U-Net baseline run; only HazeMatching runs can be exported")
     settings = resolve_settings(run.config, samples, steps, seed, solver, tile_size, overlap, mmse, sample_noise)
-    if run.config.calibration is not None and (problem := run.config.calibration.mismatch(settings)):
+    if run.config.calibration is not None and (problem := run.config.calibration.mismatch(settings, str(run_dir))):
         warnings.warn(f"the package applies the std calibration, but {problem}", CalibrationWarning, stacklevel=2)
     geometry = Geometry.of(run.model, window(settings.tile_size, settings.overlap, run.model.stride)[0])
     kwargs = _dehazer_kwargs(run, settings, geometry)

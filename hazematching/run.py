@@ -117,8 +117,9 @@ class Calibration(BaseModel):
     # The MMSE's error depends on how it is made (``mmse``; fits of earlier releases do not record it).
     TIED_TO: ClassVar[tuple[str, ...]] = ("samples", "steps", "solver", "mmse", "sample_noise")
 
-    def mismatch(self, settings) -> str | None:
-        """Why this fit may not hold for ``settings`` (anything with samples/steps/solver), or None."""
+    def mismatch(self, settings, model: str = "RUN") -> str | None:
+        """Why this fit may not hold for ``settings`` (anything with samples/steps/solver), or None; the
+        refit command names ``model`` and the data of this fit."""
         recorded = {"sample_noise": "independent", **self.settings}  # fits before it existed: independent
         fitted = {key: recorded[key] for key in self.TIED_TO if recorded.get(key) is not None}
         used = {key: getattr(settings, key) for key in fitted}
@@ -130,8 +131,8 @@ class Calibration(BaseModel):
         flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in used.items())
         return (
             f"the std calibration was fitted with {_describe(fitted)} but these predictions use {_describe(used)}, "
-            f"so the calibrated std may be off; refit it for these settings with `hazematching calibrate --model RUN "
-            f"--data VAL_DIR {flags}`"
+            "so the calibrated std may be off; refit it for these settings with "
+            f"`hazematching calibrate --model {model} --data {self.fit_data or 'VAL_DIR'} {flags}`"
         )
 
 

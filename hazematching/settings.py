@@ -61,6 +61,17 @@ class SettingError(ValueError):
     """An invalid setting value (``--steps 0``): the CLI exits with status 2, as argparse does."""
 
 
+def refuse_point_predictor_outputs(objective: str, keep_samples: bool, calibrated: bool) -> None:
+    """A U-Net run (objective ``mse``) predicts one image: asking for its samples or a calibrated std is
+    an invalid setting (``SettingError``, exit status 2), as a sampler flag is."""
+    if objective == "mse" and (keep_samples or calibrated):
+        given = [flag for flag, on in (("--save-samples", keep_samples), ("--calibrated", calibrated)) if on]
+        raise SettingError(
+            f"{', '.join(given)}: a U-Net baseline run predicts one image: it has no samples and no std to "
+            "calibrate; leave them out"
+        )
+
+
 def setting_error(exc: ValidationError) -> SettingError:
     """One line naming each invalid value by its flag: ``--steps 0: Input should be ...``."""
     problems = []

@@ -13,6 +13,8 @@ each way of making the MMSE:
 - "antithetic": the mean of K samples drawn in antithetic pairs (x0, -x0) (``--sample-noise
   antithetic``), at today's K and N and at a few-evaluation K and N (``--few-samples``/``--few-steps``);
   these rows' std, first sample and slope are their own samples'.
+- "anchor, antithetic std": the anchor's MMSE with the std of the antithetic samples at today's K
+  and N (``--mmse anchor --sample-noise antithetic``).
 
 Prints MMSE PSNR / MS-SSIM / MicroMS3IM, one sample's PSNR / MicroMS3IM / FSIM / GMSD (the first of
 the K samples), the calibration slope a of RMSE = a RMV + b (std of the K samples against the error
@@ -104,6 +106,9 @@ def mmse_rows(run, pairs, args) -> dict[str, dict]:
             rows[name]["sample"].append(image_row(spread.samples[0], pair.target, structure=True))
             rows[name]["std"].append(spread.std.ravel())
             rows[name]["error"].append((own.mean - pair.target).ravel())
+    # The anchor's MMSE (1 NFE) beside the std of today's K and N antithetic samples: no new evaluations.
+    anchor, antithetic = rows["anchor v(0, 0, c)"], rows[f"antithetic K={k} Euler-{n}"]
+    rows["anchor, antithetic std"] = anchor | {key: antithetic[key] for key in ("sample", "std", "std_nfe")}
     return rows
 
 

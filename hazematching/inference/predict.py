@@ -28,7 +28,7 @@ from hazematching.inference.speed import (
 )
 from hazematching.inference.tiling import tiles
 from hazematching.run import LoadedRun, RunError
-from hazematching.settings import InferenceSettings, resolve_settings
+from hazematching.settings import InferenceSettings, refuse_point_predictor_outputs, resolve_settings
 
 MIN_SIZE = 16
 
@@ -131,11 +131,7 @@ def predict_array(
     if problem := out_of_range(run.normalization, image):
         warnings.warn(f"image: {problem}", InputRangeWarning, stacklevel=2)
     point_predictor = run.objective == "mse"
-    if point_predictor and (keep_samples or calibrated):
-        raise RunError(
-            "a U-Net baseline run predicts one image: it has no samples (--save-samples) and no std to calibrate "
-            "(--calibrated); leave those out"
-        )
+    refuse_point_predictor_outputs(run.objective, keep_samples, calibrated)
     cal = calibration(run) if calibrated else None
     separate = (samples, steps, seed, solver, tile_size, overlap, mmse, sample_noise)
     if settings is None:

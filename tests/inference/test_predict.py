@@ -234,7 +234,8 @@ def test_anchor_mmse_setting_is_stored_resolved_and_the_same_in_the_exported_mod
 
 def test_sampler_settings_are_refused_for_a_u_net_run_and_in_its_training_config(baseline_run, sim_data, tmp_path):
     """A U-Net predicts one image: an explicit --mmse, --samples, --steps, --solver or --seed would be
-    silently ignored, so each is refused in one line naming it; the tiling settings still apply."""
+    silently ignored, so each is refused in one line naming it (exit status 2), as are --save-samples
+    and --calibrated; the tiling settings still apply."""
     from hazematching.config import TrainConfig
     from hazematching.settings import SettingError, resolve_settings
 
@@ -255,6 +256,15 @@ def test_sampler_settings_are_refused_for_a_u_net_run_and_in_its_training_config
             + ["--output", str(tmp_path / "u.tif"), "--samples", "4"]
         )
     assert stop.value.code == 2 and not (tmp_path / "u.tif").exists()
+    for flags in (["--save-samples"], ["--calibrated"], ["--save-samples", "--calibrated"]):  # no samples, no std
+        with pytest.raises(SettingError, match=f"^{', '.join(flags)}: a U-Net baseline run predicts one image"):
+            predict_array(run, image, keep_samples="--save-samples" in flags, calibrated="--calibrated" in flags)
+        with pytest.raises(SystemExit) as stop:
+            cli_main(
+                ["predict", "--model", str(baseline_run), "--input", str(paired), "--channel", "1"]
+                + ["--output", str(tmp_path / "u.tif"), *flags]
+            )
+        assert stop.value.code == 2 and not (tmp_path / "u.tif").exists()
     with pytest.raises(ValueError, match="mmse 'anchor' needs objective 'cfm'"):
         TrainConfig(data=sim_data, output_dir=sim_data, objective="mse", sampler={"mmse": "anchor"})
     with pytest.raises(ValueError, match="finite number"):
@@ -354,3 +364,7 @@ def test_a_calibration_fitted_before_sample_noise_existed_warns_for_antithetic_s
     assert fit.mismatch(InferenceSettings(**common)) is None
     problem = fit.mismatch(InferenceSettings(**common, sample_noise="antithetic"))
     assert "sample noise = independent but these predictions use" in problem and "--sample-noise antithetic" in problem
+    assert "`hazematching calibrate --model RUN --data VAL_DIR " in problem  # where the fit's data is unknown
+    fitted = Calibration(scale=1.2, offset=0.0, settings={"samples": 4}, fit_data="/data/val")
+    refit = fitted.mismatch(InferenceSettings(**(common | {"samples": 8})), model="runs/a")
+    assert refit.endswith("`hazematching calibrate --model runs/a --data /data/val --samples 8`")

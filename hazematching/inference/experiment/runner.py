@@ -42,7 +42,7 @@ from hazematching.inference.experiment.schedule import ExperimentPlan, plan_job,
 from hazematching.inference.experiment.workfolder import WORK_NAME, WorkFolder
 from hazematching.inference.input_range import InputRangeWarning
 from hazematching.run import RunError, atomic_write_bytes, load_model
-from hazematching.settings import DEFAULT_NOISE, resolve_options, speed_of
+from hazematching.settings import DEFAULT_NOISE, refuse_point_predictor_outputs, resolve_options, speed_of
 
 
 @dataclass(frozen=True)
@@ -151,11 +151,7 @@ def plan_experiment(
     )
     plane_seed(0, noise, "", 0)  # an unknown mode fails here, before any output exists
     settings["noise"] = noise
-    if run.objective == "mse" and (keep_samples or calibrated):
-        raise RunError(
-            "a U-Net baseline run predicts one image: it has no samples (--save-samples) and no std to calibrate "
-            "(--calibrated); leave those out"
-        )
+    refuse_point_predictor_outputs(run.objective, keep_samples, calibrated)
     if calibrated and run.config.calibration is None:
         raise RunError("this run is not calibrated: run `hazematching calibrate --model RUN --data VAL_DIR` first")
     if not launch.single_input and folder.resolve() == input_path.resolve():
