@@ -71,7 +71,8 @@ class SamplerConfig(BaseModel):
     sample_noise: Literal[SAMPLE_NOISES] = Field(
         "independent",
         description="the K samples' starting noise: independent draws, or antithetic pairs (x0, -x0) whose mean "
-        "varies less (a higher PSNR, a lower MicroMS3IM in our benchmarks: see the Dehaze guide)",
+        "varies less (a higher MMSE PSNR at the same K, see the Dehaze guide); HazeMatching runs trained since it "
+        "exists take antithetic unless this is given, runs without it in their config.json sample independently",
     )
 
     @model_serializer(mode="wrap")
@@ -196,6 +197,9 @@ class TrainConfig(BaseModel):
         if self.mean_anchor_fraction > 0 and "mmse" not in self.sampler.model_fields_set:
             # a network trained at the anchor predicts the posterior mean there: its MMSE by default
             self.__dict__["sampler"] = self.sampler.model_copy(update={"mmse": "anchor"})
+        if self.objective == "cfm" and "sample_noise" not in self.sampler.model_fields_set:
+            # the samples' mean is a better MMSE at the same cost (scripts/benchmark_fidelity.py)
+            self.__dict__["sampler"] = self.sampler.model_copy(update={"sample_noise": "antithetic"})
         if self.time_grid_points >= 2 and "steps" not in self.sampler.model_fields_set:
             # a network trained on G time points is sampled on them: Euler with G - 1 steps
             self.__dict__["sampler"] = self.sampler.model_copy(update={"steps": self.time_grid_points - 1})

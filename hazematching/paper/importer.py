@@ -226,7 +226,7 @@ def _description(
         lr=1e-4,
         seed=42,
         time_grid_points=PAPER_TIME_GRID,
-        sampler=SamplerConfig(steps=PAPER_STEPS, solver="euler", tile_size=size),
+        sampler=SamplerConfig(steps=PAPER_STEPS, solver="euler", tile_size=size, sample_noise="independent"),
     )
     return RunDescription(
         format_version=FORMAT_VERSION,

@@ -82,9 +82,12 @@ def test_package_contents_and_rdf(package):
     # robustness case 4: the package states the intensities the model was trained on
     assert f"mean {stats['input_mean']:.4g} and\nstandard deviation {stats['input_std']:.4g}" in readme
     assert len(cover) < 500_000
-    # independent samples (the default) keep the kwargs of earlier releases
-    assert "sample_noise" not in rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]
-    assert "antithetic" not in rdf["description"]
+    # a run trained by this release samples in antithetic pairs, and the package says so
+    assert "antithetic pairs (x0, -x0)" in rdf["description"] and "drawn in antithetic pairs" in " ".join(
+        readme.split()
+    )
+    kwargs = rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]
+    assert kwargs["sample_noise"] == "antithetic"
 
 
 def test_bioimageio_test_passes_for_every_format(package):
@@ -252,9 +255,9 @@ def test_the_package_readme_says_how_the_anchor_mmse_was_made_and_whether_tune_c
 
     config = load_model(trained_run).config
     anchor, samples = resolve_settings(config, mmse="anchor"), resolve_settings(config, mmse="samples")
-    assert mmse_detail(config, samples) == "mean (the MMSE) and standard deviation over the samples"
-    pairs = resolve_settings(config, mmse="samples", sample_noise="antithetic")
-    assert "drawn in antithetic pairs" in mmse_detail(config, pairs)
+    independent = resolve_settings(config, mmse="samples", sample_noise="independent")
+    assert mmse_detail(config, independent) == "mean (the MMSE) and standard deviation over the samples"
+    assert "drawn in antithetic pairs" in mmse_detail(config, samples)  # a run trained by this release
     text = mmse_detail(config, anchor)
     assert "not a separately trained output" in text and "tune" not in text
     refused = SamplerRecommendation(

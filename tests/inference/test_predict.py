@@ -12,6 +12,7 @@ from hazematching.evaluation.metrics import psnr
 from hazematching.inference.experiment import predict_experiment as predict_files
 from hazematching.inference.predict import predict_array
 from hazematching.run import RunError, load_model
+from hazematching.settings import SettingError
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,7 @@ def test_baseline_run_predicts_through_the_same_path(baseline_run, sim_data):
     pair = read_split(sim_data / "test")[0]
     out = predict_array(run, pair.input, progress=False)
     assert out.std is None and out.mean.shape == pair.input.shape
-    with pytest.raises(RunError, match="no samples"):
+    with pytest.raises(SettingError, match="no samples"):
         predict_array(run, pair.input, keep_samples=True, progress=False)
 
 
@@ -313,9 +314,9 @@ def test_a_u_net_run_predicts_files_through_the_experiment_runner(baseline_run, 
 
 def test_antithetic_samples_predict_as_the_exported_model_and_are_stored_per_run(trained_run, tmp_path):
     """--sample-noise antithetic: predict and the exported model (TorchScript) give the same mean and
-    std; the first sample is the independent one, the mean differs. A run that stores the setting
-    uses it, an explicit value overrides it; a config.json without the field samples independently
-    and is written back without it."""
+    std; the first sample is the independent one, the mean differs. A run trained by this release
+    stores antithetic; a config.json without the field (earlier releases) samples independently,
+    and an explicit value overrides either."""
     import shutil
 
     from hazematching.core.dehazer import Dehazer
@@ -338,19 +339,19 @@ def test_antithetic_samples_predict_as_the_exported_model_and_are_stored_per_run
     for got, expected in ((out[0], pairs.mean), (out[1], pairs.std)):
         assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
 
-    assert "sample_noise" not in json.loads((trained_run / "config.json").read_text())["sampler"]
-    assert np.array_equal(predict_array(run, image, **options).mean, plain.mean)  # the run's default
+    assert json.loads((trained_run / "config.json").read_text())["sampler"]["sample_noise"] == "antithetic"
+    assert np.array_equal(predict_array(run, image, **options).mean, pairs.mean)  # the run's default
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
-    description = read_description(run_dir)
-    write_description(run_dir, description)  # rewritten (calibrate, tune): still without the field
+    data = json.loads((run_dir / "config.json").read_text())
+    del data["sampler"]["sample_noise"]  # as an earlier release wrote it
+    (run_dir / "config.json").write_text(json.dumps(data))
+    older = load_model(run_dir)
+    assert resolve_settings(older.config).sample_noise == "independent"
+    assert resolve_settings(older.config, sample_noise="antithetic").sample_noise == "antithetic"
+    assert np.array_equal(predict_array(older, image, **options).mean, plain.mean)
+    write_description(run_dir, read_description(run_dir))  # rewritten (calibrate, tune): still without it
     assert "sample_noise" not in json.loads((run_dir / "config.json").read_text())["sampler"]
-    sampler = description.sampler.model_copy(update={"sample_noise": "antithetic"})
-    write_description(run_dir, description.model_copy(update={"sampler": sampler}))
-    stored = load_model(run_dir)
-    assert resolve_settings(stored.config).sample_noise == "antithetic"
-    assert resolve_settings(stored.config, sample_noise="independent").sample_noise == "independent"
-    assert np.array_equal(predict_array(stored, image, **options).mean, pairs.mean)
 
 
 def test_a_calibration_fitted_before_sample_noise_existed_warns_for_antithetic_samples():
