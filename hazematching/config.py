@@ -198,8 +198,11 @@ class TrainConfig(BaseModel):
             # a network trained at the anchor predicts the posterior mean there: its MMSE by default
             self.__dict__["sampler"] = self.sampler.model_copy(update={"mmse": "anchor"})
         if self.objective == "cfm" and "sample_noise" not in self.sampler.model_fields_set:
-            # the samples' mean is a better MMSE at the same cost (scripts/benchmark_fidelity.py)
-            self.__dict__["sampler"] = self.sampler.model_copy(update={"sample_noise": "antithetic"})
+            # the samples' mean is a better MMSE at the same cost (scripts/benchmark_fidelity.py); not
+            # marked as given, so that a resume keeps the resumed run's (``trainer.with_resumed_sample_noise``)
+            sampler = self.sampler.model_copy(update={"sample_noise": "antithetic"})
+            sampler.__pydantic_fields_set__.discard("sample_noise")
+            self.__dict__["sampler"] = sampler
         if self.time_grid_points >= 2 and "steps" not in self.sampler.model_fields_set:
             # a network trained on G time points is sampled on them: Euler with G - 1 steps
             self.__dict__["sampler"] = self.sampler.model_copy(update={"steps": self.time_grid_points - 1})

@@ -122,7 +122,8 @@ def with_base_run_settings(config: TrainConfig) -> tuple[TrainConfig, list[str]]
         "model": base.architecture.model_dump(mode="json"),
         "crop_size": base.training.crop_size if base.architecture.kind == "reference" else config.crop_size,
         "time_grid_points": base.training.time_grid_points,
-        "sampler": base.sampler.model_dump(),
+        # explicit: a run without the field (an earlier release's) samples independently, and so does its child
+        "sampler": base.sampler.model_dump() | {"sample_noise": base.sampler.sample_noise},
     }
     taken = {key: value for key, value in taken.items() if key not in given}
     if "model" in given and "kind" not in config.model.model_fields_set:
@@ -142,6 +143,18 @@ def with_base_run_settings(config: TrainConfig) -> tuple[TrainConfig, list[str]]
     except ValidationError as exc:
         raise TrainingError(f"--init-from {config.init_from}: {format_validation_error(exc)}") from exc
     return adopted, sorted(taken)
+
+
+def with_resumed_sample_noise(config: TrainConfig, saved: dict | None) -> TrainConfig:
+    """``config`` with the sample noise of the run it resumes (``saved``: that run's training settings),
+    unless the flag gives it: a run trained before antithetic pairs became the default stores no
+    sample noise and keeps sampling independently, as its predictions so far did."""
+    if saved is None or config.objective != "cfm" or "sample_noise" in config.sampler.model_fields_set:
+        return config
+    noise = saved.get("sampler", {}).get("sample_noise", "independent")
+    if noise == config.sampler.sample_noise:
+        return config
+    return config.model_copy(update={"sampler": config.sampler.model_copy(update={"sample_noise": noise})})
 
 
 class Trainer:
@@ -201,6 +214,7 @@ class Trainer:
         self.setting_changes: list[SettingChange] = []
         if self.resume_state is not None:
             self._check_resumable(resume_path)
+            self.config = config = with_resumed_sample_noise(config, self._saved_training())
         if config.init_from is not None:
             base = self._base_run(config.init_from)
             self.normalization = Normalization(**base.normalization.model_dump())  # what the network was trained on
@@ -384,16 +398,21 @@ class Trainer:
         self.accelerator.wait_for_everyone()  # no process looks at checkpoints/ while they move
         return broadcast_object_list([rewound])[0]
 
-    def _setting_changes(self, resume_path: Path, rewound_from: int | None) -> list[SettingChange]:
-        """The run's history of changed settings, plus what this resume changes (said in one line) and
-        the step it went back from."""
-        history = [SettingChange(**c) for c in self.resume_state.get("setting_changes", [])]
+    def _saved_training(self) -> dict | None:
+        """The resumed run's training settings: its checkpoint's, else (older checkpoints) its config.json's."""
         saved = self.resume_state.get("training")
-        if saved is None:  # older checkpoints: compare with the run's config.json when it is there
+        if saved is None:
             try:
                 saved = read_description(self.output_dir).training.model_dump(mode="json")
             except RunError:
                 pass
+        return saved
+
+    def _setting_changes(self, resume_path: Path, rewound_from: int | None) -> list[SettingChange]:
+        """The run's history of changed settings, plus what this resume changes (said in one line) and
+        the step it went back from."""
+        history = [SettingChange(**c) for c in self.resume_state.get("setting_changes", [])]
+        saved = self._saved_training()
         changes = {}
         if saved is not None:
             now = self.config.model_dump(mode="json")

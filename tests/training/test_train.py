@@ -370,11 +370,14 @@ def test_resume_keeps_the_normalisation_and_records_changed_settings(sim_data, t
     marker = run / "checkpoints" / "checkpoint-4" / "trainer_state.json"
     older = json.loads(marker.read_text())
     del older["training"]["mean_anchor_fraction"]
+    # ... and its run samples independently (no sample_noise): resumed without the flag, it still does
+    assert older["training"]["sampler"].pop("sample_noise") == "antithetic"
     marker.write_text(json.dumps(older))
     again = run_trainer(["--data", str(brighter), "--batch-size", "4", "--max-steps", "4", *resume, *common])
     check(again)
     assert "changed settings" not in again.stderr
-    assert json.loads((run / "config.json").read_text())["setting_changes"] == saved["setting_changes"]
+    resumed = json.loads((run / "config.json").read_text())
+    assert resumed["setting_changes"] == saved["setting_changes"] and "sample_noise" not in resumed["sampler"]
 
 
 def test_resuming_an_older_checkpoint_sets_the_newer_state_aside_and_records_the_rewind(sim_data, tmp_path):
@@ -455,3 +458,35 @@ def test_training_on_a_constant_target_is_refused_before_any_step(tmp_path):
         )
     )
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_fine_tuning_and_resuming_keep_the_sample_noise_of_the_run(trained_run, tmp_path):
+    """New runs sample in antithetic pairs; a run of an earlier release (no sample_noise in its
+    config.json) samples independently, and so do a fine-tuned child of it and a resume of it
+    without the flag; the flag overrides both."""
+    from hazematching.config import TrainConfig
+    from hazematching.training.trainer import with_base_run_settings, with_resumed_sample_noise
+
+    description = json.loads((trained_run / "config.json").read_text())
+    assert description["sampler"]["sample_noise"] == "antithetic"
+    older = tmp_path / "older"
+    older.mkdir()
+    del description["sampler"]["sample_noise"]
+    (older / "config.json").write_text(json.dumps(description))
+    for parent, noise in ((older, "independent"), (trained_run, "antithetic")):
+        child, taken = with_base_run_settings(TrainConfig(data=tmp_path, output_dir=tmp_path / "c", init_from=parent))
+        assert "sampler" in taken and child.sampler.sample_noise == noise
+    flagged = TrainConfig(data=tmp_path, output_dir=tmp_path / "c", sampler={"sample_noise": "antithetic"})
+    assert (
+        with_base_run_settings(flagged.model_copy(update={"init_from": older}))[0].sampler.sample_noise == "antithetic"
+    )
+
+    fresh = TrainConfig(data=tmp_path, output_dir=tmp_path / "c")
+    assert fresh.sampler.sample_noise == "antithetic"
+    assert with_resumed_sample_noise(fresh, description["training"] | {"sampler": {}}).sampler.sample_noise == (
+        "independent"
+    )
+    assert with_resumed_sample_noise(fresh, {"sampler": {"sample_noise": "antithetic"}}).sampler.sample_noise == (
+        "antithetic"
+    )
+    assert with_resumed_sample_noise(flagged, {"sampler": {}}).sampler.sample_noise == "antithetic"
