@@ -287,6 +287,7 @@ class LoadedRun:
     model: nn.Module
     normalization: Normalization
     config: RunDescription
+    path: Path | None = None  # the run directory it was loaded from
     # networks prepared for fast inference, by (device, compile, precision): compiled once per process
     fast: dict = field(default_factory=dict, repr=False, compare=False)
     _radius: list = field(default_factory=list, repr=False, compare=False)
@@ -314,4 +315,4 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Loade
     model = description.architecture.build()
     model.load_state_dict(load_file(weights_path, device="cpu"))
     model.to(device).eval()
-    return LoadedRun(model, Normalization(**description.normalization.model_dump()), description)
+    return LoadedRun(model, Normalization(**description.normalization.model_dump()), description, run_dir)

@@ -138,7 +138,7 @@ def predict_array(
         settings = resolve_settings(run.config, *separate)
     elif any(value is not None for value in separate):
         raise ValueError("predict_array: give the resolved settings or the separate values, not both")
-    if cal is not None and (problem := run.config.calibration.mismatch(settings)):
+    if cal is not None and (problem := run.config.calibration.mismatch(settings, str(run.path or "RUN"))):
         warnings.warn(problem, CalibrationWarning, stacklevel=2)  # shown once per call site, not per plane
     samples, steps, seed, solver = settings.samples, settings.steps, settings.seed, settings.solver
     mmse = settings.mmse

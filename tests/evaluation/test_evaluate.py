@@ -98,8 +98,10 @@ def test_evaluate_and_calibrate_cli(trained_run, baseline_run, sim_data, tmp_pat
     loaded = load_model(run)
     image = read_split(sim_data / "test")[0].input
     raw = predict_array(loaded, image, samples=3, steps=2, progress=False)
-    with pytest.warns(CalibrationWarning, match=r"fitted with K = 4, N = 3, solver = euler but .* K = 3, N = 2"):
+    with pytest.warns(CalibrationWarning, match=r"fitted with K = 4, N = 3, solver = euler but .* K = 3, N = 2") as w:
         cal = predict_array(loaded, image, samples=3, steps=2, calibrated=True, progress=False)
+    # the refit command names this run and the data of the fit, not placeholders
+    assert f"`hazematching calibrate --model {run} --data {calibration['fit_data']} --samples 3" in str(w[0].message)
     assert np.allclose(cal.std, calibration["scale"] * raw.std + calibration["offset"], rtol=1e-5, atol=1e-4)
     with warnings.catch_warnings():  # the settings it was fitted with: no warning
         warnings.simplefilter("error", CalibrationWarning)
