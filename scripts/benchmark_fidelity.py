@@ -91,8 +91,15 @@ def mmse_rows(run, pairs, args) -> dict[str, dict]:
     }
     for pair in pairs:
         options = dict(solver="euler", seed=0, progress=False)
-        shared = predict_array(
-            run, pair.input, samples=k, steps=n, keep_samples=True, sample_noise="independent", **options
+        shared = predict_array(  # the samples' mean even where the run's MMSE is the anchor
+            run,
+            pair.input,
+            samples=k,
+            steps=n,
+            keep_samples=True,
+            mmse="samples",
+            sample_noise="independent",
+            **options,
         )
         for name, (kk, nn, mmse, noise) in ways.items():
             if (kk, nn, mmse, noise) == (k, n, "samples", "independent"):
