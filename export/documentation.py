@@ -41,7 +41,8 @@ def write_documentation(
             solver=settings.solver.capitalize(),
             mmse_detail=mmse_detail(config, settings),
             pairs_note=(
-                " The samples come in antithetic pairs: sample 2j + 1 starts from the negated noise of sample 2j."
+                " The samples come in antithetic pairs: samples 2j and 2j + 1 start from the noise of pair index j "
+                "and its negation (with an odd K the last sample is unpaired)."
                 if settings.sample_noise == "antithetic"
                 else ""
             ),

@@ -68,11 +68,12 @@ class SamplerConfig(BaseModel):
         "take anchor unless this is given)",
     )
 
-    sample_noise: Literal[SAMPLE_NOISES] = Field(
-        "independent",
+    sample_noise: Literal[SAMPLE_NOISES] | None = Field(
+        None,
         description="the K samples' starting noise: independent draws, or antithetic pairs (x0, -x0) whose mean "
-        "varies less (a higher MMSE PSNR at the same K, see the Dehaze guide); HazeMatching runs trained since it "
-        "exists take antithetic unless this is given, runs without it in their config.json sample independently",
+        "varies less (a higher MMSE PSNR at the same K, see the Dehaze guide) (default: antithetic for a new "
+        "HazeMatching run; a resume or --init-from keeps that run's; absent from a config.json: independent, as "
+        "runs of earlier releases sample)",
     )
 
     @model_serializer(mode="wrap")
@@ -84,7 +85,7 @@ class SamplerConfig(BaseModel):
                 data.pop(key, None)
         if data.get("mmse") == "samples":
             data.pop("mmse", None)
-        if data.get("sample_noise") == "independent":  # what an earlier release's run samples with
+        if data.get("sample_noise") in (None, "independent"):  # what an earlier release's run samples with
             data.pop("sample_noise", None)
         return data
 

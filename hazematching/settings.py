@@ -133,8 +133,8 @@ class SettingsRequest(BaseModel):
     sample_noise: SampleNoise | None = Field(
         None,
         description="the K samples' starting noise: independent draws, or antithetic pairs (sample 2j+1 starts "
-        "from -x0 of sample 2j; with an odd K the last is unpaired): their mean varies less (a higher PSNR in our "
-        "benchmarks, a lower MicroMS3IM) (default: the run's)",
+        "from -x0 of sample 2j; with an odd K the last is unpaired): their mean varies less, a higher MMSE PSNR in our "
+        "benchmarks (default: the run's)",
     )
 
     # The fields whose help a qualifier extends (export: "... inside the package").
@@ -170,7 +170,7 @@ class SettingsRequest(BaseModel):
                 tile_size=self.tile_size or stored.tile_size or TILE_SIZE,
                 overlap=next(value for value in (self.overlap, stored.overlap, OVERLAP) if value is not None),
                 mmse=self.mmse or (recommended.mmse if recommended is not None else None) or stored.mmse,
-                sample_noise=self.sample_noise or stored.sample_noise,
+                sample_noise=self.sample_noise or stored.sample_noise or "independent",  # absent: independent
             )
         except ValidationError as exc:
             raise setting_error(exc) from None

@@ -123,7 +123,7 @@ def with_base_run_settings(config: TrainConfig) -> tuple[TrainConfig, list[str]]
         "crop_size": base.training.crop_size if base.architecture.kind == "reference" else config.crop_size,
         "time_grid_points": base.training.time_grid_points,
         # explicit: a run without the field (an earlier release's) samples independently, and so does its child
-        "sampler": base.sampler.model_dump() | {"sample_noise": base.sampler.sample_noise},
+        "sampler": base.sampler.model_dump() | {"sample_noise": base.sampler.sample_noise or "independent"},
     }
     taken = {key: value for key, value in taken.items() if key not in given}
     if "model" in given and "kind" not in config.model.model_fields_set:
