@@ -342,6 +342,14 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """One line on its own, also while a progress bar is drawn (tqdm.write clears and redraws it)."""
+    from tqdm.auto import tqdm
+
+    text = warnings.formatwarning(message, category, filename, lineno, line).rstrip("\n")
+    tqdm.write(text, file=file or sys.stderr)
+
+
 def _add_debug_flag(parser: argparse.ArgumentParser, top: bool = True) -> None:
     """``--debug`` on every (sub)command: a traceback instead of the one-line error. A subcommand's
     flag has no default, so ``hazematching --debug predict ...`` keeps the top-level one."""
@@ -398,10 +406,11 @@ def run_command(args) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     shown, warnings.formatwarning = warnings.formatwarning, _one_line_warning  # the message, not our line
+    show, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         run_command(args)
     finally:
-        warnings.formatwarning = shown
+        warnings.formatwarning, warnings.showwarning = shown, show
 
 
 if __name__ == "__main__":
