@@ -26,12 +26,6 @@ def write_documentation(
     name: str,
 ) -> None:
     calibration = config.calibration
-    calibrated_detail = (
-        f", calibrated as {calibrated_std(calibration)} (clipped at 0) so that it matches the observed error "
-        "(see Validation)"
-        if calibration
-        else " (not calibrated: run `hazematching calibrate` before exporting to calibrate it)"
-    )
     (tmp / "README.md").write_text(
         TEMPLATE.read_text().format(
             name=name,
@@ -52,7 +46,7 @@ def write_documentation(
             min_size=geometry.min_size,
             step=geometry.step,
             calibrated_note=", calibrated" if calibration else "",
-            calibrated_detail=calibrated_detail,
+            calibrated_detail=calibrated_detail(config, settings),
             training_data=training_data_text(config),
             input_mean=config.normalization.input_mean,
             input_std=config.normalization.input_std,
@@ -62,6 +56,23 @@ def write_documentation(
             sampler_note=sampler_note(config, settings),
             origin=origin_text(config),
         )
+    )
+
+
+def calibrated_detail(config: RunDescription, settings: InferenceSettings) -> str:
+    """How the package's std is calibrated, and whether the fit holds for the package's settings
+    (export warns where it does not; the README must say it too)."""
+    calibration = config.calibration
+    if calibration is None:
+        return " (not calibrated: run `hazematching calibrate` before exporting to calibrate it)"
+    if differ := calibration.differences(settings):
+        return (
+            f", calibrated as {calibrated_std(calibration)} (clipped at 0); but the calibration was fitted with "
+            f"{differ[0]} and this package uses {differ[1]}, so the calibrated std may not match the observed error"
+        )
+    return (
+        f", calibrated as {calibrated_std(calibration)} (clipped at 0) so that it matches the observed error "
+        "(see Validation)"
     )
 
 

@@ -117,17 +117,30 @@ class Calibration(BaseModel):
     # The MMSE's error depends on how it is made (``mmse``; fits of earlier releases do not record it).
     TIED_TO: ClassVar[tuple[str, ...]] = ("samples", "steps", "solver", "mmse", "sample_noise")
 
-    def mismatch(self, settings, model: str = "RUN") -> str | None:
-        """Why this fit may not hold for ``settings`` (anything with samples/steps/solver), or None; the
-        refit command names ``model`` and the data of this fit."""
+    def _differing(self, settings) -> tuple[dict, dict] | None:
+        """The fit's and ``settings``'s values of ``TIED_TO`` where they differ (mmse and sample noise
+        only where they do), or None."""
         recorded = {"sample_noise": "independent", **self.settings}  # fits before it existed: independent
         fitted = {key: recorded[key] for key in self.TIED_TO if recorded.get(key) is not None}
         used = {key: getattr(settings, key) for key in fitted}
         if fitted == used:
             return None
-        for key in ("mmse", "sample_noise"):  # named only where they differ
+        for key in ("mmse", "sample_noise"):
             if key in fitted and fitted[key] == used[key]:
                 del fitted[key], used[key]
+        return fitted, used
+
+    def differences(self, settings) -> tuple[str, str] | None:
+        """(the fit's settings, ``settings``'s) as "K = 4, N = 2, ..." where they differ, or None."""
+        differ = self._differing(settings)
+        return None if differ is None else (_describe(differ[0]), _describe(differ[1]))
+
+    def mismatch(self, settings, model: str = "RUN") -> str | None:
+        """Why this fit may not hold for ``settings`` (anything with samples/steps/solver), or None; the
+        refit command names ``model`` and the data of this fit."""
+        if (differ := self._differing(settings)) is None:
+            return None
+        fitted, used = differ
         flags = " ".join(f"--{key.replace('_', '-')} {value}" for key, value in used.items())
         return (
             f"the std calibration was fitted with {_describe(fitted)} but these predictions use {_describe(used)}, "

@@ -270,3 +270,20 @@ def test_the_package_readme_says_how_the_anchor_mmse_was_made_and_whether_tune_c
     training = config.training.model_copy(update={"mean_anchor_fraction": 0.5})
     text = mmse_detail(config.model_copy(update={"recommended_sampler": chosen, "training": training}), anchor)
     assert "trained to give it there on 50%" in text and "tune` on `val` chose it" in text
+
+
+def test_the_package_readme_says_when_its_calibration_was_fitted_with_other_settings(trained_run):
+    """Export warns on the console when the calibration's K, N, solver or sample noise differ from the
+    package's; the README, which outlives the console, says so too instead of promising a match."""
+    from hazematching.export.documentation import calibrated_detail
+    from hazematching.run import Calibration, load_model
+    from hazematching.settings import resolve_settings
+
+    config = load_model(trained_run).config
+    settings = resolve_settings(config, samples=4, steps=2, solver="euler")
+    assert "not calibrated" in calibrated_detail(config, settings)
+    fit = Calibration(scale=1.5, offset=0.1, settings=settings.model_dump())
+    calibrated = config.model_copy(update={"calibration": fit})
+    assert "so that it matches the observed error" in calibrated_detail(calibrated, settings)
+    other = calibrated_detail(calibrated, settings.model_copy(update={"samples": 8}))
+    assert "fitted with K = 4" in other and "this package uses K = 8" in other and "may not match" in other
