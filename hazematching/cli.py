@@ -339,15 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
+    """The message on a line of its own, also while a progress bar is drawn (its line has no end yet;
+    the bar is drawn again below at its next update)."""
+    from tqdm.std import tqdm
 
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """One line on its own, also while a progress bar is drawn (tqdm.write clears and redraws it)."""
-    from tqdm.auto import tqdm
-
-    text = warnings.formatwarning(message, category, filename, lineno, line).rstrip("\n")
-    tqdm.write(text, file=file or sys.stderr)
+    fresh_line = "\n" if any(not bar.disable for bar in list(tqdm._instances)) else ""
+    return f"{fresh_line}warning: {message}\n"
 
 
 def _add_debug_flag(parser: argparse.ArgumentParser, top: bool = True) -> None:
@@ -406,11 +403,10 @@ def run_command(args) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     shown, warnings.formatwarning = warnings.formatwarning, _one_line_warning  # the message, not our line
-    show, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         run_command(args)
     finally:
-        warnings.formatwarning, warnings.showwarning = shown, show
+        warnings.formatwarning = shown
 
 
 if __name__ == "__main__":
