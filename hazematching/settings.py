@@ -61,14 +61,20 @@ class SettingError(ValueError):
     """An invalid setting value (``--steps 0``): the CLI exits with status 2, as argparse does."""
 
 
-def refuse_point_predictor_outputs(objective: str, keep_samples: bool, calibrated: bool) -> None:
-    """A U-Net run (objective ``mse``) predicts one image: asking for its samples or a calibrated std is
-    an invalid setting (``SettingError``, exit status 2), as a sampler flag is."""
-    if objective == "mse" and (keep_samples or calibrated):
-        given = [flag for flag, on in (("--save-samples", keep_samples), ("--calibrated", calibrated)) if on]
+def refuse_point_predictor_outputs(objective: str, keep_samples: bool, calibrated: bool, **given) -> None:
+    """A U-Net run (objective ``mse``) predicts one image: asking for its samples, a calibrated std or
+    any other sampler option is an invalid setting (``SettingError``, exit status 2), named in one line
+    with every such option given. ``given``: further options by name (``samples_per_call=4``; None or
+    False: not given), e.g. a request's sampler fields or the runner's ``--noise``."""
+    if objective != "mse":
+        return
+    named = [("--save-samples", keep_samples), ("--calibrated", calibrated)]
+    named += [(f"--{name.replace('_', '-')} {value}", value) for name, value in given.items()]
+    flags = [flag for flag, value in named if value is not None and value is not False]
+    if flags:
         raise SettingError(
-            f"{', '.join(given)}: a U-Net baseline run predicts one image: it has no samples and no std to "
-            "calibrate; leave them out"
+            f"{', '.join(flags)}: this is a U-Net baseline run, which predicts one image (no samples, no std, no "
+            "anchor); these options apply to HazeMatching runs: leave them out"
         )
 
 
@@ -142,20 +148,15 @@ class SettingsRequest(BaseModel):
     # The fields that only a HazeMatching run uses (a U-Net run refuses them).
     SAMPLER: ClassVar[tuple[str, ...]] = ("samples", "steps", "solver", "seed", "mmse", "sample_noise")
 
+    def sampler_options(self) -> dict:
+        """The sampler fields given (not None), by name."""
+        return {name: getattr(self, name) for name in self.SAMPLER if getattr(self, name) is not None}
+
     def resolve(self, description: RunDescription) -> InferenceSettings:
         """Explicit values over the run's tuned solver and steps (used only when neither is given)
         over the run's sampler defaults over the package defaults."""
         if description.objective != "cfm":  # a sampler value would be silently ignored
-            given = [
-                f"--{name.replace('_', '-')} {getattr(self, name)}"
-                for name in self.SAMPLER
-                if getattr(self, name) is not None
-            ]
-            if given:
-                raise SettingError(
-                    f"{', '.join(given)}: this is a U-Net baseline run, which predicts one image (no samples, no "
-                    "anchor); these settings apply to HazeMatching runs: leave them out"
-                )
+            refuse_point_predictor_outputs(description.objective, False, False, **self.sampler_options())
         stored = description.sampler
         solver, steps = self.solver, self.steps
         recommended = description.recommended_sampler

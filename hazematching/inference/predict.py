@@ -131,7 +131,10 @@ def predict_array(
     if problem := out_of_range(run.normalization, image):
         warnings.warn(f"image: {problem}", InputRangeWarning, stacklevel=2)
     point_predictor = run.objective == "mse"
-    refuse_point_predictor_outputs(run.objective, keep_samples, calibrated)
+    refuse_point_predictor_outputs(
+        run.objective, keep_samples, calibrated, samples=samples, steps=steps, solver=solver, seed=seed, mmse=mmse,
+        sample_noise=sample_noise, samples_per_call=samples_per_call,
+    )  # fmt: skip
     cal = calibration(run) if calibrated else None
     separate = (samples, steps, seed, solver, tile_size, overlap, mmse, sample_noise)
     if settings is None:

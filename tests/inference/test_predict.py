@@ -233,7 +233,9 @@ def test_anchor_mmse_setting_is_stored_resolved_and_the_same_in_the_exported_mod
         assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
-def test_sampler_settings_are_refused_for_a_u_net_run_and_in_its_training_config(baseline_run, sim_data, tmp_path):
+def test_sampler_settings_are_refused_for_a_u_net_run_and_in_its_training_config(
+    baseline_run, sim_data, tmp_path, capsys
+):
     """A U-Net predicts one image: an explicit --mmse, --samples, --steps, --solver or --seed would be
     silently ignored, so each is refused in one line naming it (exit status 2), as are --save-samples
     and --calibrated; the tiling settings still apply."""
@@ -258,7 +260,7 @@ def test_sampler_settings_are_refused_for_a_u_net_run_and_in_its_training_config
         )
     assert stop.value.code == 2 and not (tmp_path / "u.tif").exists()
     for flags in (["--save-samples"], ["--calibrated"], ["--save-samples", "--calibrated"]):  # no samples, no std
-        with pytest.raises(SettingError, match=f"^{', '.join(flags)}: a U-Net baseline run predicts one image"):
+        with pytest.raises(SettingError, match=f"^{', '.join(flags)}: this is a U-Net baseline run"):
             predict_array(run, image, keep_samples="--save-samples" in flags, calibrated="--calibrated" in flags)
         with pytest.raises(SystemExit) as stop:
             cli_main(
@@ -266,6 +268,20 @@ def test_sampler_settings_are_refused_for_a_u_net_run_and_in_its_training_config
                 + ["--output", str(tmp_path / "u.tif"), *flags]
             )
         assert stop.value.code == 2 and not (tmp_path / "u.tif").exists()
+    # every option given is named in the one line, whichever way the prediction goes
+    with pytest.raises(SettingError, match="^--save-samples, --samples 4: this is a U-Net"):
+        predict_array(run, image, keep_samples=True, samples=4, progress=False)
+    with pytest.raises(SettingError, match="^--samples-per-call 2: this is a U-Net"):
+        predict_array(run, image, samples_per_call=2, progress=False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:  # a folder goes through the experiment runner
+        cli_main(
+            ["predict", "--model", str(baseline_run), "--input", str(sim_data / "test"), "--channel", "1"]
+            + ["--output", str(tmp_path / "folder"), "--save-samples", "--samples", "4", "--noise", "package"]
+        )
+    message = capsys.readouterr().err
+    assert stop.value.code == 2 and not (tmp_path / "folder").exists()
+    assert "error: --save-samples, --samples 4, --noise package: this is a U-Net baseline run" in message
     with pytest.raises(ValueError, match="mmse 'anchor' needs objective 'cfm'"):
         TrainConfig(data=sim_data, output_dir=sim_data, objective="mse", sampler={"mmse": "anchor"})
     with pytest.raises(ValueError, match="finite number"):

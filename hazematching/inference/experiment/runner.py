@@ -42,7 +42,13 @@ from hazematching.inference.experiment.schedule import ExperimentPlan, plan_job,
 from hazematching.inference.experiment.workfolder import WORK_NAME, WorkFolder
 from hazematching.inference.input_range import InputRangeWarning
 from hazematching.run import RunError, atomic_write_bytes, load_model
-from hazematching.settings import DEFAULT_NOISE, refuse_point_predictor_outputs, resolve_options, speed_of
+from hazematching.settings import (
+    DEFAULT_NOISE,
+    SettingsRequest,
+    refuse_point_predictor_outputs,
+    resolve_options,
+    speed_of,
+)
 
 
 @dataclass(frozen=True)
@@ -145,13 +151,16 @@ def plan_experiment(
     outputs' work copies and decide what is left to compute; returns the plan and the held lock."""
     folder, work = launch.folder, launch.work
     run = load_model(model_dir, device="cpu")
+    refuse_point_predictor_outputs(
+        run.objective, keep_samples, calibrated, **{name: options.get(name) for name in SettingsRequest.SAMPLER},
+        samples_per_call=options.get("samples_per_call"), noise=None if noise == DEFAULT_NOISE else noise,
+    )  # fmt: skip
     inference = resolve_options(run.config, options)  # once: every plane uses it with its own seed
     settings = result_settings(
         run, model_dir, launch.device, inference, options, channel, axes, keep_samples, calibrated
     )
     plane_seed(0, noise, "", 0)  # an unknown mode fails here, before any output exists
     settings["noise"] = noise
-    refuse_point_predictor_outputs(run.objective, keep_samples, calibrated)
     if calibrated and run.config.calibration is None:
         raise RunError("this run is not calibrated: run `hazematching calibrate --model RUN --data VAL_DIR` first")
     if not launch.single_input and folder.resolve() == input_path.resolve():
