@@ -161,12 +161,15 @@ def predict_array(
     if larger and overlap < OVERLAP and not getattr(run.model, "fixed_window", False):
         radius = run.receptive_radius()
         if radius is not None and overlap < radius:
-            warnings.warn(
-                f"--overlap {overlap}: less than the network's receptive radius ({radius} px), so tiles see less "
-                f"context than the whole image and can show seams; use --overlap {radius} or more",
-                TileSeamWarning,
-                stacklevel=2,
-            )
+            seams = f"less than the network's receptive radius ({radius} px), so tiles see less context than the "
+            seams += "whole image and can show seams"
+            if overlap < settings.overlap:  # the tile size capped the overlap, not the user's --overlap
+                needed = -(-2 * radius // stride) * stride
+                problem = f"--tile-size {settings.tile_size}: tiles overlap by at most half a tile ({overlap} px), "
+                problem += f"{seams}; use --tile-size {needed} or more"
+            else:
+                problem = f"--overlap {overlap}: {seams}; use --overlap {radius} or more"
+            warnings.warn(problem, TileSeamWarning, stacklevel=2)
 
     device = next(run.model.parameters()).device
     tiles_per_call = tiles_per_call or default_tiles_per_call(device)

@@ -56,7 +56,8 @@ def test_the_exported_model_pads_the_image_as_predict_does(trained_run, sim_data
 
 def test_an_overlap_below_the_receptive_radius_is_warned_about(trained_run, sim_data):
     """Case 1, another instance: --tile-size 48 --overlap 8 gave seams (0.8 % of the range) without a
-    word; an overlap of at least the receptive radius is silent and gives the whole image's result."""
+    word; an overlap of at least the receptive radius is silent and gives the whole image's result. A tile
+    of less than twice the radius caps the overlap at half a tile: the warning names --tile-size."""
     import warnings
 
     from hazematching.inference.predict import TileSeamWarning
@@ -69,9 +70,15 @@ def test_an_overlap_below_the_receptive_radius_is_warned_about(trained_run, sim_
     whole = predict_array(run, image, tile_size=512, **options)
     with pytest.warns(TileSeamWarning, match=rf"--overlap 8: less than the network's receptive radius \({radius} px\)"):
         narrow = predict_array(run, image, tile_size=64, overlap=8, **options)
+    # a tile too small for the overlap names the tile size, not an --overlap the user never gave
+    stride = run.model.stride
+    small, needed = (2 * radius - 1) // stride * stride, -(-2 * radius // stride) * stride
+    with pytest.warns(TileSeamWarning, match=rf"^--tile-size {small}: tiles overlap by at most half a tile "):
+        predict_array(run, image, tile_size=small, **options)
     with warnings.catch_warnings():
         warnings.simplefilter("error", TileSeamWarning)
         wide = predict_array(run, image, tile_size=160, overlap=radius, **options)
+        predict_array(run, image, tile_size=needed, **options)
     spread = float(whole.mean.max() - whole.mean.min())
     assert np.abs(narrow.mean - whole.mean).max() > 1e-3 * spread
     assert np.abs(wide.mean - whole.mean).max() < 1e-3 * spread
