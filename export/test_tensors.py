@@ -30,7 +30,11 @@ def crop_test_image(
         try:
             image = read_split(val)[0].input
         except Exception as exc:
-            raise RunError(f"no test image: the run's data {val} cannot be read ({exc}); pass --test-image") from exc
+            relative = " (a relative path, stored by an earlier release: read from this folder)"
+            raise RunError(
+                f"no test image: the run's data {val}{'' if val.is_absolute() else relative} cannot be read "
+                f"({exc}); pass --test-image"
+            ) from exc
     size = geometry.fit(min(TEST_SIZE, min(image.shape)) if size is None else size)
     if min(image.shape) < size:
         raise RunError(

@@ -40,7 +40,8 @@ def run_trainer(
     """Run trainer/train.py in a subprocess (optionally under `accelerate launch`)."""
     cmd = (launcher or [sys.executable]) + [str(REPO / "trainer" / "train.py"), *args]
     env = kwargs.pop("env", None) or {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, **kwargs)
+    cwd = kwargs.pop("cwd", REPO)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd, **kwargs)
 
 
 def free_port() -> str:

@@ -157,6 +157,13 @@ def with_resumed_sample_noise(config: TrainConfig, saved: dict | None) -> TrainC
     return config.model_copy(update={"sampler": config.sampler.model_copy(update={"sample_noise": noise})})
 
 
+def data_paths_absolute(config: TrainConfig) -> dict:
+    """The data folders as absolute paths, for the run's config.json and checkpoints: export (its test
+    image), the scripts and a resume read them from wherever they run, not the folder training started in."""
+    absolute = {name: getattr(config, name) for name in ("data", "val_data") if getattr(config, name) is not None}
+    return {name: Path(os.path.abspath(path)) for name, path in absolute.items()}  # "..": gone, links: kept
+
+
 class Trainer:
     """One training run, in the order it happens: ``__init__`` sets up (data, accelerator, model,
     optimiser, resume, loader), ``train`` loops, calling ``validate`` and ``save_checkpoint`` on
@@ -164,7 +171,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig):
         config, self.inherited = with_base_run_settings(config)
-        self.config = config
+        self.config = config = config.model_copy(update=data_paths_absolute(config))
         if config.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise TrainingError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no on CPU")
         self.output_dir = config.output_dir

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from safetensors.torch import load_file
 from hazematching.core import sample_posterior
 from hazematching.data.io import read_split
 from hazematching.evaluation.metrics import range_invariant_psnr
-from hazematching.run import load_model
+from hazematching.run import RunError, load_model
 
 pytestmark = pytest.mark.slow
 SMALL = ["--crop-size", "64", "--base-channels", "8", "--channel-mults", "1,2", "--validation-steps", "0"]
@@ -438,6 +439,32 @@ def test_the_last_step_is_a_checkpoint_so_latest_never_goes_behind_the_saved_mod
     )
     check(result)
     assert "checkpoint-8 is a checkpoint of another run" in result.stderr
+
+
+def test_relative_data_paths_are_stored_absolute_so_export_finds_the_test_image_elsewhere(
+    sim_data, tmp_path, monkeypatch
+):
+    """Trained with ``--data ../sim`` from one folder, the run was exported from another: its test image
+    was looked for relative to the wrong folder. The run stores the data folders as absolute paths."""
+    from export.geometry import Geometry
+    from export.test_tensors import crop_test_image
+    from hazematching.run import read_description
+
+    started = tmp_path / "project"
+    started.mkdir()
+    relative = os.path.relpath(sim_data, started)
+    flags = ["--data", relative, "--val-data", os.path.join(relative, "val"), "--output-dir", "run", *SMALL]
+    check(run_trainer([*flags, "--batch-size", "2", "--max-steps", "1"], cwd=started))
+    training = read_description(started / "run").training
+    assert training.data == sim_data.absolute() and training.val_data == (sim_data / "val").absolute()
+    monkeypatch.chdir(tmp_path)  # where export runs
+    image = crop_test_image(read_description(started / "run"), None, 64, Geometry(halo=8, min_size=24, step=1))
+    assert image.shape == (64, 64)
+    older = read_description(started / "run").training.model_copy(update={"data": Path(relative)})
+    with pytest.raises(RunError, match=r"a relative path, stored by an earlier release.*pass --test-image"):
+        crop_test_image(
+            read_description(started / "run").model_copy(update={"training": older}), None, 64, Geometry(8, 24, 1)
+        )
 
 
 def test_training_on_a_constant_target_is_refused_before_any_step(tmp_path):
