@@ -56,6 +56,26 @@ class TileSeamWarning(UserWarning):
     """Tiles overlap by less than the network's receptive radius: a tiled image can differ from the whole."""
 
 
+def seam_problem(run: LoadedRun, tile_size: int, overlap: int) -> str | None:
+    """One line when tiles of ``tile_size`` overlapping by ``overlap`` px (as requested; ``window``
+    caps the overlap at half a tile) give a pixel less context than the network's receptive radius,
+    naming every change that fixes it; None when they do not. Predict and export both ask."""
+    stride = getattr(run.model, "stride", 1)
+    tile, kept = window(tile_size, overlap, stride)
+    if kept >= OVERLAP or getattr(run.model, "fixed_window", False):
+        return None  # the default overlap covers the default networks; a fixed window cross-fades instead
+    radius = run.receptive_radius()
+    if radius is None or kept >= radius:
+        return None
+    fixes = [f"--tile-size {-(-2 * radius // stride) * stride}"] if tile // 2 < radius else []
+    fixes += [f"--overlap {radius}"] if overlap < radius else []
+    return (
+        f"tiles of {tile} px overlapping by {kept} px{' (at most half a tile)' if kept < overlap else ''}: less "
+        f"than the network's receptive radius ({radius} px), so tiles see less context than the whole image and "
+        f"can show seams; use {' '.join(fixes)} or more"
+    )
+
+
 class CalibrationWarning(UserWarning):
     """The std calibration is applied to predictions made with other K, N or solver than it was fitted with."""
 
@@ -157,19 +177,8 @@ def predict_array(
             stacklevel=2,
         )
 
-    larger = max(image.shape) > tile_size
-    if larger and overlap < OVERLAP and not getattr(run.model, "fixed_window", False):
-        radius = run.receptive_radius()
-        if radius is not None and overlap < radius:
-            seams = f"less than the network's receptive radius ({radius} px), so tiles see less context than the "
-            seams += "whole image and can show seams"
-            if overlap < settings.overlap:  # the tile size capped the overlap, not the user's --overlap
-                needed = -(-2 * radius // stride) * stride
-                problem = f"--tile-size {settings.tile_size}: tiles overlap by at most half a tile ({overlap} px), "
-                problem += f"{seams}; use --tile-size {needed} or more"
-            else:
-                problem = f"--overlap {overlap}: {seams}; use --overlap {radius} or more"
-            warnings.warn(problem, TileSeamWarning, stacklevel=2)
+    if max(image.shape) > tile_size and (problem := seam_problem(run, settings.tile_size, settings.overlap)):
+        warnings.warn(problem, TileSeamWarning, stacklevel=2)
 
     device = next(run.model.parameters()).device
     tiles_per_call = tiles_per_call or default_tiles_per_call(device)

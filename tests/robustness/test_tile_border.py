@@ -54,10 +54,11 @@ def test_the_exported_model_pads_the_image_as_predict_does(trained_run, sim_data
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-3 * np.ptp(expected))
 
 
-def test_an_overlap_below_the_receptive_radius_is_warned_about(trained_run, sim_data):
+def test_an_overlap_below_the_receptive_radius_is_warned_about(trained_run, sim_data, tmp_path):
     """Case 1, another instance: --tile-size 48 --overlap 8 gave seams (0.8 % of the range) without a
     word; an overlap of at least the receptive radius is silent and gives the whole image's result. A tile
-    of less than twice the radius caps the overlap at half a tile: the warning names --tile-size."""
+    of less than twice the radius caps the overlap at half a tile: the one warning names every flag that
+    fixes it (and export warns about the package's tiles the same way)."""
     import warnings
 
     from hazematching.inference.predict import TileSeamWarning
@@ -68,17 +69,25 @@ def test_an_overlap_below_the_receptive_radius_is_warned_about(trained_run, sim_
     image = _image(sim_data, 200)
     options = dict(samples=2, steps=2, seed=0, progress=False, compile="off")
     whole = predict_array(run, image, tile_size=512, **options)
-    with pytest.warns(TileSeamWarning, match=rf"--overlap 8: less than the network's receptive radius \({radius} px\)"):
-        narrow = predict_array(run, image, tile_size=64, overlap=8, **options)
-    # a tile too small for the overlap names the tile size, not an --overlap the user never gave
     stride = run.model.stride
     small, needed = (2 * radius - 1) // stride * stride, -(-2 * radius // stride) * stride
-    with pytest.warns(TileSeamWarning, match=rf"^--tile-size {small}: tiles overlap by at most half a tile "):
+    with pytest.warns(TileSeamWarning, match=rf"^tiles of {needed} px overlapping by 8 px: less than the network's "
+                      rf"receptive radius \({radius} px\).*; use --overlap {radius} or more$"):  # fmt: skip
+        narrow = predict_array(run, image, tile_size=needed, overlap=8, **options)
+    # a tile too small for any overlap to suffice names --tile-size (and --overlap only if it was too small too)
+    with pytest.warns(TileSeamWarning, match=rf"^tiles of {small} px overlapping by {small // 2} px \(at most half "
+                      rf"a tile\): .*; use --tile-size {needed} or more$"):  # fmt: skip
         predict_array(run, image, tile_size=small, **options)
+    with pytest.warns(TileSeamWarning, match=rf"; use --tile-size {needed} --overlap {radius} or more$"):
+        predict_array(run, image, tile_size=small, overlap=8, **options)
     with warnings.catch_warnings():
         warnings.simplefilter("error", TileSeamWarning)
         wide = predict_array(run, image, tile_size=160, overlap=radius, **options)
         predict_array(run, image, tile_size=needed, **options)
+    from hazematching.export import export_model
+
+    with pytest.warns(TileSeamWarning, match=rf"^the package's tiles of {small} px .*; use --tile-size {needed} or"):
+        export_model(trained_run, tmp_path / "m.zip", samples=1, steps=1, tile_size=small, formats=("torchscript",))
     spread = float(whole.mean.max() - whole.mean.min())
     assert np.abs(narrow.mean - whole.mean).max() > 1e-3 * spread
     assert np.abs(wide.mean - whole.mean).max() < 1e-3 * spread
