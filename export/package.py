@@ -50,6 +50,7 @@ def export_model(
     license: str | None = None,
     formats: tuple[str, ...] = FORMATS,
     test_image: Path | None = None,
+    test_channel: int | None = None,
     test_size: int | None = None,
     evaluation: Path | None = None,
 ) -> Path:
@@ -76,7 +77,7 @@ def export_model(
     model.sampler.net.load_state_dict(run.model.state_dict())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        scripted = write_test_files(tmp, model, run.config, test_image, test_size, geometry)
+        scripted = write_test_files(tmp, model, run.config, test_image, test_size, geometry, test_channel)
         write_documentation(tmp, evaluation, run.config, model, settings, geometry, name)
         weights = weight_entries(tmp, formats, scripted, model, kwargs)
         # No network look-ups while building and saving (GitHub user names are checked by the

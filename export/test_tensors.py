@@ -16,14 +16,14 @@ from .geometry import Geometry
 
 
 def crop_test_image(
-    config: RunDescription, test_image: Path | None, size: int | None, geometry: "Geometry"
+    config: RunDescription, test_image: Path | None, size: int | None, geometry: "Geometry", channel: int | None = None
 ) -> np.ndarray:
     """A centred square crop of ``size`` (None: ``TEST_SIZE``, or less where the image is smaller),
-    fitted to the sizes the package accepts."""
+    fitted to the sizes the package accepts; ``channel``: of a multi-channel ``test_image``."""
     if test_image is not None:
         from hazematching.data.io import read_image_2d
 
-        image = read_image_2d(Path(test_image), geometry.min_size)
+        image = read_image_2d(Path(test_image), geometry.min_size, channel, flag="--test-channel")
     else:
         data = config.training.data
         val = data / "val" if (data / "val").is_dir() else data
@@ -46,11 +46,17 @@ def crop_test_image(
 
 
 def write_test_files(
-    tmp: Path, model: Dehazer, config: RunDescription, test_image: Path | None, size: int | None, geometry: "Geometry"
+    tmp: Path,
+    model: Dehazer,
+    config: RunDescription,
+    test_image: Path | None,
+    size: int | None,
+    geometry: "Geometry",
+    channel: int | None = None,
 ):
     """Test and sample tensors (the genuine output of the scripted model), cover, training config;
-    returns the scripted model."""
-    image = crop_test_image(config, test_image, size, geometry)
+    returns the scripted model. ``channel``: of a multi-channel ``test_image``."""
+    image = crop_test_image(config, test_image, size, geometry, channel)
     test_input = image[None, None]
     scripted = torch.jit.script(model)
     with torch.no_grad():

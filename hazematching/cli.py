@@ -157,6 +157,7 @@ def _export(args) -> None:
         license=args.license,
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
         test_image=args.test_image and Path(args.test_image),
+        test_channel=args.test_channel,
         test_size=args.test_size,
         evaluation=args.evaluation and Path(args.evaluation),
     )

@@ -209,6 +209,11 @@ class ExportOptions(Options):
     test_image: str | None = Field(
         None, description="2D TIFF for the test tensors (default: the run's first validation image)"
     )
+    test_channel: int | None = Field(
+        None,
+        description="channel of a multi-channel --test-image, e.g. 1 for the widefield channel of the paper's "
+        "paired files",
+    )
     test_size: int | None = Field(
         None,
         description=f"edge of the square test tensor crop (default: {TEST_SIZE}, or less when the test image is "

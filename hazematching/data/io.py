@@ -159,11 +159,11 @@ def load_splits(
     return train[:-n_val], train[-n_val:]
 
 
-def read_image_2d(path: Path, min_size: int, channel: int | None = None) -> np.ndarray:
+def read_image_2d(path: Path, min_size: int, channel: int | None = None, flag: str = "--channel") -> np.ndarray:
     """A single-channel 2D image for prediction (singleton axes are dropped), as float32.
 
     ``channel`` picks one channel of a multi-channel (CYX or YXC) image, e.g. 1 for the widefield
-    channel of the paper's paired files."""
+    channel of the paper's paired files; ``flag``: the option that gives it, as the errors name it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file does not exist")
@@ -172,19 +172,19 @@ def read_image_2d(path: Path, min_size: int, channel: int | None = None) -> np.n
         axis = 0 if array.shape[0] <= array.shape[-1] else 2
         if not 0 <= channel < array.shape[axis]:
             raise DataError(
-                f"{path}: --channel {channel} requested but the image of shape {array.shape} has "
+                f"{path}: {flag} {channel} requested but the image of shape {array.shape} has "
                 f"{array.shape[axis]} channel(s)"
             )
         array = np.take(array, channel, axis=axis)
     if array.ndim == 3 and (array.shape[-1] in (3, 4) or array.shape[0] in (3, 4)):
         raise DataError(
             f"{path}: shape {array.shape} looks like an RGB/multi-channel image; expected one 2D channel (Y, X) "
-            "(pick one with --channel C)"
+            f"(pick one with {flag} C)"
         )
     if array.ndim != 2:
         raise DataError(
             f"{path}: shape {array.shape}; expected a 2D (Y, X) image, not a stack"
-            + (" (a channel image? pick one with --channel C)" if array.ndim == 3 and min(array.shape) <= 4 else "")
+            + (f" (a channel image? pick one with {flag} C)" if array.ndim == 3 and min(array.shape) <= 4 else "")
         )
     if min(array.shape) < min_size:
         raise DataError(f"{path}: image of shape {array.shape} is smaller than the minimum {min_size} x {min_size}")

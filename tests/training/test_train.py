@@ -17,7 +17,7 @@ from conftest import REPO, accelerate_launcher, free_port, run_trainer
 from safetensors.torch import load_file
 
 from hazematching.core import sample_posterior
-from hazematching.data.io import read_split
+from hazematching.data.io import DataError, read_split
 from hazematching.evaluation.metrics import range_invariant_psnr
 from hazematching.run import RunError, load_model
 
@@ -460,6 +460,11 @@ def test_relative_data_paths_are_stored_absolute_so_export_finds_the_test_image_
     monkeypatch.chdir(tmp_path)  # where export runs
     image = crop_test_image(read_description(started / "run"), None, 64, Geometry(halo=8, min_size=24, step=1))
     assert image.shape == (64, 64)
+    paired = sorted((sim_data / "test").glob("*.tif"))[0]  # a training pair: --test-channel picks its widefield
+    with pytest.raises(DataError, match=r"pick one with --test-channel C"):
+        crop_test_image(read_description(started / "run"), paired, 64, Geometry(8, 24, 1))
+    image = crop_test_image(read_description(started / "run"), paired, 64, Geometry(8, 24, 1), channel=1)
+    assert np.array_equal(image, read_split(sim_data / "test")[0].input[32:96, 32:96])
     older = read_description(started / "run").training.model_copy(update={"data": Path(relative)})
     with pytest.raises(RunError, match=r"a relative path, stored by an earlier release.*pass --test-image"):
         crop_test_image(
