@@ -176,7 +176,7 @@ class TrainConfig(BaseModel):
     @classmethod
     def _grid(cls, value: int) -> int:
         if value == 1:
-            raise ValueError("time_grid_points must be 0 (continuous t) or >= 2")
+            raise ValueError("must be 0 (continuous t) or >= 2")
         return value
 
     @field_serializer("model")
@@ -187,8 +187,8 @@ class TrainConfig(BaseModel):
     def _combinations(self):
         if self.model.kind == "reference" and (self.objective != "cfm" or self.shortcut_fraction > 0):
             raise ValueError(
-                "architecture reference is the paper's flow-matching network: it needs objective cfm and no "
-                "shortcut_fraction (use architecture unet for those)"
+                "--architecture reference is the paper's flow-matching network: it needs --objective cfm and no "
+                "--shortcut-fraction (use --architecture unet for those)"
             )
         derived = {"step_conditioning": self.shortcut_fraction > 0} if self.model.kind == "unet" else {}
         if self.model.kind == "unet":
@@ -214,24 +214,24 @@ class TrainConfig(BaseModel):
             self.__dict__["sampler"] = self.sampler.model_copy(update={"tile_size": tile, "overlap": overlap})
         if self.crop_size % self.model.stride:
             raise ValueError(
-                f"crop_size {self.crop_size} must be a multiple of the U-Net stride {self.model.stride} "
-                f"(2 ** (len(channel_mults) - 1))"
+                f"--crop-size {self.crop_size} must be a multiple of the U-Net stride {self.model.stride} "
+                f"(2 ** (number of --channel-mults - 1))"
             )
         if self.checkpoints_total_limit is not None and self.checkpointing_steps > self.max_steps:
             raise ValueError(
-                f"checkpoints_total_limit is set but checkpointing_steps ({self.checkpointing_steps}) > "
-                f"max_steps ({self.max_steps}): no checkpoint would ever be written"
+                f"--checkpoints-total-limit is set but --checkpointing-steps ({self.checkpointing_steps}) > "
+                f"--max-steps ({self.max_steps}): no checkpoint would ever be written"
             )
         if self.mean_anchor_fraction > 0 and self.objective != "cfm":
-            raise ValueError("mean_anchor_fraction needs objective 'cfm' (the U-Net baseline has no velocity)")
+            raise ValueError("--mean-anchor-fraction needs --objective cfm (the U-Net baseline has no velocity)")
         if self.sampler.mmse != "samples" and self.objective != "cfm":
-            raise ValueError("sampler mmse 'anchor' needs objective 'cfm' (the U-Net baseline predicts one image)")
+            raise ValueError("--sampler-mmse anchor needs --objective cfm (the U-Net baseline predicts one image)")
         if self.shortcut_fraction > 0 and self.objective != "cfm":
-            raise ValueError("shortcut_fraction needs objective 'cfm' (the U-Net baseline takes no steps)")
+            raise ValueError("--shortcut-fraction needs --objective cfm (the U-Net baseline takes no steps)")
         if self.sampler.solver == "shortcut" and self.shortcut_fraction == 0:
-            raise ValueError("sampler solver 'shortcut' needs shortcut_fraction > 0 (a step-conditioned network)")
+            raise ValueError("--sampler-solver shortcut needs --shortcut-fraction > 0 (a step-conditioned network)")
         if self.lr_warmup_steps >= self.max_steps:
-            raise ValueError(f"lr_warmup_steps ({self.lr_warmup_steps}) must be < max_steps ({self.max_steps})")
+            raise ValueError(f"--lr-warmup-steps ({self.lr_warmup_steps}) must be < --max-steps ({self.max_steps})")
         return self
 
 

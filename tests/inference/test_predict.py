@@ -282,7 +282,7 @@ def test_sampler_settings_are_refused_for_a_u_net_run_and_in_its_training_config
     message = capsys.readouterr().err
     assert stop.value.code == 2 and not (tmp_path / "folder").exists()
     assert "error: --save-samples, --samples 4, --noise package: this is a U-Net baseline run" in message
-    with pytest.raises(ValueError, match="mmse 'anchor' needs objective 'cfm'"):
+    with pytest.raises(ValueError, match="--sampler-mmse anchor needs --objective cfm"):
         TrainConfig(data=sim_data, output_dir=sim_data, objective="mse", sampler={"mmse": "anchor"})
     with pytest.raises(ValueError, match="finite number"):
         TrainConfig(data=sim_data, output_dir=sim_data, mean_anchor_fraction=float("nan"))
