@@ -294,3 +294,28 @@ def test_plane_logs_count_only_whole_lines(tmp_path):
     (work.folder(job) / "rank1.log").write_text("done 3\nfail 12 out of memory\ndone 1")
     done, failed = work.read_logs(job)
     assert done == {0, 2, 3} and failed == {12: "out of memory"}
+
+
+def test_a_seam_warning_is_given_once_per_job_not_per_plane(trained_run, sim_data, tmp_path):
+    """Tiles too small for the receptive radius are a property of the settings: a folder of 3 planes in
+    2 files used to repeat the warning for every plane."""
+    import warnings
+
+    from hazematching.inference.predict import TileSeamWarning
+
+    src = tmp_path / "in"
+    src.mkdir()
+    planes = _widefield_planes(sim_data, 2)
+    tifffile.imwrite(src / "a.tif", np.stack([planes[0], planes[1]]), metadata={"axes": "ZYX"})
+    tifffile.imwrite(src / "b.tif", planes[0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predict_experiment(trained_run, src, tmp_path / "out", progress=False, samples=1, steps=1, tile_size=32)
+    seams = [w for w in caught if issubclass(w.category, TileSeamWarning)]
+    assert len(seams) == 1 and "; use --tile-size" in str(seams[0].message)
+    with warnings.catch_warnings(record=True) as caught:  # whole planes fit one tile: no seams to warn about
+        warnings.simplefilter("always")
+        predict_experiment(
+            trained_run, src, tmp_path / "whole", progress=False, samples=1, steps=1, tile_size=256, overlap=8
+        )
+    assert not [w for w in caught if issubclass(w.category, TileSeamWarning)]

@@ -191,6 +191,13 @@ def plan_experiment(
     for job in jobs:  # now, not only in the summary: a long job should not run hours unwarned
         if job.warning:
             print(job.warning, file=sys.stderr)
+    from hazematching.core.tiles import window
+    from hazematching.inference.predict import TileSeamWarning, seam_problem
+
+    tile = window(inference.tile_size, inference.overlap, getattr(run.model, "stride", 1))[0]
+    tiled = any(job.info is not None and max(job.info.out_shape[-2:]) > tile for job in jobs)
+    if tiled and (problem := seam_problem(run, inference.tile_size, inference.overlap)):
+        warnings.warn(problem, TileSeamWarning, stacklevel=3)  # once for the job, not per plane
     return plan, lock
 
 
@@ -226,7 +233,7 @@ def compute_share(
     pixels are synced; a file that fails is logged and skipped, a full disk stops the job. Returns
     this process's statistics (also written to the launch folder for the main process) and when it
     started."""
-    from hazematching.inference.predict import predict_array
+    from hazematching.inference.predict import TileSeamWarning, predict_array
 
     state, work, folder = launch.state, launch.work, launch.folder
     run = load_model(model_dir, device=launch.device)
@@ -259,8 +266,9 @@ def compute_share(
                         for name in job.outputs
                     }
                 image = reader.read(plane)
-                with warnings.catch_warnings():  # reported once per file, at planning
+                with warnings.catch_warnings():  # reported once per file or job, at planning
                     warnings.simplefilter("ignore", InputRangeWarning)
+                    warnings.simplefilter("ignore", TileSeamWarning)
                     result = predict_array(
                         run,
                         image,
