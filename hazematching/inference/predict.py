@@ -206,7 +206,8 @@ def predict_array(
         device, samples, min(tiles_per_call, len(all_tiles)), images_per_call(device)
     )
     full = len(batches[0])
-    with tqdm(total=total, desc="predicting", unit="sample", disable=not progress, leave=False) as bar:
+    unit = "batch" if point_predictor else "sample"  # a U-Net draws no samples: one pass per batch of tiles
+    with tqdm(total=total, desc="predicting", unit=unit, disable=not progress, leave=False) as bar:
         done = [0]  # a disabled tqdm does not count
 
         def advance(count: int = 1) -> None:
