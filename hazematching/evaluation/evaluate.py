@@ -25,7 +25,7 @@ from hazematching.run import (
     load_model,
     write_description,
 )
-from hazematching.settings import InferenceSettings, resolve_options, speed_of
+from hazematching.settings import InferenceSettings, SettingError, resolve_options, speed_of
 
 
 def load_flow_run(model_dir, device: str = "auto") -> LoadedRun:
@@ -222,6 +222,8 @@ def calibrate(
     model_dir = Path(model_dir)
     run = load_flow_run(model_dir, device)
     settings = resolve_options(run.config, predict_options)  # once; invalid values refused before any work
+    if settings.samples < 2:
+        raise SettingError(f"--samples {settings.samples}: calibration needs K >= 2 (the std of one sample is 0)")
     std, error = _errors_and_stds(run, data_dir, progress, settings, **speed_of(predict_options))
     scale, offset = fit_calibration(calibration_curve(std, error, bins))
     if eval_dir is None and (Path(data_dir).parent / "test").is_dir():

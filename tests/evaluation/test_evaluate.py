@@ -13,7 +13,7 @@ from hazematching.inference.predict import CalibrationWarning, predict_array
 from hazematching.run import load_model
 
 
-def test_evaluate_and_calibrate_cli(trained_run, baseline_run, sim_data, tmp_path):
+def test_evaluate_and_calibrate_cli(trained_run, baseline_run, sim_data, tmp_path, capsys):
     import shutil
 
     run = tmp_path / "run"
@@ -112,6 +112,11 @@ def test_evaluate_and_calibrate_cli(trained_run, baseline_run, sim_data, tmp_pat
             ["predict", "--model", str(run), "--input", str(sim_data / "test"), "--output", str(tmp_path / "p")]
             + ["--channel", "1", "--samples", "2", "--steps", "3", "--calibrated", "--quiet"]
         )
+
+    # one sample has no spread to calibrate: refused (exit status 2) before any work, not a LAPACK error
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["calibrate", "--model", str(run), "--data", str(sim_data / "val"), "--samples", "1"])
+    assert stop.value.code == 2 and "--samples 1: calibration needs K >= 2" in capsys.readouterr().err
 
     # a baseline where a HazeMatching run is needed, and a HazeMatching run as baseline
     for args in (
