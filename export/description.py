@@ -24,9 +24,11 @@ def model_description(
     maintainers: list[str] | None,
     license: str,
     trained_for_anchor: bool = False,
+    calibrated: bool = False,
 ):
     """The RDF, from bioimageio.spec classes: one input, one output with channels [mean, std].
-    ``trained_for_anchor``: the run was trained with --mean-anchor-fraction (said when the MMSE is the anchor)."""
+    ``trained_for_anchor``: the run was trained with --mean-anchor-fraction (said when the MMSE is the anchor);
+    ``calibrated``: the model applies the run's std calibration (said in the output's description)."""
     from bioimageio.spec.model import v0_5 as bmz
 
     halo, min_size, step = geometry.halo, geometry.min_size, geometry.step
@@ -102,7 +104,8 @@ def model_description(
         outputs=[
             bmz.OutputTensorDescr(
                 id=bmz.TensorId("dehazed"),
-                description="channel 'mean': MMSE dehazed image; channel 'std': per-pixel std over the samples",
+                description="channel 'mean': MMSE dehazed image; channel 'std': per-pixel std over the samples"
+                + (", calibrated as max(a * std + b, 0) (see the README)" if calibrated else ""),
                 axes=[
                     bmz.BatchAxis(id=bmz.AxisId("batch"), size=1),
                     bmz.ChannelAxis(

@@ -164,13 +164,23 @@ def mmse_detail(config: RunDescription, settings: InferenceSettings) -> str:
     """How the MMSE channel is computed, and why that estimate (what the run was trained for, what
     ``hazematching tune`` measured)."""
     if settings.mmse != "anchor":
+        text = "the mean (the MMSE) and standard deviation over the samples"
         if settings.sample_noise == "antithetic":
-            return (
-                "mean (the MMSE) and standard deviation over the samples, drawn in antithetic pairs (every second "
-                "sample starts from the negated noise of the one before it; each is still a posterior sample, and "
-                "their mean varies less than that of independent samples)"
+            text += (
+                ", drawn in antithetic pairs (every second sample starts from the negated noise of the one before "
+                "it; each is still a posterior sample, and their mean varies less than that of independent samples)"
             )
-        return "mean (the MMSE) and standard deviation over the samples"
+        chosen = config.recommended_sampler
+        if chosen is not None and chosen.mmse == "samples" and chosen.mmse_psnr_delta is not None:
+            absolute = chosen.mmse_absolute_psnr_delta
+            text += (
+                f". `hazematching tune` on `{chosen.data}` also measured the network's own prediction of the "
+                f"posterior mean (v(0, 0, c), one evaluation) and kept the samples' mean: the prediction scored "
+                f"{chosen.mmse_psnr_delta:+.2f} dB PSNR"
+                + (f" and {absolute:+.2f} dB absolute PSNR" if absolute is not None else "")
+                + " against it"
+            )
+        return text
     fraction = config.training.mean_anchor_fraction
     trained = (
         f"the network was trained to give it there on {fraction:.0%} of its training items (--mean-anchor-fraction)"
@@ -189,7 +199,7 @@ def mmse_detail(config: RunDescription, settings: InferenceSettings) -> str:
             f". Note: `hazematching tune` on `{chosen.data}` did not recommend it for this model "
             f"({chosen.mmse_psnr_delta:+.2f} dB PSNR"
             + (f", {absolute:+.2f} dB absolute PSNR" if absolute is not None else "")
-            + " against the samples' mean); it was chosen at export"
+            + " against the samples' mean); it was chosen when this package was exported"
         )
     if chosen is not None and chosen.mmse == "anchor" and chosen.mmse_psnr_delta is not None:
         absolute = chosen.mmse_absolute_psnr_delta
@@ -207,9 +217,12 @@ def sampler_note(config: RunDescription, settings: InferenceSettings) -> str:
     if chosen is None or (chosen.solver, chosen.steps) != (settings.solver, settings.steps):
         return ""
     solver, steps = chosen.reference_steps()
+    measured = f"K = {chosen.samples}" + (
+        f"; this package draws K = {settings.samples}" if chosen.samples != settings.samples else ""
+    )
     return (
         f" The {chosen.solver} solver with {chosen.steps} steps is this model's tuned setting (`hazematching tune`"
-        f" on `{chosen.data}`, K = {chosen.samples}, seed {chosen.seed}): {chosen.speedup:.1f}× fewer network"
+        f" on `{chosen.data}`, measured at {measured}, seed {chosen.seed}): {chosen.speedup:.1f}× fewer network"
         f" evaluations than {steps} {solver.capitalize()} steps for {chosen.psnr_delta:+.2f} dB PSNR of the"
         f" samples' mean and {chosen.structure_text()}."
     )

@@ -86,8 +86,9 @@ def export_model(
             authors, license = package_defaults(run.config, authors, license)
             anchor_trained = run.config.training.mean_anchor_fraction > 0
             descr = model_description(
-                tmp, settings, geometry, weights, name, authors, maintainers, license, anchor_trained
-            )
+                tmp, settings, geometry, weights, name, authors, maintainers, license, anchor_trained,
+                calibrated=run.config.calibration is not None,
+            )  # fmt: skip
             _save_atomically(descr, output)
     return output
 

@@ -322,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"network evaluations whose one sample is within {SAMPLE_TOLERANCE} FSIM and GMSD of Euler with 20 steps "
         "(a run trained on a time grid of G points: Euler with G - 1 steps, the grid's) at the run's K and whose "
         f"samples' mean is within {PSNR_TOLERANCE} dB PSNR and {MS3IM_TOLERANCE} MicroMS3IM of it. "
-        "predict, experiments and export then use them unless --mmse, --solver or --steps is given.",
+        "predict, experiments, evaluate, calibrate and export then use them unless --mmse, --solver or --steps "
+        "is given.",
     )
     _add_command(
         sub,

@@ -306,7 +306,7 @@ def tune(
     sample_tolerance: float = SAMPLE_TOLERANCE,
 ) -> tuple[list[TuneRow], SamplerRecommendation, MmseRow]:
     """Measure the table on ``data_dir`` and (``store``) keep the recommendation for the run's K in
-    config.json, where predict, experiments and export find it, with its table in RUN/tuning/ (not
+    config.json, where predict, experiments, evaluate, calibrate and export find it, with its table in RUN/tuning/ (not
     stored: the table goes to RUN/tuning/dry-run/); returns the table, the recommendation and the
     anchor MMSE's row. ``grid`` None: ``default_grid``."""
     import json

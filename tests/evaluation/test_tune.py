@@ -133,6 +133,8 @@ def test_tune_stores_a_reproducible_recommendation_that_predict_and_export_use(t
         readme = archive.read("README.md").decode()
     assert f"solver: {chosen.solver}" in rdf and f"steps: {chosen.steps}" in rdf
     assert "tuned setting" in readme
+    # measured at the K of the tune (2), drawn at the run's K: the README says both
+    assert f"measured at K = {chosen.samples}; this package draws K = {run.config.sampler.samples}" in readme
 
 
 def test_small_images_are_tuned_with_ms_ssim_as_the_structural_guard(trained_run, sim_data, tmp_path, capsys):

@@ -256,7 +256,7 @@ def test_the_package_readme_says_how_the_anchor_mmse_was_made_and_whether_tune_c
     config = load_model(trained_run).config
     anchor, samples = resolve_settings(config, mmse="anchor"), resolve_settings(config, mmse="samples")
     independent = resolve_settings(config, mmse="samples", sample_noise="independent")
-    assert mmse_detail(config, independent) == "mean (the MMSE) and standard deviation over the samples"
+    assert mmse_detail(config, independent) == "the mean (the MMSE) and standard deviation over the samples"
     assert "drawn in antithetic pairs" in mmse_detail(config, samples)  # a run trained by this release
     text = mmse_detail(config, anchor)
     assert "not a separately trained output" in text and "tune" not in text
@@ -266,6 +266,9 @@ def test_the_package_readme_says_how_the_anchor_mmse_was_made_and_whether_tune_c
     )  # fmt: skip
     text = mmse_detail(config.model_copy(update={"recommended_sampler": refused}), anchor)
     assert "did not recommend it" in text and "-2.77 dB absolute PSNR" in text
+    # the samples' mean says that tune measured the anchor too and kept the mean
+    text = mmse_detail(config.model_copy(update={"recommended_sampler": refused}), samples)
+    assert "kept the samples' mean: the prediction scored +0.14 dB PSNR and -2.77 dB absolute PSNR" in text
     chosen = refused.model_copy(update={"mmse": "anchor", "mmse_absolute_psnr_delta": 0.66})
     training = config.training.model_copy(update={"mean_anchor_fraction": 0.5})
     text = mmse_detail(config.model_copy(update={"recommended_sampler": chosen, "training": training}), anchor)
