@@ -135,6 +135,8 @@ def with_base_run_settings(config: TrainConfig) -> tuple[TrainConfig, list[str]]
         taken["model"].pop("step_conditioning", None)  # set again from --shortcut-fraction
     if "sampler" in taken and "time_grid_points" in given:
         taken["sampler"].pop("steps")  # a new time grid brings its own Euler steps (config.py)
+    if "sampler" in taken and config.mean_anchor_fraction == 0:
+        taken["sampler"].pop("mmse", None)  # a child not trained at the anchor makes its MMSE from samples
     if not taken:
         return config, []
     data = config.model_dump(mode="json", exclude=set(taken)) | taken

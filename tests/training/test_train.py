@@ -508,6 +508,17 @@ def test_fine_tuning_and_resuming_keep_the_sample_noise_of_the_run(trained_run, 
     for parent, noise in ((older, "independent"), (trained_run, "antithetic")):
         child, taken = with_base_run_settings(TrainConfig(data=tmp_path, output_dir=tmp_path / "c", init_from=parent))
         assert "sampler" in taken and child.sampler.sample_noise == noise
+    # the anchor MMSE is inherited only by a child that is trained at the anchor too
+    anchored = tmp_path / "anchored"
+    anchored.mkdir()
+    description["sampler"]["mmse"] = "anchor"
+    description["training"]["mean_anchor_fraction"] = 0.5
+    (anchored / "config.json").write_text(json.dumps(description))
+    for fraction, mmse in ((0.0, "samples"), (0.25, "anchor")):
+        child, _ = with_base_run_settings(
+            TrainConfig(data=tmp_path, output_dir=tmp_path / "c", init_from=anchored, mean_anchor_fraction=fraction)
+        )
+        assert child.sampler.mmse == mmse
     flagged = TrainConfig(data=tmp_path, output_dir=tmp_path / "c", sampler={"sample_noise": "antithetic"})
     assert (
         with_base_run_settings(flagged.model_copy(update={"init_from": older}))[0].sampler.sample_noise == "antithetic"
