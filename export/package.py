@@ -18,7 +18,7 @@ from hazematching.commands import DEFAULT_LICENSE, EXPORT_FORMATS, EXPORT_NAME, 
 from hazematching.core import Dehazer
 from hazematching.core.tiles import window
 from hazematching.data.io import DataError
-from hazematching.inference.predict import CalibrationWarning, TileSeamWarning, seam_problem
+from hazematching.inference.predict import CalibrationWarning, settings_warnings
 from hazematching.run import LoadedRun, RunError, load_model
 from hazematching.settings import InferenceSettings, SettingError, resolve_settings
 
@@ -69,8 +69,8 @@ def export_model(
     settings = resolve_settings(run.config, samples, steps, seed, solver, tile_size, overlap, mmse, sample_noise)
     if run.config.calibration is not None and (problem := run.config.calibration.mismatch(settings, str(run_dir))):
         warnings.warn(f"the package applies the std calibration, but {problem}", CalibrationWarning, stacklevel=2)
-    if problem := seam_problem(run, settings.tile_size, settings.overlap):  # the package tiles as predict does
-        warnings.warn(f"the package's {problem}", TileSeamWarning, stacklevel=2)
+    for message, category in settings_warnings(run, settings, calibrated=False, tiled=True):  # as predict's
+        warnings.warn(f"the package: {message}", category, stacklevel=2)
     geometry = Geometry.of(run.model, window(settings.tile_size, settings.overlap, run.model.stride)[0])
     kwargs = _dehazer_kwargs(run, settings, geometry)
     model = Dehazer(**kwargs).eval()

@@ -80,6 +80,49 @@ class CalibrationWarning(UserWarning):
     """The std calibration is applied to predictions made with other K, N or solver than it was fitted with."""
 
 
+class SingleSampleWarning(UserWarning):
+    """K = 1: the std of one posterior sample is 0 everywhere."""
+
+
+SETTINGS_WARNINGS = (CalibrationWarning, TileSizeWarning, TileSeamWarning, SingleSampleWarning)
+
+
+def settings_warnings(
+    run: LoadedRun, settings: InferenceSettings, calibrated: bool, tiled: bool
+) -> list[tuple[str, type[Warning]]]:
+    """(message, category) of every warning that depends on the settings, not on the image: predict
+    gives them per call, an experiment once per job, export for its package. ``tiled``: the image is
+    larger than a tile."""
+    found = []
+    if (
+        calibrated
+        and run.config.calibration
+        and (problem := run.config.calibration.mismatch(settings, str(run.path or "RUN")))
+    ):
+        found.append((problem, CalibrationWarning))
+    trained = run.config.sampler.tile_size
+    tile_size = window(settings.tile_size, settings.overlap, getattr(run.model, "stride", 1))[0]
+    if getattr(run.model, "fixed_window", False) and trained and tile_size != trained:
+        found.append(
+            (
+                f"--tile-size {settings.tile_size}: this network attends over its whole window and was trained on "
+                f"{trained} px windows; tiles of another size change its output (leave --tile-size out)",
+                TileSizeWarning,
+            )
+        )
+    if tiled and (problem := seam_problem(run, settings.tile_size, settings.overlap)):
+        found.append((problem, TileSeamWarning))
+    if run.objective == "cfm" and settings.samples == 1:
+        found.append(
+            (
+                "--samples 1: the std of one posterior sample is 0 everywhere, no uncertainty; use --samples 2 "
+                "or more for one",
+                SingleSampleWarning,
+            )
+        )
+    return found
+
+
 def calibration(run: LoadedRun) -> tuple[float, float]:
     """(scale a, offset b) from ``hazematching calibrate``; the calibrated std is a * std + b."""
     cal = run.config.calibration
@@ -161,24 +204,13 @@ def predict_array(
         settings = resolve_settings(run.config, *separate)
     elif any(value is not None for value in separate):
         raise ValueError("predict_array: give the resolved settings or the separate values, not both")
-    if cal is not None and (problem := run.config.calibration.mismatch(settings, str(run.path or "RUN"))):
-        warnings.warn(problem, CalibrationWarning, stacklevel=2)  # shown once per call site, not per plane
     samples, steps, seed, solver = settings.samples, settings.steps, settings.seed, settings.solver
     mmse = settings.mmse
     per_step = evaluations_per_step(solver)
     stride = getattr(run.model, "stride", 1)
     tile_size, overlap = window(settings.tile_size, settings.overlap, stride)
-    trained = run.config.sampler.tile_size
-    if getattr(run.model, "fixed_window", False) and trained and tile_size != trained:
-        warnings.warn(
-            f"--tile-size {settings.tile_size}: this network attends over its whole window and was trained on "
-            f"{trained} px windows; tiles of another size change its output (leave --tile-size out)",
-            TileSizeWarning,
-            stacklevel=2,
-        )
-
-    if max(image.shape) > tile_size and (problem := seam_problem(run, settings.tile_size, settings.overlap)):
-        warnings.warn(problem, TileSeamWarning, stacklevel=2)
+    for message, category in settings_warnings(run, settings, cal is not None, max(image.shape) > tile_size):
+        warnings.warn(message, category, stacklevel=2)
 
     device = next(run.model.parameters()).device
     tiles_per_call = tiles_per_call or default_tiles_per_call(device)

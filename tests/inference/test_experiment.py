@@ -296,12 +296,12 @@ def test_plane_logs_count_only_whole_lines(tmp_path):
     assert done == {0, 2, 3} and failed == {12: "out of memory"}
 
 
-def test_a_seam_warning_is_given_once_per_job_not_per_plane(trained_run, sim_data, tmp_path):
-    """Tiles too small for the receptive radius are a property of the settings: a folder of 3 planes in
-    2 files used to repeat the warning for every plane."""
+def test_settings_warnings_are_given_once_per_job_not_per_plane(trained_run, sim_data, tmp_path):
+    """Tiles too small for the receptive radius, or one sample (a std of 0), are properties of the
+    settings: a folder of 3 planes in 2 files used to repeat the warning for every plane."""
     import warnings
 
-    from hazematching.inference.predict import TileSeamWarning
+    from hazematching.inference.predict import SingleSampleWarning, TileSeamWarning
 
     src = tmp_path / "in"
     src.mkdir()
@@ -313,9 +313,11 @@ def test_a_seam_warning_is_given_once_per_job_not_per_plane(trained_run, sim_dat
         predict_experiment(trained_run, src, tmp_path / "out", progress=False, samples=1, steps=1, tile_size=32)
     seams = [w for w in caught if issubclass(w.category, TileSeamWarning)]
     assert len(seams) == 1 and "; use --tile-size" in str(seams[0].message)
+    single = [w for w in caught if issubclass(w.category, SingleSampleWarning)]
+    assert len(single) == 1 and str(single[0].message).startswith("--samples 1: the std of one posterior sample is 0")
     with warnings.catch_warnings(record=True) as caught:  # whole planes fit one tile: no seams to warn about
         warnings.simplefilter("always")
         predict_experiment(
-            trained_run, src, tmp_path / "whole", progress=False, samples=1, steps=1, tile_size=256, overlap=8
+            trained_run, src, tmp_path / "whole", progress=False, samples=2, steps=1, tile_size=256, overlap=8
         )
-    assert not [w for w in caught if issubclass(w.category, TileSeamWarning)]
+    assert not [w for w in caught if issubclass(w.category, (TileSeamWarning, SingleSampleWarning))]

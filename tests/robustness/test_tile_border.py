@@ -86,7 +86,7 @@ def test_an_overlap_below_the_receptive_radius_is_warned_about(trained_run, sim_
         predict_array(run, image, tile_size=needed, **options)
     from hazematching.export import export_model
 
-    with pytest.warns(TileSeamWarning, match=rf"^the package's tiles of {small} px .*; use --tile-size {needed} or"):
+    with pytest.warns(TileSeamWarning, match=rf"^the package: tiles of {small} px .*; use --tile-size {needed} or"):
         export_model(trained_run, tmp_path / "m.zip", samples=1, steps=1, tile_size=small, formats=("torchscript",))
     spread = float(whole.mean.max() - whole.mean.min())
     assert np.abs(narrow.mean - whole.mean).max() > 1e-3 * spread

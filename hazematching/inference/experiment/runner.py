@@ -192,12 +192,12 @@ def plan_experiment(
         if job.warning:
             print(job.warning, file=sys.stderr)
     from hazematching.core.tiles import window
-    from hazematching.inference.predict import TileSeamWarning, seam_problem
+    from hazematching.inference.predict import settings_warnings
 
     tile = window(inference.tile_size, inference.overlap, getattr(run.model, "stride", 1))[0]
     tiled = any(job.info is not None and max(job.info.out_shape[-2:]) > tile for job in jobs)
-    if tiled and (problem := seam_problem(run, inference.tile_size, inference.overlap)):
-        warnings.warn(problem, TileSeamWarning, stacklevel=3)  # once for the job, not per plane
+    for message, category in settings_warnings(run, inference, calibrated, tiled):
+        warnings.warn(message, category, stacklevel=3)  # once for the job, not per plane
     return plan, lock
 
 
@@ -233,7 +233,7 @@ def compute_share(
     pixels are synced; a file that fails is logged and skipped, a full disk stops the job. Returns
     this process's statistics (also written to the launch folder for the main process) and when it
     started."""
-    from hazematching.inference.predict import TileSeamWarning, predict_array
+    from hazematching.inference.predict import SETTINGS_WARNINGS, predict_array
 
     state, work, folder = launch.state, launch.work, launch.folder
     run = load_model(model_dir, device=launch.device)
@@ -267,8 +267,8 @@ def compute_share(
                     }
                 image = reader.read(plane)
                 with warnings.catch_warnings():  # reported once per file or job, at planning
-                    warnings.simplefilter("ignore", InputRangeWarning)
-                    warnings.simplefilter("ignore", TileSeamWarning)
+                    for category in (InputRangeWarning, *SETTINGS_WARNINGS):
+                        warnings.simplefilter("ignore", category)
                     result = predict_array(
                         run,
                         image,
