@@ -105,7 +105,7 @@ def model_description(
             bmz.OutputTensorDescr(
                 id=bmz.TensorId("dehazed"),
                 description="channel 'mean': MMSE dehazed image; channel 'std': per-pixel std over the samples"
-                + (", calibrated as max(a * std + b, 0) (see the README)" if calibrated else ""),
+                + (", calibrated: max(a*std+b, 0)" if calibrated else ""),  # at most 128 characters (spec)
                 axes=[
                     bmz.BatchAxis(id=bmz.AxisId("batch"), size=1),
                     bmz.ChannelAxis(

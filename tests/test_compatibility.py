@@ -49,7 +49,9 @@ def test_old_calibrated_run_exports_a_package_that_equals_predict(tmp_path):
     with zipfile.ZipFile(package) as archive:
         archive.extractall(tmp_path / "pkg")
         readme = archive.read("README.md").decode()
+        rdf = archive.read("rdf.yaml").decode()
     assert "calibrated as 0.04681 × std + 301.4" in readme
+    assert "per-pixel std over the samples, calibrated: max(a*std+b, 0)" in rdf  # the RDF says it too
     model = torch.jit.load(str(tmp_path / "pkg" / "hazematching_torchscript.pt")).eval()
     test_input = np.load(tmp_path / "pkg" / "test_input.npy")
     with torch.no_grad():
