@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from hazematching.inference import predict_array
 from hazematching.run import load_model
@@ -49,9 +50,9 @@ def test_old_calibrated_run_exports_a_package_that_equals_predict(tmp_path):
     with zipfile.ZipFile(package) as archive:
         archive.extractall(tmp_path / "pkg")
         readme = archive.read("README.md").decode()
-        rdf = archive.read("rdf.yaml").decode()
+        rdf = yaml.safe_load(archive.read("rdf.yaml"))
     assert "calibrated as 0.04681 × std + 301.4" in readme
-    assert "per-pixel std over the samples, calibrated: max(a*std+b, 0)" in rdf  # the RDF says it too
+    assert rdf["outputs"][0]["description"].endswith("std over the samples, calibrated: max(a*std+b, 0)")
     model = torch.jit.load(str(tmp_path / "pkg" / "hazematching_torchscript.pt")).eval()
     test_input = np.load(tmp_path / "pkg" / "test_input.npy")
     with torch.no_grad():
