@@ -88,6 +88,7 @@ def accelerate_launcher(config: str, *extra: str) -> list[str]:
 
 
 def _train_once(tmp_path_factory, name: str, data: Path, *flags: str) -> Path:
+    """One session-wide run on both cores (no test compares these weights across thread counts)."""
     out = tmp_path_factory.mktemp(name) / "run"
     result = run_trainer(
         [
@@ -102,30 +103,22 @@ def _train_once(tmp_path_factory, name: str, data: Path, *flags: str) -> Path:
             "--lr",
             "5e-4",
             *flags,
-        ]
+        ],
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return out
 
 
+TRAINED_RUN_FLAGS = ["--max-steps", "200", "--batch-size", "8", "--checkpointing-steps", "200"]
+TRAINED_RUN_FLAGS += ["--validation-steps", "200", "--sampler-steps", "4", "--sampler-samples", "4", "--seed", "1"]
+
+
 @pytest.fixture(scope="session")
 def trained_run(sim_data, tmp_path_factory) -> Path:
-    """A HazeMatching run trained briefly on the simulated data (default architecture)."""
-    return _train_once(
-        tmp_path_factory,
-        "trained",
-        sim_data,
-        "--max-steps",
-        "120",
-        "--checkpointing-steps",
-        "120",
-        "--validation-steps",
-        "0",
-        "--sampler-steps",
-        "4",
-        "--sampler-samples",
-        "4",
-    )
+    """A HazeMatching run trained briefly on the simulated data (default architecture), validated at
+    its first and last step: long enough to dehaze (tests/training/test_train.py checks that it learnt)."""
+    return _train_once(tmp_path_factory, "trained", sim_data, *TRAINED_RUN_FLAGS)
 
 
 @pytest.fixture(scope="session")
