@@ -114,19 +114,29 @@ def test_two_processes_write_exactly_the_outputs_of_one(trained_run, sim_data, t
     np.testing.assert_array_equal(ones["timelapse_std.tif"][1, 0], expected.std)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("processes", [1, 2])
-def test_killed_run_resumes_without_recomputing(trained_run, sim_data, tmp_path, processes):
-    """Killed (all processes at once, as a job scheduler does) and relaunched on one process."""
-    src = tmp_path / "in"
+KILLED_OPTIONS = dict(samples=4, steps=12, seed=1)
+
+
+@pytest.fixture(scope="module")
+def three_stacks_and_their_outputs(trained_run, sim_data, tmp_path_factory):
+    """Three 4-plane stacks and what one uninterrupted process makes of them (read-only for the tests)."""
+    folder = tmp_path_factory.mktemp("three_stacks")
+    src = folder / "in"
     src.mkdir()
     planes = _widefield_planes(sim_data, 12)
     for i in range(3):
         tifffile.imwrite(src / f"field{i}.tif", planes[4 * i : 4 * i + 4], imagej=True, metadata={"axes": "ZYX"})
-    options = dict(samples=4, steps=12, seed=1)
-    reference = predict_experiment(trained_run, src, tmp_path / "reference", progress=False, **options)
+    reference = predict_experiment(trained_run, src, folder / "reference", progress=False, **KILLED_OPTIONS)
     assert reference["planes"] == 12
+    return src, folder / "reference"
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_killed_run_resumes_without_recomputing(trained_run, three_stacks_and_their_outputs, tmp_path, processes):
+    """Killed (all processes at once, as a job scheduler does) and relaunched on one process."""
+    src, reference = three_stacks_and_their_outputs
+    options = KILLED_OPTIONS
     out = tmp_path / "out"
     launcher = accelerate_launcher("cpu_2proc.yaml", "--main_process_port", free_port()) if processes == 2 else None
     proc = _launch(_flags(trained_run, src, out, **options), launcher, start_new_session=True)
@@ -154,8 +164,8 @@ def test_killed_run_resumes_without_recomputing(trained_run, sim_data, tmp_path,
     assert sorted(again["skipped"]) == sorted(complete)
     assert again["planes"] == 12 - 4 * len(complete) - logged  # planes of a partly done file are not redone
     assert {k: (out / k).stat().st_mtime_ns for k in complete} == before
-    assert _outputs(out).keys() == _outputs(tmp_path / "reference").keys()
-    for name, array in _outputs(tmp_path / "reference").items():
+    assert _outputs(out).keys() == _outputs(reference).keys()
+    for name, array in _outputs(reference).items():
         np.testing.assert_array_equal(tifffile.imread(out / name), array)
     assert not (out / WORK_NAME).exists() and not list(out.glob(".*"))
     assert all(v["status"] == "complete" for v in json.loads(manifest.read_text())["files"].values())

@@ -162,10 +162,12 @@ def test_training_learns_to_dehaze(sim_data, trained_run):
     assert np.mean(gains) > 2.0, gains
 
 
-@pytest.mark.parametrize("precision", ["as shipped", "no"])
-@pytest.mark.parametrize("config", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
+@pytest.mark.parametrize(
+    "config, precision",
+    [("deepspeed_zero2.yaml", "as shipped"), ("deepspeed_zero3.yaml", "as shipped"), ("deepspeed_zero3.yaml", "no")],
+)
 def test_deepspeed_configs_run_and_resume(sim_data, tmp_path, config, precision):
-    """The DeepSpeed configs as shipped (bf16, on DeepSpeed's CPU accelerator) and in fp32: train,
+    """The DeepSpeed configs as shipped (bf16, on DeepSpeed's CPU accelerator) and ZeRO-3 in fp32: train,
     resume from ``latest`` and save fp32 weights that load and are finite. On CPU DeepSpeed runs one
     process per launch, so this checks the configs and the DeepSpeed code path (engine checkpoints,
     bf16 engine weights fed bf16 inputs, ZeRO-3 parameter gathering for the EMA), not distribution."""
