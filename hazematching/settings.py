@@ -177,6 +177,24 @@ class SettingsRequest(BaseModel):
             raise setting_error(exc) from None
 
 
+def describe_settings(description: RunDescription, settings: InferenceSettings) -> str:
+    """One line saying what makes the numbers of a prediction (its summary; the manifest has them as
+    fields): for a HazeMatching run K, noise, solver, steps and where they came from, the seed and how
+    the MMSE is made; for a U-Net run its one prediction; the tiles for both."""
+    tiles = f"tiles of {settings.tile_size} px overlapping {settings.overlap} px"
+    if description.objective != "cfm":
+        return f"U-Net point prediction; {tiles}"
+    recommended = description.recommended_sampler
+    tuned = recommended is not None and (recommended.solver, recommended.steps) == (settings.solver, settings.steps)
+    nfe = settings.steps * evaluations_per_step(settings.solver)
+    mmse = "the network's anchor v(0, 0, c), 1 evaluation" if settings.mmse == "anchor" else "the mean of the samples"
+    return (
+        f"K = {settings.samples} posterior samples ({settings.sample_noise} noise), {settings.solver} "
+        f"{settings.steps} steps{' (tune recommended)' if tuned else ''}, {nfe} evaluations each, seed "
+        f"{settings.seed}; MMSE: {mmse}; {tiles}"
+    )
+
+
 class SpeedOptions(BaseModel):
     """What changes only how fast a prediction runs (up to floating-point rounding), and where."""
 

@@ -119,6 +119,13 @@ def test_tune_stores_a_reproducible_recommendation_that_predict_and_export_use(t
     )
     np.testing.assert_array_equal(tuned.mean, explicit.mean)
     np.testing.assert_array_equal(tuned.std, explicit.std)
+    # the summary line of predict says where solver and steps came from
+    from hazematching.settings import describe_settings, resolve_settings
+
+    line = describe_settings(run.config, resolve_settings(run.config, samples=2))
+    assert "K = 2 posterior samples" in line and f"{chosen.solver} {chosen.steps} steps (tune recommended)" in line
+    other = "heun" if chosen.solver == "euler" else "euler"
+    assert "tune recommended" not in describe_settings(run.config, resolve_settings(run.config, solver=other))
     # an explicit flag wins: the run's own stored steps with Euler differ from the recommendation
     default = predict_array(run, image, samples=2, mmse="samples", progress=False)
     stored = predict_array(run, image, samples=2, solver="euler", mmse="samples", progress=False)

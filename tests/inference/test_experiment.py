@@ -190,6 +190,9 @@ def test_bad_files_are_reported_and_skipped(trained_run, sim_data, tmp_path, cap
     assert exit_info.value.code == 1
     printed = capsys.readouterr().out
     assert "2 file(s) dehazed" in printed and "4 failed" in printed
+    noise = json.loads((trained_run / "config.json").read_text())["sampler"]["sample_noise"]
+    assert f"settings: K = 1 posterior samples ({noise} noise), euler 2 steps, 2 evaluations each, seed" in printed
+    assert "MMSE: the mean of the samples; tiles of" in printed and "seeds: per-plane" in printed
     files = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())["files"]
     assert files["good.tif"]["status"] == "complete"
     # a single-channel file in a folder of paired ones is dehazed as it is, and said so (robustness

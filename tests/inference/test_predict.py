@@ -240,7 +240,7 @@ def test_sampler_settings_are_refused_for_a_u_net_run_and_in_its_training_config
     silently ignored, so each is refused in one line naming it (exit status 2), as are --save-samples
     and --calibrated; the tiling settings still apply."""
     from hazematching.config import TrainConfig
-    from hazematching.settings import SettingError, resolve_settings
+    from hazematching.settings import SettingError, describe_settings, resolve_settings
 
     run = load_model(baseline_run)
     assert resolve_settings(run.config).mmse == "samples"
@@ -252,6 +252,8 @@ def test_sampler_settings_are_refused_for_a_u_net_run_and_in_its_training_config
     with pytest.raises(SettingError, match="^--seed 3: this is a U-Net"):
         resolve_settings(run.config, seed=3)
     assert resolve_settings(run.config, tile_size=32, overlap=8).tile_size == 32
+    line = describe_settings(run.config, resolve_settings(run.config, tile_size=32, overlap=8))
+    assert line == "U-Net point prediction; tiles of 32 px overlapping 8 px"
     paired = sorted((sim_data / "test").glob("*.tif"))[0]
     with pytest.raises(SystemExit) as stop:
         cli_main(

@@ -107,6 +107,7 @@ class Monitor:
             "balance": round(min(busy) / max(busy), 3) if busy and max(busy) > 0 else 1.0,
             "ranks": ranks,
             "manifest": str(self.manifest.path),
+            "settings": plan.summary,
         }
 
 
@@ -122,6 +123,8 @@ def summary_lines(result: dict) -> list[str]:
             + ", ".join(f"rank {r['rank']}: {r['planes']} planes, {r['busy_s']:.1f} s busy" for r in result["ranks"])
             + f" (balance {result['balance']:.2f})"
         )
+    if result.get("settings"):
+        lines.append(f"settings: {result['settings']}")
     for key, message in result["failed"].items():
         lines.append(f"FAILED {key}: {message}")
     for key, message in result.get("warnings", {}).items():

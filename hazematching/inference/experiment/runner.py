@@ -20,7 +20,7 @@ import json
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -45,6 +45,7 @@ from hazematching.run import RunError, atomic_write_bytes, load_model
 from hazematching.settings import (
     DEFAULT_NOISE,
     SettingsRequest,
+    describe_settings,
     refuse_point_predictor_outputs,
     resolve_options,
     speed_of,
@@ -188,6 +189,8 @@ def plan_experiment(
     except BaseException:
         lock.close()
         raise
+    summary = describe_settings(run.config, inference) + (f"; seeds: {noise}" if run.objective == "cfm" else "")
+    plan = replace(plan, summary=summary)
     for job in jobs:  # now, not only in the summary: a long job should not run hours unwarned
         if job.warning:
             print(job.warning, file=sys.stderr)

@@ -26,6 +26,7 @@ class ExperimentPlan:
     launch: str
     settings: dict  # what the manifest records: the inference settings and everything else that changes numbers
     inference: InferenceSettings  # resolved once; each plane gets its own seed (``plane_seed``)
+    summary: str = ""  # ``settings.describe_settings``: the summary's settings line
 
     def share(self, world: int, rank: int) -> list[tuple[int, int]]:
         """The units process ``rank`` of ``world`` computes (the same answer on every process)."""
