@@ -29,19 +29,29 @@ def test_tiled_prediction_matches_whole_image_and_has_no_seams(trained_run, big_
     assert psnr(torch.from_numpy(tiled.mean), torch.from_numpy(whole.mean)) >= 40
     assert psnr(torch.from_numpy(tiled.std), torch.from_numpy(whole.std)) >= 30
 
-    # seams: gradient across the kept-region borders vs everywhere else
+    # seams: the gradient across the kept-region borders relative to everywhere else, against the same
+    # ratio of the whole image (the network's stride-4 grid alone gives ~1.3 at those columns)
     from hazematching.inference.tiling import spans
 
     borders = [s.keep_start for s in spans(256, 64, 32)][1:]
     assert len(borders) >= 4
-    gx = np.abs(np.diff(tiled.mean, axis=1))  # gx[:, j] is the step between columns j and j+1
-    gy = np.abs(np.diff(tiled.mean, axis=0))
-    across = np.concatenate([gx[:, [b - 1 for b in borders]].ravel(), gy[[b - 1 for b in borders], :].ravel()])
-    mask = np.ones(255, bool)
-    mask[[b - 1 for b in borders]] = False
-    elsewhere = np.concatenate([gx[:, mask].ravel(), gy[mask, :].ravel()])
-    ratio = across.mean() / elsewhere.mean()
-    assert 0.9 <= ratio <= 1.1, ratio
+
+    def border_ratio(image, borders=borders):
+        gx = np.abs(np.diff(image, axis=1))  # gx[:, j] is the step between columns j and j+1
+        gy = np.abs(np.diff(image, axis=0))
+        across = np.concatenate([gx[:, [b - 1 for b in borders]].ravel(), gy[[b - 1 for b in borders], :].ravel()])
+        mask = np.ones(255, bool)
+        mask[[b - 1 for b in borders]] = False
+        return across.mean() / np.concatenate([gx[:, mask].ravel(), gy[mask, :].ravel()]).mean()
+
+    assert abs(border_ratio(tiled.mean) - border_ratio(whole.mean)) <= 0.05
+    # the check can fail: tiles without overlap (warned about) have seams
+    from hazematching.inference.predict import TileSeamWarning
+
+    with pytest.warns(TileSeamWarning, match="overlapping by 0 px"):
+        seamed = predict_array(run, big_image, tile_size=64, overlap=0, **options)
+    edges = [s.keep_start for s in spans(256, 64, 0)][1:]
+    assert border_ratio(seamed.mean, edges) > border_ratio(whole.mean, edges) + 0.2
 
 
 def test_prediction_is_seeded_and_samples_match_mean(trained_run, big_image):
